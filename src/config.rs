@@ -1,0 +1,386 @@
+//! Configuration: the TOML file, the command-line flags that override it, and the embedded
+//! defaults. Parsing is pure (no environment access) so it can be tested; [`Config::load`] does
+//! the I/O (reading the file and the password file).
+//!
+//! ```toml
+//! listen = "127.0.0.1:5000"
+//! cache_dir = "/var/cache/regcache"
+//! tag_ttl = "0s"            # how long a tag->digest answer is trusted before revalidation
+//! [upstream]
+//! url = "https://registry-1.docker.io"
+//! username = "someone"        # optional
+//! password_file = "/etc/regcache/upstream.secret"   # optional
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use url::Url;
+
+/// Default listen address: loopback only (security by default).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+/// Default upstream: Docker Hub's API host.
+pub const DEFAULT_UPSTREAM_URL: &str = "https://registry-1.docker.io";
+/// Registry name of the default upstream, as clients spell it (`?ns=docker.io`).
+pub const DEFAULT_REGISTRY: &str = "docker.io";
+
+/// Why the configuration cannot be used. Every message names the key (or flag) and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has an unknown/mistyped key (message has the line).
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is present but unusable.
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The config file's shape. Unknown keys are errors (`deny_unknown_fields`).
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `listen`: socket address, e.g. `"127.0.0.1:5000"`.
+    pub listen: Option<SocketAddr>,
+    /// `cache_dir`: directory holding the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// `tag_ttl`: duration such as `"0s"`, `"5m"`.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub tag_ttl: Option<Duration>,
+    /// `[upstream]`: the default registry's upstream.
+    pub upstream: Option<UpstreamFile>,
+}
+
+/// The `[upstream]` table.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// `url`: `https://host[:port]` (or `http://` for a registry on a trusted network).
+    pub url: Option<String>,
+    /// `registry`: the registry name clients use for it (default `docker.io`).
+    pub registry: Option<String>,
+    /// `username`: for Basic auth at the token realm (or at the registry).
+    pub username: Option<String>,
+    /// `password_file`: a file holding the password or access token (trailing newline ignored).
+    pub password_file: Option<PathBuf>,
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// Parses a duration like `0s`, `90s`, `5m`, `1h 30m` (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration ({e}); write e.g. \"0s\", \"30s\", \"5m\""))
+}
+
+/// Command-line flags of `regcache serve`; each overrides the file.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:5000].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Cache directory [default: /var/cache/regcache as root, else $XDG_CACHE_HOME/regcache].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// URL of the default registry's upstream [default: https://registry-1.docker.io].
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// How long a tag's answer is trusted before revalidation, e.g. 0s, 5m [default: 0s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub tag_ttl: Option<Duration>,
+}
+
+/// Credentials for an upstream. `Debug` never prints the password.
+#[derive(Clone, PartialEq)]
+pub struct Credentials {
+    /// User name.
+    pub username: String,
+    /// Password or access token, read from `password_file`.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One upstream registry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConfig {
+    /// Registry name clients use (`docker.io`); the key for `?ns=` and the tag cache.
+    pub registry: String,
+    /// Base URL, scheme http or https, no path.
+    pub url: Url,
+    /// Optional credentials.
+    pub credentials: Option<Credentials>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Cache directory.
+    pub cache_dir: PathBuf,
+    /// How long a tag->digest answer is trusted before an upstream HEAD revalidates it.
+    pub tag_ttl: Duration,
+    /// The default registry's upstream (later: a table of them).
+    pub upstream: UpstreamConfig,
+}
+
+impl Config {
+    /// Reads the file named by `--config` (if any), applies the flags, reads the password file.
+    ///
+    /// Errors: [`ConfigError`] naming the file, key and problem.
+    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                parse_file(&text).map_err(|message| ConfigError::Parse {
+                    path: path.clone(),
+                    message,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Config::resolve(file, args, &default_cache_dir(), |p| {
+            std::fs::read_to_string(p)
+        })
+    }
+
+    /// Merges file and flags over the defaults. `read_secret` reads a password file (injected so
+    /// tests need no files).
+    pub fn resolve(
+        file: FileConfig,
+        args: &ServeArgs,
+        default_cache_dir: &Path,
+        read_secret: impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<Config, ConfigError> {
+        let up = file.upstream.unwrap_or_default();
+        let url_str = args
+            .upstream
+            .clone()
+            .or(up.url)
+            .unwrap_or_else(|| DEFAULT_UPSTREAM_URL.to_string());
+        let key = if args.upstream.is_some() {
+            "--upstream"
+        } else {
+            "upstream.url"
+        };
+        let url = parse_upstream_url(&url_str)
+            .map_err(|message| ConfigError::Invalid { key, message })?;
+        let registry = up.registry.unwrap_or_else(|| DEFAULT_REGISTRY.to_string());
+        if !is_registry_name(&registry) {
+            return Err(ConfigError::Invalid {
+                key: "upstream.registry",
+                message: format!(
+                    "{registry:?} is not a registry name (host[:port], e.g. docker.io)"
+                ),
+            });
+        }
+        let credentials = match (up.username, up.password_file) {
+            (None, None) => None,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "upstream.username",
+                    message: "username and password_file must be given together".into(),
+                })
+            }
+            (Some(username), Some(pf)) => {
+                let password = read_secret(&pf).map_err(|e| ConfigError::Invalid {
+                    key: "upstream.password_file",
+                    message: format!("cannot read {}: {e}", pf.display()),
+                })?;
+                let password = password.trim_end_matches(['\r', '\n']).to_string();
+                if password.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        key: "upstream.password_file",
+                        message: format!("{} is empty", pf.display()),
+                    });
+                }
+                Some(Credentials { username, password })
+            }
+        };
+        Ok(Config {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            cache_dir: args
+                .cache_dir
+                .clone()
+                .or(file.cache_dir)
+                .unwrap_or_else(|| default_cache_dir.to_path_buf()),
+            tag_ttl: args.tag_ttl.or(file.tag_ttl).unwrap_or(Duration::ZERO),
+            upstream: UpstreamConfig {
+                registry,
+                url,
+                credentials,
+            },
+        })
+    }
+}
+
+/// Parses the config file text. Errors carry toml's message, which names the key, line and column.
+pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+fn parse_upstream_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| {
+        format!("{s:?} is not a URL ({e}); write e.g. https://registry-1.docker.io")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "{s:?} must be an http:// or https:// URL with a host"
+        ));
+    }
+    if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
+        return Err(format!(
+            "{s:?} must be just scheme://host[:port] (no path, query or credentials; put credentials in username/password_file)"
+        ));
+    }
+    Ok(url)
+}
+
+/// Whether `s` looks like `host[:port]` (letters, digits, `.`, `-`, one optional `:port`).
+pub fn is_registry_name(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && !host.starts_with(['.', '-'])
+        && !host.contains("..")
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `/var/cache/regcache` for root, else `$XDG_CACHE_HOME/regcache` (or `~/.cache/regcache`).
+pub fn default_cache_dir() -> PathBuf {
+    // SAFETY-free check for root: the effective uid is readable via /proc without libc.
+    let is_root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    if is_root {
+        return PathBuf::from("/var/cache/regcache");
+    }
+    match std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x).join("regcache"),
+        None => match std::env::var_os("HOME") {
+            Some(h) => PathBuf::from(h).join(".cache/regcache"),
+            None => PathBuf::from("regcache-cache"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_secret(_: &Path) -> std::io::Result<String> {
+        Err(std::io::Error::other("no file"))
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::resolve(
+            FileConfig::default(),
+            &ServeArgs::default(),
+            Path::new("/c"),
+            no_secret,
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.cache_dir, PathBuf::from("/c"));
+        assert_eq!(c.tag_ttl, Duration::ZERO);
+        assert_eq!(c.upstream.url.as_str(), "https://registry-1.docker.io/");
+        assert_eq!(c.upstream.registry, "docker.io");
+        assert!(c.upstream.credentials.is_none());
+    }
+
+    #[test]
+    fn file_and_flags() {
+        let f = parse_file(
+            "listen = \"127.0.0.1:6000\"\ncache_dir = \"/x\"\ntag_ttl = \"5m\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\nusername = \"u\"\npassword_file = \"/s\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::resolve(f, &args, Path::new("/c"), |_| Ok("pw\n".into())).unwrap();
+        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.cache_dir, PathBuf::from("/x"));
+        assert_eq!(c.tag_ttl, Duration::from_secs(300));
+        let creds = c.upstream.credentials.unwrap();
+        assert_eq!(creds.password, "pw");
+        assert!(!format!("{creds:?}").contains("pw\""));
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let e = parse_file("listen = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err();
+        assert!(e.contains("bogus") && e.contains("line 2"), "{e}");
+        let e = parse_file("tag_ttl = \"soon\"\n").unwrap_err();
+        assert!(e.contains("line 1") && e.contains("duration"), "{e}");
+        let e = parse_file("[upstream]\nurl = 5\n").unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        let args = ServeArgs {
+            upstream: Some("ftp://x".into()),
+            ..Default::default()
+        };
+        let e =
+            Config::resolve(FileConfig::default(), &args, Path::new("/c"), no_secret).unwrap_err();
+        assert!(e.to_string().starts_with("--upstream"), "{e}");
+        let f = parse_file("[upstream]\nusername = \"u\"\npassword_file = \"/nope\"\n").unwrap();
+        let e = Config::resolve(f, &ServeArgs::default(), Path::new("/c"), no_secret).unwrap_err();
+        assert!(e.to_string().contains("password_file"), "{e}");
+    }
+
+    #[test]
+    fn registry_names() {
+        for ok in [
+            "docker.io",
+            "ghcr.io",
+            "registry.internal:5443",
+            "localhost",
+        ] {
+            assert!(is_registry_name(ok), "{ok}");
+        }
+        for bad in ["", "a/b", "..", "a:b", "a:123456", "-x", "x y"] {
+            assert!(!is_registry_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,955 @@
+//! The pull API: one handler per endpoint, deciding hit / miss / coalesced / stale.
+//!
+//! Endpoints and semantics follow the OCI distribution spec ("Pull"), with the mirror behaviour
+//! described in its "Registry Proxying" section: blobs and manifests by digest are immutable and
+//! served from the cache forever; tags are revalidated upstream with a HEAD once `tag_ttl` has
+//! passed and served stale when the upstream is down.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::header::{
+    HeaderValue, ACCEPT, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, LINK,
+    RANGE, RETRY_AFTER,
+};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tokio::sync::mpsc;
+
+use crate::body::{self, ChannelBody, ResponseBody};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::fill::{self, FillError, FillState, Fills, Joined};
+use crate::reference::{Digest, Reference, Route};
+use crate::store::{Hasher, Store, StoredManifest, TagEntry};
+use crate::upstream::{read_limited, Upstream, UpstreamError};
+
+/// The four modern manifest media types, asked of upstream on every manifest request
+/// (OCI image spec; Docker image manifest v2 schema 2).
+pub const MANIFEST_TYPES: [&str; 4] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// Largest manifest accepted from upstream, in bytes (distribution's default limit is 4 MiB).
+pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
+
+/// How a request was answered, for the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// Served from the cache without asking upstream (or after a HEAD confirmed a tag).
+    Hit,
+    /// Fetched from upstream (and cached).
+    Miss,
+    /// Joined a fill another request started.
+    Coalesced,
+    /// Upstream was unavailable; served the cached answer.
+    Stale,
+    /// Passed through without caching (tags/list, referrers, HEAD of an uncached blob).
+    Pass,
+    /// No cache involvement (`/v2/`, errors).
+    None,
+}
+
+impl CacheResult {
+    /// Lowercase name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Coalesced => "coalesced",
+            CacheResult::Stale => "stale",
+            CacheResult::Pass => "pass",
+            CacheResult::None => "-",
+        }
+    }
+}
+
+/// Shared state of a running mirror.
+pub struct App {
+    /// Effective configuration.
+    pub config: Config,
+    /// The on-disk cache.
+    pub store: Store,
+    /// Blob fills in progress.
+    pub fills: Arc<Fills>,
+    /// The default registry's upstream.
+    pub upstream: Arc<Upstream>,
+    /// Per-key locks coalescing manifest fetches and tag revalidations.
+    manifest_locks: KeyedLocks,
+}
+
+impl App {
+    /// Builds the mirror's state: opens the store (cleaning leftover temp files) and the client.
+    ///
+    /// Errors: the I/O error if the cache directory cannot be prepared.
+    pub fn new(config: Config) -> std::io::Result<App> {
+        let store = Store::open(&config.cache_dir)?;
+        let upstream = Arc::new(Upstream::new(&config.upstream));
+        Ok(App {
+            config,
+            store,
+            fills: Arc::new(Fills::default()),
+            upstream,
+            manifest_locks: KeyedLocks::default(),
+        })
+    }
+}
+
+/// Answers one request. Never fails: errors become OCI error responses.
+pub async fn handle<B>(app: &App, req: &Request<B>) -> (Response<ResponseBody>, CacheResult) {
+    let head = req.method() == Method::HEAD;
+    match route(app, req).await {
+        Ok(r) => r,
+        Err(e) => (e.into_response(head), CacheResult::None),
+    }
+}
+
+async fn route<B>(
+    app: &App,
+    req: &Request<B>,
+) -> Result<(Response<ResponseBody>, CacheResult), ApiError> {
+    let method = req.method();
+    if method != Method::GET && method != Method::HEAD {
+        return Err(ApiError::unsupported_method(method));
+    }
+    let head = method == Method::HEAD;
+    let query = Query::parse(req.uri().query());
+    if let Some(ns) = &query.ns {
+        if ns != app.upstream.registry() {
+            return Err(ApiError::name_unknown(format!(
+                "registry {ns:?} is not mirrored here (this mirror serves {})",
+                app.upstream.registry()
+            )));
+        }
+    }
+    let route = Route::parse(req.uri().path())?;
+    match route {
+        Route::Base => Ok((base_response(head), CacheResult::None)),
+        Route::Manifest { name, reference } => {
+            let name = canonical_name(app.upstream.registry(), name);
+            manifest(app, &name, &reference, req.headers(), head).await
+        }
+        Route::Blob { name, digest } => {
+            let name = canonical_name(app.upstream.registry(), name);
+            blob(app, &name, &digest, req.headers(), head).await
+        }
+        Route::TagsList { name } => {
+            let name = canonical_name(app.upstream.registry(), name);
+            let mut path = format!("/v2/{name}/tags/list");
+            let mut sep = '?';
+            for (k, v) in [("n", &query.n), ("last", &query.last)] {
+                if let Some(v) = v {
+                    path.push(sep);
+                    path.push_str(k);
+                    path.push('=');
+                    path.push_str(
+                        &url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>(),
+                    );
+                    sep = '&';
+                }
+            }
+            pass_through(app, &name, &path, head).await
+        }
+        Route::Referrers { name, digest } => {
+            let name = canonical_name(app.upstream.registry(), name);
+            pass_through(app, &name, &format!("/v2/{name}/referrers/{digest}"), head).await
+        }
+    }
+}
+
+/// Docker Hub spells official images `library/<name>`; a bare name gets the prefix so all
+/// spellings share one cache entry (the Hub itself does not alias them).
+fn canonical_name(registry: &str, name: String) -> String {
+    if registry == "docker.io" && !name.contains('/') {
+        format!("library/{name}")
+    } else {
+        name
+    }
+}
+
+/// The query parameters regcache reads; everything else is ignored.
+#[derive(Default)]
+struct Query {
+    /// `ns`: the registry the client means (containerd); never forwarded upstream.
+    ns: Option<String>,
+    /// `n`: tags/list page size.
+    n: Option<String>,
+    /// `last`: tags/list pagination marker.
+    last: Option<String>,
+}
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        let mut out = Query::default();
+        for (k, v) in url::form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
+            match &*k {
+                "ns" => out.ns = Some(v.into_owned()),
+                "n" => out.n = Some(v.into_owned()),
+                "last" => out.last = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+fn base_response(head: bool) -> Response<ResponseBody> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/json")
+        .header(CONTENT_LENGTH, 2)
+        .header("Docker-Distribution-API-Version", "registry/2.0")
+        .body(if head {
+            body::empty()
+        } else {
+            body::full(&b"{}"[..])
+        })
+        .expect("static response")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blobs
+
+async fn blob(
+    app: &App,
+    name: &str,
+    digest: &Digest,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<(Response<ResponseBody>, CacheResult), ApiError> {
+    if let Some(r) = blob_hit(app, digest, headers, head)? {
+        return Ok((r, CacheResult::Hit));
+    }
+    if head {
+        return blob_head_miss(app, name, digest).await;
+    }
+    let (fill, leader) = match app.fills.join(&app.store, &app.upstream, name, digest) {
+        Joined::Hit => {
+            return blob_hit(app, digest, headers, head)?
+                .map(|r| (r, CacheResult::Hit))
+                .ok_or_else(|| ApiError::internal("blob vanished from the cache"));
+        }
+        Joined::Fill { fill, leader } => (fill, leader),
+    };
+    let result = if leader {
+        CacheResult::Miss
+    } else {
+        CacheResult::Coalesced
+    };
+    let len = match fill.started().await {
+        FillState::Failed(e) => return Err(fill_error(&e, digest)),
+        FillState::Streaming { len, .. } => len,
+        FillState::Done { len, .. } => Some(len),
+        FillState::Connecting => None,
+    };
+    let (status, start, end, content_range) = match (len, range_of(headers)) {
+        (Some(total), Some(spec)) => match resolve_range(&spec, total) {
+            RangeAnswer::Full => (StatusCode::OK, 0, None, None),
+            RangeAnswer::Partial(a, b) => (
+                StatusCode::PARTIAL_CONTENT,
+                a,
+                Some(b + 1),
+                Some(format!("bytes {a}-{b}/{total}")),
+            ),
+            RangeAnswer::Unsatisfiable => return Err(range_not_satisfiable(total)),
+        },
+        _ => (StatusCode::OK, 0, None, None),
+    };
+    let body_len = match (end, len) {
+        (Some(e), _) => Some(e - start),
+        (None, l) => l,
+    };
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(fill::follow(fill.subscribe(), start, end, tx));
+    let mut b = blob_headers(Response::builder().status(status), digest);
+    if let Some(n) = body_len {
+        b = b.header(CONTENT_LENGTH, n);
+    }
+    if let Some(cr) = content_range {
+        b = b.header(CONTENT_RANGE, cr);
+    }
+    let resp = b
+        .body(ChannelBody::new(rx, body_len).boxed_unsync())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((resp, result))
+}
+
+fn blob_headers(b: http::response::Builder, digest: &Digest) -> http::response::Builder {
+    b.header(CONTENT_TYPE, "application/octet-stream")
+        .header("Docker-Content-Digest", digest.to_string())
+        .header(ACCEPT_RANGES, "bytes")
+        .header(ETAG, format!("\"{digest}\""))
+        .header("Docker-Distribution-API-Version", "registry/2.0")
+}
+
+/// Serves a committed blob from an mmap (no copy through user space), honouring `Range`.
+fn blob_hit(
+    app: &App,
+    digest: &Digest,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Option<Response<ResponseBody>>, ApiError> {
+    let Some((file, len)) = app
+        .store
+        .open_blob(digest)
+        .map_err(|e| ApiError::internal(format!("reading the cache: {e}")))?
+    else {
+        return Ok(None);
+    };
+    let (status, a, b) = match range_of(headers).map(|s| resolve_range(&s, len)) {
+        None | Some(RangeAnswer::Full) => (StatusCode::OK, 0, len),
+        Some(RangeAnswer::Partial(a, b)) => (StatusCode::PARTIAL_CONTENT, a, b + 1),
+        Some(RangeAnswer::Unsatisfiable) => return Err(range_not_satisfiable(len)),
+    };
+    let mut builder =
+        blob_headers(Response::builder().status(status), digest).header(CONTENT_LENGTH, b - a);
+    if status == StatusCode::PARTIAL_CONTENT {
+        builder = builder.header(CONTENT_RANGE, format!("bytes {a}-{}/{len}", b - 1));
+    }
+    let body = if head {
+        body::empty()
+    } else {
+        let map = crate::mmap::map_file(&file, len)
+            .map_err(|e| ApiError::internal(format!("mapping a cached blob: {e}")))?;
+        body::full(map.slice(a as usize..b as usize))
+    };
+    builder
+        .body(body)
+        .map(Some)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// HEAD of a blob that is not cached: answer from a running fill, or ask upstream (no fill is
+/// started for a HEAD).
+async fn blob_head_miss(
+    app: &App,
+    name: &str,
+    digest: &Digest,
+) -> Result<(Response<ResponseBody>, CacheResult), ApiError> {
+    if let Some(len) = app.fills.get(digest).and_then(|f| f.known_len()) {
+        let r = blob_headers(Response::builder(), digest)
+            .header(CONTENT_LENGTH, len)
+            .body(body::empty())
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        return Ok((r, CacheResult::Coalesced));
+    }
+    let path = format!("/v2/{name}/blobs/{digest}");
+    let resp = app
+        .upstream
+        .send(Method::HEAD, name, &path, &HeaderMap::new())
+        .await
+        .map_err(|e| upstream_error(&e, Kind::Blob))?;
+    if resp.status() != StatusCode::OK {
+        return Err(upstream_error(&status_error(&resp), Kind::Blob));
+    }
+    let mut b = blob_headers(Response::builder(), digest);
+    if let Some(l) = resp.headers().get(CONTENT_LENGTH) {
+        b = b.header(CONTENT_LENGTH, l);
+    }
+    let r = b
+        .body(body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((r, CacheResult::Pass))
+}
+
+/// A single byte range from the `Range` header (RFC 9110 §14.1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// `bytes=a-b` (b inclusive) or `bytes=a-` (b = None).
+    FromTo(u64, Option<u64>),
+    /// `bytes=-n`: the last n bytes.
+    Suffix(u64),
+}
+
+/// What a range means for an object of a given length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeAnswer {
+    /// Serve the whole object (200).
+    Full,
+    /// Serve bytes a..=b (206).
+    Partial(u64, u64),
+    /// 416 with `Content-Range: bytes */len`.
+    Unsatisfiable,
+}
+
+/// Parses a `Range` value. Returns `None` for anything but one well-formed `bytes` range
+/// (RFC 9110 lets a server ignore such headers and answer 200 with the whole object).
+pub fn parse_range(v: &str) -> Option<RangeSpec> {
+    let spec = v.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (a, b) = spec.split_once('-')?;
+    let num = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())).then(|| s.parse().ok())?
+    };
+    if a.trim().is_empty() {
+        return num(b).map(RangeSpec::Suffix);
+    }
+    let a = num(a)?;
+    if b.trim().is_empty() {
+        return Some(RangeSpec::FromTo(a, None));
+    }
+    let b = num(b)?;
+    (b >= a).then_some(RangeSpec::FromTo(a, Some(b)))
+}
+
+/// Resolves a range against an object of `len` bytes (RFC 9110 §14.1.2, §15.5.17).
+pub fn resolve_range(spec: &RangeSpec, len: u64) -> RangeAnswer {
+    match *spec {
+        RangeSpec::FromTo(a, _) if a >= len => RangeAnswer::Unsatisfiable,
+        RangeSpec::FromTo(a, b) => RangeAnswer::Partial(a, b.unwrap_or(u64::MAX).min(len - 1)),
+        RangeSpec::Suffix(0) => RangeAnswer::Unsatisfiable,
+        RangeSpec::Suffix(_) if len == 0 => RangeAnswer::Unsatisfiable,
+        RangeSpec::Suffix(n) => RangeAnswer::Partial(len.saturating_sub(n), len - 1),
+    }
+}
+
+fn range_of(headers: &HeaderMap) -> Option<RangeSpec> {
+    headers
+        .get(RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_range)
+}
+
+fn range_not_satisfiable(len: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "RANGE_INVALID",
+        format!("requested range is outside the blob's {len} bytes"),
+    )
+    .with_header(
+        CONTENT_RANGE,
+        HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Manifests
+
+async fn manifest(
+    app: &App,
+    name: &str,
+    reference: &Reference,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<(Response<ResponseBody>, CacheResult), ApiError> {
+    let (digest, m, result) = match reference {
+        Reference::Digest(d) => manifest_by_digest(app, name, d).await?,
+        Reference::Tag(t) => manifest_by_tag(app, name, t).await?,
+    };
+    if !accepts(headers, &m.media_type) {
+        return Err(ApiError::manifest_unknown(format!(
+            "manifest {reference} of {name} is a {}, which the request's Accept header does not list",
+            m.media_type
+        )));
+    }
+    let r = Response::builder()
+        .header(CONTENT_TYPE, &m.media_type)
+        .header(CONTENT_LENGTH, m.bytes.len())
+        .header("Docker-Content-Digest", digest.to_string())
+        .header(ETAG, format!("\"{digest}\""))
+        .header("Docker-Distribution-API-Version", "registry/2.0")
+        .body(if head {
+            body::empty()
+        } else {
+            body::full(m.bytes)
+        })
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((r, result))
+}
+
+/// Whether the client's `Accept` headers (possibly several, each comma-separated) admit
+/// `media_type`. No `Accept` at all, or `*/*`, admits anything.
+pub fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
+    let base = |s: &str| {
+        s.split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    };
+    let want = base(media_type);
+    let mut any = false;
+    for v in headers.get_all(ACCEPT) {
+        let Ok(v) = v.to_str() else { continue };
+        for item in v.split(',') {
+            let t = base(item);
+            if t.is_empty() {
+                continue;
+            }
+            any = true;
+            if t == want || t == "*/*" {
+                return true;
+            }
+        }
+    }
+    !any
+}
+
+async fn manifest_by_digest(
+    app: &App,
+    name: &str,
+    d: &Digest,
+) -> Result<(Digest, StoredManifest, CacheResult), ApiError> {
+    if let Some(m) = read_manifest(app, d)? {
+        return Ok((d.clone(), m, CacheResult::Hit));
+    }
+    let _guard = app.manifest_locks.lock(d.to_string()).await;
+    if let Some(m) = read_manifest(app, d)? {
+        return Ok((d.clone(), m, CacheResult::Coalesced));
+    }
+    let (digest, m) = fetch_manifest(app, name, &d.to_string(), Some(d))
+        .await
+        .map_err(|e| upstream_error(&e, Kind::Manifest))?;
+    Ok((digest, m, CacheResult::Miss))
+}
+
+fn read_manifest(app: &App, d: &Digest) -> Result<Option<StoredManifest>, ApiError> {
+    app.store
+        .read_manifest(d)
+        .map_err(|e| ApiError::internal(format!("reading the cache: {e}")))
+}
+
+/// The cached answer for a tag: its entry and the manifest it points to (if both are there).
+fn cached_tag(
+    app: &App,
+    name: &str,
+    tag: &str,
+) -> Result<Option<(TagEntry, Digest, StoredManifest)>, ApiError> {
+    let registry = app.upstream.registry();
+    let Some(entry) = app.store.read_tag(registry, name, tag) else {
+        return Ok(None);
+    };
+    let Ok(d) = entry.digest.parse::<Digest>() else {
+        return Ok(None);
+    };
+    Ok(read_manifest(app, &d)?.map(|m| (entry, d, m)))
+}
+
+async fn manifest_by_tag(
+    app: &App,
+    name: &str,
+    tag: &str,
+) -> Result<(Digest, StoredManifest, CacheResult), ApiError> {
+    let ttl = app.config.tag_ttl;
+    if let Some((entry, d, m)) = cached_tag(app, name, tag)? {
+        if fresh(&entry, ttl) {
+            return Ok((d, m, CacheResult::Hit));
+        }
+    }
+    let registry = app.upstream.registry().to_string();
+    let _guard = app
+        .manifest_locks
+        .lock(format!("{registry}/{name}:{tag}"))
+        .await;
+    let cached = cached_tag(app, name, tag)?;
+    if let Some((entry, d, m)) = &cached {
+        // Another request may have revalidated it while this one waited for the lock.
+        if fresh(entry, ttl) {
+            return Ok((d.clone(), m.clone(), CacheResult::Hit));
+        }
+    }
+    let path = format!("/v2/{name}/manifests/{tag}");
+    let Some((_, cached_digest, cached_m)) = cached else {
+        // Cold: one GET by tag (HEAD + GET would cost the same rate-limit unit and a round trip).
+        let (d, m) = fetch_manifest(app, name, tag, None)
+            .await
+            .map_err(|e| upstream_error(&e, Kind::Manifest))?;
+        record_tag(app, name, tag, &d, &m.media_type);
+        return Ok((d, m, CacheResult::Miss));
+    };
+    // Revalidate with a HEAD (free of Docker Hub's rate limit).
+    let head = app
+        .upstream
+        .send(Method::HEAD, name, &path, &accept_all())
+        .await;
+    let stale = |e: &UpstreamError| {
+        tracing::warn!(registry = %registry, name, tag, error = %e, "upstream unavailable; serving cached tag (stale)");
+    };
+    let resp = match head {
+        Ok(r) => r,
+        Err(e) if e.is_outage() => {
+            stale(&e);
+            return Ok((cached_digest, cached_m, CacheResult::Stale));
+        }
+        Err(e) => return Err(upstream_error(&e, Kind::Manifest)),
+    };
+    if resp.status() != StatusCode::OK {
+        let e = status_error(&resp);
+        if e.is_outage() {
+            stale(&e);
+            return Ok((cached_digest, cached_m, CacheResult::Stale));
+        }
+        if resp.status() == StatusCode::NOT_FOUND {
+            let _ = app.store.remove_tag(&registry, name, tag);
+        }
+        return Err(upstream_error(&e, Kind::Manifest));
+    }
+    let upstream_digest = resp
+        .headers()
+        .get("Docker-Content-Digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Digest>().ok());
+    drop(resp);
+    if upstream_digest.as_ref() == Some(&cached_digest) {
+        record_tag(app, name, tag, &cached_digest, &cached_m.media_type);
+        return Ok((cached_digest, cached_m, CacheResult::Hit));
+    }
+    if let Some(d) = &upstream_digest {
+        if let Some(m) = read_manifest(app, d)? {
+            record_tag(app, name, tag, d, &m.media_type);
+            return Ok((d.clone(), m, CacheResult::Hit));
+        }
+    }
+    // The tag moved to a manifest not cached (or upstream sent no digest): fetch it, by digest
+    // when known (digests are immutable, so that answer can never be a surprise).
+    let fetched = match &upstream_digest {
+        Some(d) => fetch_manifest(app, name, &d.to_string(), Some(d)).await,
+        None => fetch_manifest(app, name, tag, None).await,
+    };
+    match fetched {
+        Ok((d, m)) => {
+            record_tag(app, name, tag, &d, &m.media_type);
+            Ok((d, m, CacheResult::Miss))
+        }
+        Err(e) if e.is_outage() => {
+            stale(&e);
+            Ok((cached_digest, cached_m, CacheResult::Stale))
+        }
+        Err(e) => Err(upstream_error(&e, Kind::Manifest)),
+    }
+}
+
+/// Whether a tag's cached answer may be used without asking upstream (`tag_ttl` 0: never).
+fn fresh(entry: &TagEntry, ttl: Duration) -> bool {
+    !ttl.is_zero() && entry.age() < ttl
+}
+
+fn record_tag(app: &App, name: &str, tag: &str, d: &Digest, media_type: &str) {
+    let entry = TagEntry {
+        digest: d.to_string(),
+        media_type: media_type.to_string(),
+        checked: crate::store::unix_now(),
+    };
+    if let Err(e) = app
+        .store
+        .write_tag(app.upstream.registry(), name, tag, &entry)
+    {
+        tracing::warn!(name, tag, error = %e, "cannot record tag in the cache");
+    }
+}
+
+/// `Accept` with the four modern manifest types, as sent upstream every time.
+fn accept_all() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(ACCEPT, HeaderValue::from_static(
+        "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json",
+    ));
+    debug_assert!(MANIFEST_TYPES
+        .iter()
+        .all(|t| h[ACCEPT].to_str().unwrap_or("").contains(t)));
+    h
+}
+
+/// GETs a manifest (`reference` = tag or digest string), verifies it against `expected` (or
+/// upstream's `Docker-Content-Digest`, or just hashes it for a tag), and stores it.
+async fn fetch_manifest(
+    app: &App,
+    name: &str,
+    reference: &str,
+    expected: Option<&Digest>,
+) -> Result<(Digest, StoredManifest), UpstreamError> {
+    let path = format!("/v2/{name}/manifests/{reference}");
+    let resp = app
+        .upstream
+        .send(Method::GET, name, &path, &accept_all())
+        .await?;
+    if resp.status() != StatusCode::OK {
+        return Err(status_error(&resp));
+    }
+    let header_digest = resp
+        .headers()
+        .get("Docker-Content-Digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Digest>().ok());
+    let content_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = read_limited(resp.into_body(), MAX_MANIFEST_SIZE)
+        .await
+        .map_err(|e| {
+            UpstreamError::Protocol(format!("reading manifest {name}:{reference}: {e}"))
+        })?;
+    let digest = match (expected, &header_digest) {
+        (Some(e), _) => e.clone(),
+        (None, Some(h)) => h.clone(),
+        (None, None) => Hasher::digest_of(crate::reference::Algorithm::Sha256, &bytes),
+    };
+    let actual = Hasher::digest_of(digest.algorithm(), &bytes);
+    if actual != digest {
+        return Err(UpstreamError::Protocol(format!(
+            "manifest {name}:{reference} hashes to {actual}, not {digest}"
+        )));
+    }
+    if let Some(h) = &header_digest {
+        if h.algorithm() == digest.algorithm() && *h != digest {
+            return Err(UpstreamError::Protocol(format!(
+                "upstream says manifest {name}:{reference} is {h}, but its bytes hash to {digest}"
+            )));
+        }
+    }
+    let media_type = match content_type {
+        Some(ct)
+            if crate::store::is_storable_media_type(&ct) && ct != "application/octet-stream" =>
+        {
+            ct
+        }
+        _ => media_type_field(&bytes).ok_or_else(|| {
+            UpstreamError::Protocol(format!(
+                "manifest {name}:{reference} has no usable media type"
+            ))
+        })?,
+    };
+    if let Err(e) = app.store.write_manifest(&digest, &media_type, &bytes) {
+        tracing::warn!(%digest, error = %e, "cannot store manifest; serving it uncached");
+    }
+    Ok((digest, StoredManifest { media_type, bytes }))
+}
+
+/// The `mediaType` field of a manifest's JSON, if present and storable.
+fn media_type_field(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct M {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    let m: M = serde_json::from_slice(bytes).ok()?;
+    m.media_type
+        .filter(|t| crate::store::is_storable_media_type(t))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pass-through (tags/list, referrers)
+
+async fn pass_through(
+    app: &App,
+    name: &str,
+    path: &str,
+    head: bool,
+) -> Result<(Response<ResponseBody>, CacheResult), ApiError> {
+    let method = if head { Method::HEAD } else { Method::GET };
+    let resp = app
+        .upstream
+        .send(method, name, path, &HeaderMap::new())
+        .await
+        .map_err(|e| upstream_error(&e, Kind::Name))?;
+    let status = resp.status();
+    if status != StatusCode::OK && status != StatusCode::NOT_FOUND {
+        return Err(upstream_error(&status_error(&resp), Kind::Name));
+    }
+    let mut b = Response::builder()
+        .status(status)
+        .header("Docker-Distribution-API-Version", "registry/2.0");
+    for h in [CONTENT_TYPE, CONTENT_LENGTH, LINK] {
+        if let Some(v) = resp.headers().get(&h) {
+            b = b.header(h, v);
+        }
+    }
+    let body = resp
+        .into_body()
+        .map_err(|e| -> crate::body::BoxError { Box::new(e) })
+        .boxed_unsync();
+    let r = b
+        .body(body)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((r, CacheResult::Pass))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Error mapping
+
+/// What a request was about, to pick the OCI error code for an upstream 404.
+#[derive(Clone, Copy)]
+enum Kind {
+    Blob,
+    Manifest,
+    Name,
+}
+
+fn status_error<B>(resp: &Response<B>) -> UpstreamError {
+    UpstreamError::Status {
+        status: resp.status(),
+        retry_after: resp.headers().get(RETRY_AFTER).cloned(),
+    }
+}
+
+/// Maps an upstream failure to the client's answer: 404s pass on, rate limits pass on with
+/// `Retry-After`, outages become 503 UNAVAILABLE (retryable), never a 500.
+fn upstream_error(e: &UpstreamError, kind: Kind) -> ApiError {
+    match e {
+        UpstreamError::Status {
+            status,
+            retry_after,
+        } => {
+            let mut err = match *status {
+                StatusCode::NOT_FOUND => match kind {
+                    Kind::Blob => ApiError::blob_unknown("blob unknown to upstream"),
+                    Kind::Manifest => ApiError::manifest_unknown("manifest unknown to upstream"),
+                    Kind::Name => ApiError::name_unknown("repository unknown to upstream"),
+                },
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ApiError::name_unknown(format!(
+                    "upstream answered {status}: the repository does not exist or needs credentials regcache does not have"
+                )),
+                StatusCode::TOO_MANY_REQUESTS => ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TOOMANYREQUESTS",
+                    "upstream rate limit reached; retry later",
+                ),
+                s if s.is_server_error() => ApiError::unavailable(format!("upstream answered {s}; retry later")),
+                s => ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", format!("upstream answered {s}")),
+            };
+            if let Some(ra) = retry_after {
+                err = err.with_header(RETRY_AFTER, ra.clone());
+            }
+            err
+        }
+        UpstreamError::Protocol(m) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "UNKNOWN",
+            format!("bad answer from upstream: {m}"),
+        ),
+        other => ApiError::unavailable(format!("{other}; retry later")),
+    }
+}
+
+fn fill_error(e: &FillError, digest: &Digest) -> ApiError {
+    match e {
+        FillError::Upstream(u) => upstream_error(u, Kind::Blob),
+        FillError::Body { .. } => ApiError::unavailable(format!(
+            "download of {digest} from upstream broke off; retry"
+        )),
+        FillError::Verify(m) => ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", m.clone()),
+        FillError::Disk(m) => ApiError::internal(format!("cache error filling {digest}: {m}")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keyed locks
+
+/// Async locks by key, removed when nobody holds or waits for them.
+#[derive(Default)]
+struct KeyedLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+struct KeyedGuard<'a> {
+    locks: &'a KeyedLocks,
+    key: String,
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyedLocks {
+    async fn lock(&self, key: String) -> KeyedGuard<'_> {
+        let lock = self
+            .map
+            .lock()
+            .expect("locks")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let guard = lock.clone().lock_owned().await;
+        KeyedGuard {
+            locks: self,
+            key,
+            lock: Some(lock),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for KeyedGuard<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut map = self.locks.map.lock().expect("locks");
+        if let Some(lock) = self.lock.take() {
+            // Two references left: the map's and ours. Nobody else holds or waits.
+            if Arc::strong_count(&lock) == 2 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(
+            parse_range("bytes=0-9"),
+            Some(RangeSpec::FromTo(0, Some(9)))
+        );
+        assert_eq!(parse_range("bytes=5-"), Some(RangeSpec::FromTo(5, None)));
+        assert_eq!(parse_range("bytes=-3"), Some(RangeSpec::Suffix(3)));
+        for bad in [
+            "bytes=9-5",
+            "bytes=a-b",
+            "items=0-1",
+            "bytes=0-1,3-4",
+            "bytes=-",
+            "bytes=+1-2",
+        ] {
+            assert_eq!(parse_range(bad), None, "{bad}");
+        }
+        assert_eq!(
+            resolve_range(&RangeSpec::FromTo(0, Some(99)), 10),
+            RangeAnswer::Partial(0, 9)
+        );
+        assert_eq!(
+            resolve_range(&RangeSpec::FromTo(10, None), 10),
+            RangeAnswer::Unsatisfiable
+        );
+        assert_eq!(
+            resolve_range(&RangeSpec::Suffix(3), 10),
+            RangeAnswer::Partial(7, 9)
+        );
+        assert_eq!(
+            resolve_range(&RangeSpec::Suffix(30), 10),
+            RangeAnswer::Partial(0, 9)
+        );
+        assert_eq!(
+            resolve_range(&RangeSpec::Suffix(0), 10),
+            RangeAnswer::Unsatisfiable
+        );
+    }
+
+    #[test]
+    fn accept_lists() {
+        let mut h = HeaderMap::new();
+        assert!(accepts(&h, "application/vnd.oci.image.index.v1+json"));
+        h.append(
+            ACCEPT,
+            HeaderValue::from_static("application/vnd.docker.distribution.manifest.v2+json"),
+        );
+        h.append(
+            ACCEPT,
+            HeaderValue::from_static(
+                "application/vnd.oci.image.manifest.v1+json; q=0.5, text/plain",
+            ),
+        );
+        assert!(accepts(&h, "application/vnd.oci.image.manifest.v1+json"));
+        assert!(!accepts(&h, "application/vnd.oci.image.index.v1+json"));
+        h.append(ACCEPT, HeaderValue::from_static("*/*"));
+        assert!(accepts(&h, "application/vnd.oci.image.index.v1+json"));
+    }
+}

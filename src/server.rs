@@ -1,0 +1,179 @@
+//! The listener: accepts connections, serves HTTP/1.1 and HTTP/2 (hyper-util `auto`), writes
+//! the access log, and drains connections on shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::body::{BoxError, ResponseBody};
+use crate::routes::{self, App, CacheResult};
+
+/// Time a client has to send a request's headers (slowloris guard).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time in-flight responses get to finish after shutdown is asked for.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves `app` on an already bound `listener` until `shutdown` completes, then drains open
+/// connections for up to [`DRAIN_TIMEOUT`]. Accept errors never stop the loop (it backs off when
+/// out of file descriptors).
+///
+/// Errors: none today; the `Result` leaves room for fatal listener errors.
+pub async fn run(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // EMFILE/ENFILE: wait for descriptors to free up; others: client resets.
+                        if matches!(e.raw_os_error(), Some(23) | Some(24)) {
+                            tracing::warn!(error = %e, "out of file descriptors; pausing accepts");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let app = app.clone();
+                let svc = service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, Infallible>(serve(&app, req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("shutdown: connections still open after the drain timeout"),
+    }
+    Ok(())
+}
+
+async fn serve(app: &App, req: Request<Incoming>) -> Response<LoggedBody> {
+    let started = Instant::now();
+    let (resp, cache) = routes::handle(app, &req).await;
+    let (parts, body) = resp.into_parts();
+    let log = AccessLog {
+        method: req.method().to_string(),
+        path: req.uri().path().chars().take(512).collect(),
+        status: parts.status.as_u16(),
+        cache,
+        started,
+    };
+    Response::from_parts(
+        parts,
+        LoggedBody {
+            inner: body,
+            bytes: 0,
+            finished: false,
+            log,
+        },
+    )
+}
+
+/// What the access log line says about a request.
+struct AccessLog {
+    /// Request method.
+    method: String,
+    /// Request path (no query: nothing secret ever travels there, but it is noise).
+    path: String,
+    /// Response status.
+    status: u16,
+    /// hit / miss / coalesced / stale / pass.
+    cache: CacheResult,
+    /// When the request arrived.
+    started: Instant,
+}
+
+/// A response body that writes the request's access-log line when it is done (or dropped
+/// because the client left), with the bytes actually sent.
+pub struct LoggedBody {
+    /// The handler's body.
+    inner: ResponseBody,
+    /// Body bytes handed to hyper so far.
+    bytes: u64,
+    /// Whether the body reached its end.
+    finished: bool,
+    /// The rest of the log line.
+    log: AccessLog,
+}
+
+impl Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let p = Pin::new(&mut self.inner).poll_frame(cx);
+        match &p {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => self.finished = true,
+            _ => {}
+        }
+        p
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        let l = &self.log;
+        let complete = self.finished || self.inner.is_end_stream();
+        tracing::info!(
+            target: "regcache::access",
+            method = %l.method,
+            path = %l.path,
+            status = l.status,
+            cache = l.cache.as_str(),
+            bytes = self.bytes,
+            complete,
+            ms = l.started.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+}

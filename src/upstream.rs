@@ -1,0 +1,545 @@
+//! The upstream client: hyper-util over rustls (HTTP/1.1 and HTTP/2, pooled connections), the
+//! bearer-token challenge flow, and redirect following.
+//!
+//! Auth follows the Docker token spec (distribution `docs/spec/auth/token.md`): a 401 carries
+//! `WWW-Authenticate: Bearer realm=..,service=..,scope=..`; regcache GETs the realm with
+//! `service` and `scope` (Basic credentials when configured), caches the token per
+//! (realm, service, scope) until shortly before `expires_in` (default 60 s), and retries.
+//! A 401 with a cached token drops it and fetches a fresh one once, so short-lived tokens never
+//! break a pull. Redirects (blob GETs answer 307 to a CDN) are followed without `Authorization`
+//! unless they stay on the upstream's own origin; signed CDN URLs are never cached.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, LOCATION, WWW_AUTHENTICATE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use url::Url;
+
+use crate::config::{Credentials, UpstreamConfig};
+
+/// TCP connect timeout.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for an upstream to send response headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest pause between two body chunks of an upstream response.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most redirects followed for one request.
+const MAX_REDIRECTS: usize = 5;
+/// Largest token-endpoint answer read, in bytes.
+const MAX_TOKEN_RESPONSE: usize = 1 << 20;
+/// Token lifetime assumed when the token server gives no `expires_in` (token spec: 60 s).
+const DEFAULT_TOKEN_LIFETIME: u64 = 60;
+
+/// What went wrong talking to an upstream, classified so the caller can decide between serving
+/// stale content, failing fast with a retryable error, or passing a 404 on.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP/TLS connection failed (refused, unreachable, DNS, handshake).
+    #[error("cannot reach upstream {host}: {reason}")]
+    Connect { host: String, reason: String },
+    /// No response headers (or no body bytes) within the limit.
+    #[error("upstream {host} did not answer within {after:?}")]
+    Timeout { host: String, after: Duration },
+    /// Upstream answered with a non-success status.
+    #[error("upstream answered {status}")]
+    Status {
+        status: StatusCode,
+        /// `Retry-After` as upstream sent it (429, 503).
+        retry_after: Option<HeaderValue>,
+    },
+    /// The token flow failed (realm unreachable, bad answer, credentials refused).
+    #[error("upstream authentication failed: {0}")]
+    Auth(String),
+    /// Upstream broke the protocol (bad redirect, oversized or malformed answer).
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    /// Whether this is an upstream outage (unreachable, timing out, 5xx, 429, auth trouble), for
+    /// which a cached answer may be served stale. A 404 is not an outage: it is an answer.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            UpstreamError::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => true,
+        }
+    }
+}
+
+/// The `WWW-Authenticate` challenge an upstream issued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// Token auth: fetch a token from `realm`.
+    Bearer {
+        /// Token endpoint URL.
+        realm: String,
+        /// `service` parameter to pass back.
+        service: Option<String>,
+        /// `scope` the upstream asked for.
+        scope: Option<String>,
+    },
+    /// HTTP Basic auth with the configured credentials.
+    Basic,
+}
+
+/// Parses a `WWW-Authenticate` value (RFC 9110 §11.6.1): `Bearer realm="..",service="..",scope=".."`
+/// or `Basic realm=".."`. Returns `None` for other schemes or a Bearer without a realm.
+pub fn parse_challenge(value: &str) -> Option<Challenge> {
+    let value = value.trim();
+    let (scheme, rest) = value.split_once(char::is_whitespace).unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let params = parse_auth_params(rest);
+    let get = |k: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
+    Some(Challenge::Bearer {
+        realm: get("realm")?,
+        service: get("service"),
+        scope: get("scope"),
+    })
+}
+
+/// Parses `k=v, k="quoted \"v\""` pairs.
+fn parse_auth_params(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c == ',' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if key.is_empty() {
+            break;
+        }
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek() != Some(&'=') {
+            continue;
+        }
+        chars.next();
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut val = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            val.push(n)
+                        }
+                    }
+                    '"' => break,
+                    c => val.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                val.push(c);
+                chars.next();
+            }
+            val = val.trim().to_string();
+        }
+        out.push((key, val));
+    }
+    out
+}
+
+/// A cached bearer token.
+struct CachedToken {
+    /// The token (never logged).
+    token: String,
+    /// When to stop using it.
+    refresh_at: Instant,
+}
+
+/// Auth state shared by all requests to one upstream.
+#[derive(Default)]
+struct AuthState {
+    /// The last challenge seen, so later requests can fetch a token without a 401 round trip.
+    challenge: Option<Challenge>,
+    /// Tokens by (realm, service, scope).
+    tokens: HashMap<(String, String, String), CachedToken>,
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// One upstream registry: its base URL, credentials, token cache and connection pool.
+pub struct Upstream {
+    /// Registry name clients use (`docker.io`).
+    registry: String,
+    /// Base URL (`https://registry-1.docker.io/`).
+    base: Url,
+    /// Basic credentials for the token realm or the registry.
+    credentials: Option<Credentials>,
+    /// Pooled HTTP/1.1 + HTTP/2 client.
+    client: HttpsClient,
+    /// Challenge and tokens.
+    auth: Mutex<AuthState>,
+}
+
+impl Upstream {
+    /// Builds the client for `cfg`. TLS trusts the system roots, or the webpki roots when the
+    /// system has none.
+    pub fn new(cfg: &UpstreamConfig) -> Upstream {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_nodelay(true);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match builder.with_native_roots() {
+            Ok(b) => b,
+            Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+        };
+        let https = builder
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build(https);
+        Upstream {
+            registry: cfg.registry.clone(),
+            base: cfg.url.clone(),
+            credentials: cfg.credentials.clone(),
+            client,
+            auth: Mutex::new(AuthState::default()),
+        }
+    }
+
+    /// Registry name clients use for this upstream.
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+
+    /// Host (and port) of the upstream, for logs.
+    pub fn host(&self) -> String {
+        host_of(&self.base)
+    }
+
+    /// Sends `method` to `path_and_query` (e.g. `/v2/library/alpine/manifests/3.19`) on behalf
+    /// of repository `name`, with `headers` (Accept, Range), handling auth and redirects.
+    /// Returns the final response whatever its status (the caller classifies it).
+    ///
+    /// Errors: [`UpstreamError::Connect`], `Timeout`, `Auth`, `Protocol`.
+    pub async fn send(
+        &self,
+        method: Method,
+        name: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut url = self
+            .base
+            .join(path_and_query)
+            .map_err(|e| UpstreamError::Protocol(format!("bad path: {e}")))?;
+        let scope = format!("repository:{name}:pull");
+        let mut auth_retries = 0;
+        let mut redirects = 0;
+        let mut method = method;
+        loop {
+            let on_origin = same_origin(&url, &self.base);
+            let mut req = Request::builder().method(method.clone()).uri(url.as_str());
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            if on_origin {
+                if let Some(h) = self.authorization(&scope).await? {
+                    req = req.header(AUTHORIZATION, h);
+                }
+            }
+            let req = req
+                .body(Empty::new())
+                .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+            let resp = self.request(req, &url).await?;
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED && on_origin && auth_retries < 2 {
+                let challenge = resp
+                    .headers()
+                    .get_all(WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(parse_challenge);
+                let Some(challenge) = challenge else {
+                    return Ok(resp);
+                };
+                if challenge == Challenge::Basic && self.credentials.is_none() {
+                    return Ok(resp);
+                }
+                auth_retries += 1;
+                let mut st = self.auth.lock().expect("auth lock");
+                if let Challenge::Bearer { realm, service, .. } = &challenge {
+                    st.tokens.remove(&(
+                        realm.clone(),
+                        service.clone().unwrap_or_default(),
+                        scope.clone(),
+                    ));
+                }
+                st.challenge = Some(challenge);
+                continue;
+            }
+            if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
+                let loc = resp
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .ok_or_else(|| {
+                        UpstreamError::Protocol(format!("{status} without a Location"))
+                    })?;
+                let next = url
+                    .join(loc)
+                    .map_err(|e| UpstreamError::Protocol(format!("bad redirect Location: {e}")))?;
+                if !matches!(next.scheme(), "http" | "https") {
+                    return Err(UpstreamError::Protocol("redirect to a non-http URL".into()));
+                }
+                redirects += 1;
+                if redirects > MAX_REDIRECTS {
+                    return Err(UpstreamError::Protocol("too many redirects".into()));
+                }
+                if status == StatusCode::SEE_OTHER && method != Method::HEAD {
+                    method = Method::GET;
+                }
+                url = next;
+                continue;
+            }
+            return Ok(resp);
+        }
+    }
+
+    /// Sends `req` with the header timeout, mapping transport errors.
+    async fn request(
+        &self,
+        req: Request<Empty<Bytes>>,
+        url: &Url,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        match tokio::time::timeout(HEADER_TIMEOUT, self.client.request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout {
+                host: host_of(url),
+                after: HEADER_TIMEOUT,
+            }),
+            Ok(Err(e)) => Err(UpstreamError::Connect {
+                host: host_of(url),
+                reason: error_chain(&e),
+            }),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// The `Authorization` value for `scope`, from the known challenge (none before the first 401).
+    async fn authorization(&self, scope: &str) -> Result<Option<HeaderValue>, UpstreamError> {
+        let challenge = self.auth.lock().expect("auth lock").challenge.clone();
+        match challenge {
+            None => Ok(None),
+            Some(Challenge::Basic) => Ok(self.credentials.as_ref().map(basic_header)),
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                let token = self.token(&realm, service.as_deref(), scope).await?;
+                let v = HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| UpstreamError::Auth("token is not a valid header value".into()))?;
+                Ok(Some(v))
+            }
+        }
+    }
+
+    /// A token for (realm, service, scope): cached, or fetched from the realm.
+    async fn token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+    ) -> Result<String, UpstreamError> {
+        let key = (
+            realm.to_string(),
+            service.unwrap_or_default().to_string(),
+            scope.to_string(),
+        );
+        if let Some(t) = self.auth.lock().expect("auth lock").tokens.get(&key) {
+            if Instant::now() < t.refresh_at {
+                return Ok(t.token.clone());
+            }
+        }
+        let mut url = Url::parse(realm)
+            .map_err(|e| UpstreamError::Auth(format!("bad realm {realm:?}: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(UpstreamError::Auth(format!(
+                "realm {realm:?} is not an http(s) URL"
+            )));
+        }
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            q.append_pair("scope", scope);
+        }
+        let mut req = Request::builder().method(Method::GET).uri(url.as_str());
+        if let Some(c) = &self.credentials {
+            req = req.header(AUTHORIZATION, basic_header(c));
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| UpstreamError::Auth(e.to_string()))?;
+        let fetched_at = Instant::now();
+        let resp = self
+            .request(req, &url)
+            .await
+            .map_err(|e| UpstreamError::Auth(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(UpstreamError::Auth(format!(
+                "token endpoint {} answered {}",
+                host_of(&url),
+                resp.status()
+            )));
+        }
+        let body = read_limited(resp.into_body(), MAX_TOKEN_RESPONSE)
+            .await
+            .map_err(|e| UpstreamError::Auth(format!("reading token: {e}")))?;
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            token: Option<String>,
+            access_token: Option<String>,
+            expires_in: Option<u64>,
+        }
+        let ans: TokenAnswer = serde_json::from_slice(&body)
+            .map_err(|e| UpstreamError::Auth(format!("token endpoint answer is not JSON: {e}")))?;
+        let token = ans
+            .token
+            .or(ans.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| UpstreamError::Auth("token endpoint answer has no token".into()))?;
+        let lifetime = ans.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME).max(1);
+        // Refresh before expiry: a fifth of the lifetime early, at most 30 s early.
+        let margin = Duration::from_millis((lifetime * 1000 / 5).min(30_000));
+        let refresh_at = fetched_at + Duration::from_secs(lifetime) - margin;
+        self.auth.lock().expect("auth lock").tokens.insert(
+            key,
+            CachedToken {
+                token: token.clone(),
+                refresh_at,
+            },
+        );
+        Ok(token)
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes.
+///
+/// Errors: a message when the body is larger or the connection fails.
+pub async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, String> {
+    match tokio::time::timeout(BODY_IDLE_TIMEOUT, Limited::new(body, limit).collect()).await {
+        Err(_) => Err("timed out reading the body".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+fn basic_header(c: &Credentials) -> HeaderValue {
+    let raw =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
+    let mut v = HeaderValue::from_str(&format!("Basic {raw}"))
+        .unwrap_or_else(|_| HeaderValue::from_static(""));
+    v.set_sensitive(true);
+    v
+}
+
+fn same_origin(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
+fn host_of(u: &Url) -> String {
+    match (u.host_str(), u.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::from("?"),
+    }
+}
+
+/// An error and its sources, joined (hyper's top-level errors say little on their own).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        assert_eq!(
+            parse_challenge(
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#
+            ),
+            Some(Challenge::Bearer {
+                realm: "https://auth.docker.io/token".into(),
+                service: Some("registry.docker.io".into()),
+                scope: Some("repository:library/alpine:pull".into()),
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"bearer realm=http://x/t, service = "a \"b\"""#),
+            Some(Challenge::Bearer {
+                realm: "http://x/t".into(),
+                service: Some("a \"b\"".into()),
+                scope: None
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"Basic realm="r""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(parse_challenge("Bearer service=x"), None);
+        assert_eq!(parse_challenge("Negotiate"), None);
+        assert_eq!(parse_challenge(""), None);
+    }
+
+    #[test]
+    fn outage_classification() {
+        let s = |c: u16| UpstreamError::Status {
+            status: StatusCode::from_u16(c).unwrap(),
+            retry_after: None,
+        };
+        assert!(s(502).is_outage() && s(429).is_outage());
+        assert!(!s(404).is_outage() && !s(401).is_outage());
+        assert!(UpstreamError::Auth("x".into()).is_outage());
+    }
+}

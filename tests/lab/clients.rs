@@ -1,0 +1,328 @@
+//! Real clients: containerd + ctr, dockerd + docker CLI (on that containerd), skopeo.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use super::proc::{self, Daemon};
+use super::Tools;
+
+const PULL_TIMEOUT: Duration = Duration::from_secs(240);
+const CMD_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------- containerd / ctr
+
+pub struct Containerd {
+    pub socket: PathBuf,
+    pub hosts_dir: PathBuf,
+    pub namespace: String,
+    ctr: PathBuf,
+    pub daemon: Daemon,
+}
+
+impl Containerd {
+    /// Starts containerd with its own root, state and socket under `dir`, and writes a
+    /// `hosts_dir/docker.io/hosts.toml` that sends docker.io pulls to `mirror`.
+    pub fn start(dir: &Path, tools: &Tools, mirror: SocketAddr) -> Containerd {
+        let dir = dir.join("containerd");
+        for sub in ["root", "state", "opt"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("create containerd dirs");
+        }
+        let socket = dir.join("containerd.sock");
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+# CRI is not needed for ctr/dockerd and wants CNI and more.
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[debug]
+  level = "info"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+"#,
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            sock = socket.display(),
+            opt = dir.join("opt").display(),
+        );
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, config).expect("write containerd config.toml");
+
+        let hosts_dir = dir.join("certs.d");
+        std::fs::create_dir_all(hosts_dir.join("docker.io")).expect("create hosts dir");
+        std::fs::write(
+            hosts_dir.join("docker.io/hosts.toml"),
+            format!(
+                "server = \"https://registry-1.docker.io\"\n\n[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )
+        .expect("write hosts.toml");
+
+        let mut daemon = Daemon::spawn(
+            "containerd",
+            Command::new(&tools.containerd)
+                .arg("--config")
+                .arg(&config_path),
+            &dir.join("containerd.log"),
+            Duration::from_secs(15),
+        );
+        let ctr = tools.ctr.clone();
+        let sock = socket.clone();
+        daemon.wait_ready(Duration::from_secs(30), || {
+            sock.exists()
+                && proc::run(
+                    Command::new(&ctr).arg("-a").arg(&sock).arg("version"),
+                    Duration::from_secs(10),
+                )
+                .ok()
+        });
+        Containerd {
+            socket,
+            hosts_dir,
+            namespace: "test".into(),
+            ctr: tools.ctr.clone(),
+            daemon,
+        }
+    }
+
+    pub fn ctr(&self) -> Command {
+        let mut c = Command::new(&self.ctr);
+        c.arg("-a").arg(&self.socket).arg("-n").arg(&self.namespace);
+        c
+    }
+
+    /// `ctr images pull --hosts-dir DIR [--all-platforms] REF`.
+    pub fn pull(&self, reference: &str, all_platforms: bool) -> proc::Output {
+        let mut c = self.ctr();
+        c.args(["images", "pull", "--hosts-dir"])
+            .arg(&self.hosts_dir);
+        if all_platforms {
+            c.arg("--all-platforms");
+        }
+        c.arg(reference);
+        proc::run_ok(&mut c, PULL_TIMEOUT)
+    }
+
+    /// Target digest of an image, from `ctr images ls`.
+    pub fn image_digest(&self, reference: &str) -> Option<String> {
+        let out = proc::run_ok(self.ctr().args(["images", "ls"]), CMD_TIMEOUT);
+        out.stdout.lines().skip(1).find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.first() == Some(&reference))
+                .then(|| cols.get(2).map(|d| (*d).to_owned()))
+                .flatten()
+        })
+    }
+
+    /// Removes the images and garbage-collects their content and snapshots, so that the next
+    /// pull has to fetch every blob again.
+    pub fn remove_all(&self, references: &[String]) {
+        let mut c = self.ctr();
+        c.args(["images", "rm", "--sync"]).args(references);
+        proc::run_ok(&mut c, CMD_TIMEOUT);
+        let left = proc::run_ok(self.ctr().args(["content", "ls", "-q"]), CMD_TIMEOUT);
+        let left: Vec<&str> = left.stdout.split_whitespace().collect();
+        if !left.is_empty() {
+            proc::say(format!(
+                "ctr: {} content blobs survived image removal; removing them",
+                left.len()
+            ));
+            proc::run_ok(self.ctr().args(["content", "rm"]).args(&left), CMD_TIMEOUT);
+        }
+        let left = proc::run_ok(self.ctr().args(["content", "ls", "-q"]), CMD_TIMEOUT);
+        assert!(
+            left.stdout.trim().is_empty(),
+            "containerd content store not empty after cleanup:\n{}",
+            left.stdout
+        );
+    }
+}
+
+// ---------------------------------------------------------------- dockerd / docker
+
+pub struct Dockerd {
+    pub host: String,
+    docker: PathBuf,
+    cli_config: PathBuf,
+    pub daemon: Daemon,
+}
+
+impl Dockerd {
+    /// Starts dockerd beside `containerd` with `registry-mirrors: [mirror]`.
+    pub fn start(dir: &Path, tools: &Tools, containerd: &Path, mirror: SocketAddr) -> Dockerd {
+        let dir = dir.join("docker");
+        for sub in ["data", "exec", "cli"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("create docker dirs");
+        }
+        let socket = dir.join("docker.sock");
+        let host = format!("unix://{}", socket.display());
+        let config = serde_json::json!({
+            "registry-mirrors": [format!("http://{mirror}")],
+            "iptables": false,
+            "ip6tables": false,
+            "bridge": "none",
+            "storage-driver": "vfs",
+            "data-root": dir.join("data"),
+            "exec-root": dir.join("exec"),
+            "pidfile": dir.join("docker.pid"),
+            "hosts": [host],
+            "containerd": containerd,
+            "log-level": "debug",
+            "max-concurrent-downloads": 3,
+        });
+        let config_path = dir.join("daemon.json");
+        std::fs::write(
+            &config_path,
+            serde_json::to_vec_pretty(&config).expect("serialize daemon.json"),
+        )
+        .expect("write daemon.json");
+        let mut daemon = Daemon::spawn(
+            "dockerd",
+            Command::new(&tools.dockerd)
+                .arg("--config-file")
+                .arg(&config_path),
+            &dir.join("dockerd.log"),
+            Duration::from_secs(20),
+        );
+        let cli_config = dir.join("cli");
+        let docker = tools.docker.clone();
+        daemon.wait_ready(Duration::from_secs(60), || {
+            socket.exists()
+                && proc::run(
+                    docker_command(&docker, &host, &cli_config).arg("version"),
+                    Duration::from_secs(10),
+                )
+                .ok()
+        });
+        Dockerd {
+            host,
+            docker,
+            cli_config,
+            daemon,
+        }
+    }
+
+    pub fn docker(&self) -> Command {
+        docker_command(&self.docker, &self.host, &self.cli_config)
+    }
+
+    pub fn pull(&self, reference: &str) -> proc::Output {
+        proc::run_ok(self.docker().arg("pull").arg(reference), PULL_TIMEOUT)
+    }
+
+    /// `docker images --digests`: (repository, tag, digest) rows.
+    pub fn images_digests(&self) -> Vec<(String, String, String)> {
+        let out = proc::run_ok(
+            self.docker().args([
+                "images",
+                "--digests",
+                "--format",
+                "{{.Repository}} {{.Tag}} {{.Digest}}",
+            ]),
+            CMD_TIMEOUT,
+        );
+        out.stdout
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some((
+                    it.next()?.to_owned(),
+                    it.next()?.to_owned(),
+                    it.next()?.to_owned(),
+                ))
+            })
+            .collect()
+    }
+
+    pub fn rmi(&self, references: &[String]) {
+        proc::run_ok(self.docker().arg("rmi").args(references), CMD_TIMEOUT);
+        let left = proc::run_ok(self.docker().args(["images", "-aq"]), CMD_TIMEOUT);
+        assert!(
+            left.stdout.trim().is_empty(),
+            "docker still has images after rmi: {}",
+            left.stdout
+        );
+    }
+}
+
+fn docker_command(docker: &Path, host: &str, cli_config: &Path) -> Command {
+    let mut c = Command::new(docker);
+    c.env("DOCKER_HOST", host)
+        .env("DOCKER_CONFIG", cli_config)
+        .env("DOCKER_CLI_HINTS", "false");
+    c
+}
+
+// ---------------------------------------------------------------- skopeo
+
+pub struct Skopeo {
+    bin: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Skopeo {
+    pub fn new(dir: &Path, tools: &Tools) -> Skopeo {
+        let tmp = dir.join("skopeo-tmp");
+        std::fs::create_dir_all(&tmp).expect("create skopeo tmpdir");
+        Skopeo {
+            bin: tools.skopeo.clone(),
+            tmp,
+        }
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        // No policy.json or auth files from the machine: accept anything, no stored creds.
+        c.arg("--insecure-policy")
+            .arg("--tmpdir")
+            .arg(&self.tmp)
+            .env("REGISTRY_AUTH_FILE", self.tmp.join("auth.json"));
+        c
+    }
+
+    /// Pushes an OCI layout to `registry` with push credentials, preserving digests.
+    pub fn push_layout(&self, layout: &Path, tag: &str, dest: &str, creds: &str, all: bool) {
+        let mut c = self.cmd();
+        c.args(["copy", "--preserve-digests", "--retry-times", "2"]);
+        if all {
+            c.arg("--all");
+        }
+        c.args(["--dest-tls-verify=false", "--dest-creds", creds])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{dest}"));
+        proc::run_ok(&mut c, PULL_TIMEOUT);
+    }
+
+    /// `skopeo inspect --raw` of a remote reference: the manifest bytes as served.
+    pub fn inspect_raw(&self, reference: &str) -> Vec<u8> {
+        let out = proc::run_ok(
+            self.cmd()
+                .args(["inspect", "--raw", "--tls-verify=false", "--no-creds"])
+                .arg(format!("docker://{reference}")),
+            CMD_TIMEOUT,
+        );
+        out.stdout.into_bytes()
+    }
+
+    /// `skopeo copy [--all] --src-tls-verify=false docker://REF dir:OUT`.
+    pub fn copy_to_dir(&self, reference: &str, out: &Path, all: bool) -> proc::Output {
+        let mut c = self.cmd();
+        c.arg("copy");
+        if all {
+            c.arg("--all");
+        }
+        c.args(["--src-tls-verify=false", "--src-no-creds"])
+            .arg(format!("docker://{reference}"))
+            .arg(format!("dir:{}", out.display()));
+        proc::run_ok(&mut c, PULL_TIMEOUT)
+    }
+}

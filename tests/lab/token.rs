@@ -1,0 +1,363 @@
+//! A Docker-Hub-like token server (the `realm` of distribution's `auth: token`), in process.
+//!
+//! `GET /token?service=S&scope=repository:NAME:pull[,push]...` answers
+//! `{"token": JWT, "access_token": JWT, "expires_in": TTL, "issued_at": RFC3339}`.
+//!
+//! Signing: ES256 (ECDSA P-256, SHA-256, JOSE `r||s` signature) with a key generated at
+//! start-up by rcgen; the JWT header carries `x5c: [base64(DER)]` of a self-signed certificate
+//! whose PEM is the registry's `rootcertbundle`. distribution 2.8 verifies the x5c chain
+//! against that bundle and then the signature through libtrust, which accepts ES256 for a
+//! P-256 key (and RS256 for RSA keys; ring, rcgen's backend, cannot generate RSA keys).
+//! distribution 2.8 checks `nbf <= now <= exp` with no leeway, so a short TTL really expires
+//! at the registry: a client (or a mirror) that does not refresh its token gets 401.
+//!
+//! Access policy, like the Hub's public images: anyone gets `pull`; `push` (and `delete`) is
+//! granted only with HTTP Basic credentials `pusher:<password>`. Wrong credentials get 401.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use serde::Serialize;
+
+pub const SERVICE: &str = "registry.e2e.test";
+pub const ISSUER: &str = "e2e-token-issuer";
+pub const PUSHER: &str = "pusher";
+
+/// One issued token, for the test's own bookkeeping.
+#[derive(Clone, Debug)]
+pub struct Issued {
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub granted: Vec<String>,
+    pub at: SystemTime,
+}
+
+#[derive(Default)]
+struct State {
+    issued: Mutex<Vec<Issued>>,
+    rejected: AtomicU64,
+}
+
+pub struct TokenServer {
+    pub addr: SocketAddr,
+    pub cert_pem_path: PathBuf,
+    pub ttl_secs: u64,
+    pub pusher_password: String,
+    state: Arc<State>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+struct Signer {
+    key: jsonwebtoken::EncodingKey,
+    x5c: String,
+    ttl_secs: u64,
+    pusher_password: String,
+    jti: AtomicU64,
+}
+
+#[derive(Serialize)]
+struct Access {
+    #[serde(rename = "type")]
+    kind: String,
+    name: String,
+    actions: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    aud: String,
+    exp: u64,
+    nbf: u64,
+    iat: u64,
+    jti: String,
+    access: Vec<Access>,
+}
+
+impl TokenServer {
+    /// Generates the signing key and certificate (writing the cert PEM into `dir`) and starts
+    /// serving on a free loopback port.
+    pub fn start(dir: &Path, ttl_secs: u64) -> TokenServer {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .expect("generate ECDSA P-256 token signing key");
+        let mut params = rcgen::CertificateParams::new(vec![ISSUER.to_owned()])
+            .expect("token certificate params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, ISSUER);
+        let cert = params
+            .self_signed(&key)
+            .expect("self-sign token certificate");
+        let cert_pem_path = dir.join("token-cert.pem");
+        std::fs::write(&cert_pem_path, cert.pem()).expect("write token cert PEM");
+        let encoding_key = jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())
+            .expect("load signing key into jsonwebtoken");
+        let pusher_password = format!("pw-{:x}", nanos());
+        let signer = Arc::new(Signer {
+            key: encoding_key,
+            x5c: base64::engine::general_purpose::STANDARD.encode(cert.der().as_ref()),
+            ttl_secs,
+            pusher_password: pusher_password.clone(),
+            jti: AtomicU64::new(1),
+        });
+
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind token server");
+        let addr = listener.local_addr().expect("token server addr");
+        let state = Arc::new(State::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let log_path = dir.join("token.log");
+        let thread = {
+            let (state, stop) = (state.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let (signer, state, log_path) =
+                        (signer.clone(), state.clone(), log_path.clone());
+                    std::thread::spawn(move || handle(conn, &signer, &state, &log_path));
+                }
+            })
+        };
+        super::proc::say(format!(
+            "token server on http://{addr}/token (ES256, expires_in {ttl_secs}s)"
+        ));
+        TokenServer {
+            addr,
+            cert_pem_path,
+            ttl_secs,
+            pusher_password,
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn realm(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+
+    /// Tokens issued so far.
+    pub fn issued(&self) -> Vec<Issued> {
+        self.state.issued.lock().expect("token state lock").clone()
+    }
+
+    pub fn rejected(&self) -> u64 {
+        self.state.rejected.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn respond(conn: &mut TcpStream, status: &str, extra_headers: &str, body: &str) {
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
+        body.len()
+    );
+    let _ = conn.write_all(resp.as_bytes());
+    let _ = conn.flush();
+}
+
+fn handle(mut conn: TcpStream, signer: &Signer, state: &State, log_path: &Path) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 64 * 1024 {
+            return;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or_default();
+    let authorization = lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.trim().to_owned());
+
+    let log = |line: String| {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_path)
+        {
+            let _ = writeln!(
+                f,
+                "{} {line}",
+                humantime::format_rfc3339_millis(SystemTime::now())
+            );
+        }
+    };
+
+    let url = match url::Url::parse(&format!("http://token.local{target}")) {
+        Ok(u) if u.path() == "/token" => u,
+        _ => {
+            log(format!("404 {method} {target}"));
+            respond(&mut conn, "404 Not Found", "", r#"{"error":"not found"}"#);
+            return;
+        }
+    };
+    if method != "GET" {
+        // containerd tries the OAuth2 POST flow when it has credentials and falls back to GET
+        // on 404/405; Docker Hub's realm does the same dance.
+        log(format!("405 {method} {target}"));
+        respond(
+            &mut conn,
+            "405 Method Not Allowed",
+            "",
+            r#"{"error":"use GET"}"#,
+        );
+        return;
+    }
+    let mut service = String::new();
+    let mut scopes = Vec::new();
+    for (k, v) in url.query_pairs() {
+        match k.as_ref() {
+            "service" => service = v.into_owned(),
+            // A scope parameter may itself hold several space-separated scopes.
+            "scope" => scopes.extend(v.split(' ').filter(|s| !s.is_empty()).map(str::to_owned)),
+            _ => {}
+        }
+    }
+    if service != SERVICE {
+        log(format!("400 bad service {service:?} {target}"));
+        respond(
+            &mut conn,
+            "400 Bad Request",
+            "",
+            r#"{"error":"unknown service"}"#,
+        );
+        return;
+    }
+
+    let mut subject = String::new();
+    if let Some(auth) = authorization {
+        let decoded = auth
+            .strip_prefix("Basic ")
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        match decoded.as_deref().and_then(|s| s.split_once(':')) {
+            Some((PUSHER, pw)) if pw == signer.pusher_password => subject = PUSHER.to_owned(),
+            _ => {
+                state.rejected.fetch_add(1, Ordering::SeqCst);
+                log(format!("401 bad credentials {target}"));
+                respond(
+                    &mut conn,
+                    "401 Unauthorized",
+                    "WWW-Authenticate: Basic realm=\"e2e\"\r\n",
+                    r#"{"details":"incorrect username or password"}"#,
+                );
+                return;
+            }
+        }
+    }
+
+    let mut access = Vec::new();
+    let mut granted_desc = Vec::new();
+    for scope in &scopes {
+        // repository:NAME:ACTIONS (NAME has no ':'; a type like "repository(plugin)" is ignored)
+        let mut it = scope.splitn(3, ':');
+        let (Some(kind), Some(name), Some(actions)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        if kind != "repository" {
+            continue;
+        }
+        let granted: Vec<String> = actions
+            .split(',')
+            .filter(|a| *a == "pull" || (subject == PUSHER && (*a == "push" || *a == "delete")))
+            .map(str::to_owned)
+            .collect();
+        granted_desc.push(format!("{name}:{}", granted.join(",")));
+        access.push(Access {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            actions: granted,
+        });
+    }
+
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after epoch")
+        .as_secs();
+    let claims = Claims {
+        iss: ISSUER.to_owned(),
+        sub: subject.clone(),
+        aud: service.clone(),
+        exp: now + signer.ttl_secs,
+        nbf: now.saturating_sub(1),
+        iat: now,
+        jti: format!("e2e-{}", signer.jti.fetch_add(1, Ordering::SeqCst)),
+        access,
+    };
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.typ = Some("JWT".to_owned());
+    header.x5c = Some(vec![signer.x5c.clone()]);
+    let jwt = match jsonwebtoken::encode(&header, &claims, &signer.key) {
+        Ok(t) => t,
+        Err(e) => {
+            log(format!("500 signing failed: {e}"));
+            respond(
+                &mut conn,
+                "500 Internal Server Error",
+                "",
+                r#"{"error":"signing"}"#,
+            );
+            return;
+        }
+    };
+    let body = serde_json::json!({
+        "token": jwt,
+        "access_token": jwt,
+        "expires_in": signer.ttl_secs,
+        "issued_at": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+    })
+    .to_string();
+    log(format!(
+        "200 sub={subject:?} scopes={scopes:?} granted={granted_desc:?}"
+    ));
+    state.issued.lock().expect("token state lock").push(Issued {
+        subject,
+        scopes,
+        granted: granted_desc,
+        at: SystemTime::now(),
+    });
+    respond(&mut conn, "200 OK", "", &body);
+}
