@@ -1,0 +1,603 @@
+//! Hermetic test support: an in-process fake upstream registry shaped like Docker Hub (token
+//! auth, blob GETs answered with a 307 to a separate "CDN" host that rejects `Authorization`),
+//! with request counters and fault switches, plus a tiny HTTP client and a regcache started
+//! in-process on `127.0.0.1:0`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::{Digest as _, Sha256};
+use tokio::net::TcpListener;
+
+type BoxBody =
+    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// What the fake upstream saw.
+#[derive(Default)]
+pub struct Counters {
+    /// GET /v2/<name>/manifests/<ref> at the registry.
+    pub manifest_get: AtomicU64,
+    /// HEAD /v2/<name>/manifests/<ref>.
+    pub manifest_head: AtomicU64,
+    /// GET /v2/<name>/blobs/<digest> at the registry (answered 307).
+    pub blob_get: AtomicU64,
+    /// HEAD /v2/<name>/blobs/<digest>.
+    pub blob_head: AtomicU64,
+    /// GETs at the CDN host.
+    pub cdn_get: AtomicU64,
+    /// CDN requests that carried Authorization (rejected with 400).
+    pub cdn_auth_leaks: AtomicU64,
+    /// Token endpoint GETs.
+    pub token_get: AtomicU64,
+    /// Requests of any kind at the registry host (token endpoint included).
+    pub total: AtomicU64,
+    /// Requests at the registry that carried no valid token (answered 401).
+    pub unauthorized: AtomicU64,
+    /// tags/list GETs.
+    pub tags_list: AtomicU64,
+}
+
+impl Counters {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::SeqCst)
+    }
+}
+
+/// Fault switches.
+#[derive(Default, Clone)]
+pub struct Faults {
+    /// Answer every registry request with this status (e.g. 503, 429).
+    pub status: Option<u16>,
+    /// Serve these blobs with one byte flipped (same length).
+    pub corrupt: Vec<String>,
+    /// CDN: pause this long after each chunk of `chunk` bytes.
+    pub throttle: Option<(usize, Duration)>,
+}
+
+#[derive(Default)]
+struct State {
+    blobs: HashMap<String, Bytes>,
+    /// digest -> (media type, bytes)
+    manifests: HashMap<String, (String, Bytes)>,
+    /// (name, tag) -> digest
+    tags: HashMap<(String, String), String>,
+    /// token -> expiry
+    tokens: HashMap<String, Instant>,
+    faults: Faults,
+    token_lifetime: u64,
+}
+
+/// The fake registry + CDN + token server.
+pub struct FakeUpstream {
+    pub registry: SocketAddr,
+    pub cdn: SocketAddr,
+    pub counters: Arc<Counters>,
+    state: Arc<Mutex<State>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl FakeUpstream {
+    /// Starts the registry and CDN on free loopback ports. Tokens live `token_lifetime` seconds.
+    pub async fn start(token_lifetime: u64) -> FakeUpstream {
+        let state = Arc::new(Mutex::new(State {
+            token_lifetime,
+            ..Default::default()
+        }));
+        let counters = Arc::new(Counters::default());
+        let reg_l = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind registry");
+        let cdn_l = TcpListener::bind("127.0.0.1:0").await.expect("bind cdn");
+        let registry = reg_l.local_addr().expect("addr");
+        let cdn = cdn_l.local_addr().expect("addr");
+        let (s1, c1) = (state.clone(), counters.clone());
+        let t1 = tokio::spawn(serve_loop(reg_l, move |req| {
+            registry_handler(req, s1.clone(), c1.clone(), registry, cdn)
+        }));
+        let (s2, c2) = (state.clone(), counters.clone());
+        let t2 = tokio::spawn(serve_loop(cdn_l, move |req| {
+            cdn_handler(req, s2.clone(), c2.clone())
+        }));
+        FakeUpstream {
+            registry,
+            cdn,
+            counters,
+            state,
+            tasks: vec![t1, t2],
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.registry)
+    }
+
+    /// Stores a blob; returns its digest.
+    pub fn add_blob(&self, data: Vec<u8>) -> String {
+        let d = sha256(&data);
+        self.state
+            .lock()
+            .unwrap()
+            .blobs
+            .insert(d.clone(), Bytes::from(data));
+        d
+    }
+
+    /// Stores a manifest and points `name:tag` at it; returns its digest.
+    pub fn put_manifest(&self, name: &str, tag: &str, media_type: &str, bytes: Vec<u8>) -> String {
+        let d = sha256(&bytes);
+        let mut st = self.state.lock().unwrap();
+        st.manifests
+            .insert(d.clone(), (media_type.into(), Bytes::from(bytes)));
+        st.tags.insert((name.into(), tag.into()), d.clone());
+        d
+    }
+
+    /// An image with one layer of `layer_len` random bytes; returns (manifest digest, layer
+    /// digest, config digest, manifest bytes).
+    pub fn add_image(&self, name: &str, tag: &str, layer_len: usize, seed: u64) -> Image {
+        let layer = random_bytes(layer_len, seed);
+        let layer_digest = self.add_blob(layer.clone());
+        let config =
+            format!("{{\"architecture\":\"amd64\",\"os\":\"linux\",\"seed\":{seed}}}").into_bytes();
+        let config_digest = self.add_blob(config.clone());
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer.len()}],
+        })
+        .to_string()
+        .into_bytes();
+        let manifest_digest = self.put_manifest(name, tag, OCI_MANIFEST, manifest.clone());
+        Image {
+            manifest_digest,
+            manifest,
+            layer_digest,
+            layer,
+            config_digest,
+        }
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        self.state.lock().unwrap().faults = f;
+    }
+
+    /// Invalidates every issued token (the next request with one gets 401).
+    pub fn revoke_tokens(&self) {
+        self.state.lock().unwrap().tokens.clear();
+    }
+
+    /// Stops answering: both listeners close, so connections are refused.
+    pub fn shut_down(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+pub struct Image {
+    pub manifest_digest: String,
+    pub manifest: Vec<u8>,
+    pub layer_digest: String,
+    pub layer: Vec<u8>,
+    pub config_digest: String,
+}
+
+async fn serve_loop<F, Fut>(listener: TcpListener, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
+{
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let h = handler.clone();
+        conns.spawn(async move {
+            let svc = service_fn(move |req| {
+                let h = h.clone();
+                async move { Ok::<_, Infallible>(h(req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn full(status: u16, body: impl Into<Bytes>) -> Response<BoxBody> {
+    Response::builder()
+        .status(status)
+        .body(Full::new(body.into()).map_err(|e| match e {}).boxed())
+        .unwrap()
+}
+
+fn oci_error(status: u16, code: &str) -> Response<BoxBody> {
+    let mut r = full(
+        status,
+        format!("{{\"errors\":[{{\"code\":\"{code}\",\"message\":\"fake\"}}]}}"),
+    );
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+async fn registry_handler(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+    c: Arc<Counters>,
+    me: SocketAddr,
+    cdn: SocketAddr,
+) -> Response<BoxBody> {
+    c.total.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_string();
+    if path == "/token" {
+        c.token_get.fetch_add(1, Ordering::SeqCst);
+        let n = Counters::get(&c.token_get);
+        let tok = format!("tok-{n}");
+        let mut st = state.lock().unwrap();
+        let life = st.token_lifetime;
+        st.tokens
+            .insert(tok.clone(), Instant::now() + Duration::from_secs(life));
+        return full(
+            200,
+            format!("{{\"token\":\"{tok}\",\"expires_in\":{life}}}"),
+        );
+    }
+    let faults = state.lock().unwrap().faults.clone();
+    if let Some(s) = faults.status {
+        let mut r = oci_error(s, "UNAVAILABLE");
+        if s == 429 {
+            r.headers_mut().insert("retry-after", "7".parse().unwrap());
+        }
+        return r;
+    }
+    // Bearer auth on everything else.
+    let authorized = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| {
+            state
+                .lock()
+                .unwrap()
+                .tokens
+                .get(t)
+                .is_some_and(|exp| Instant::now() < *exp)
+        });
+    if !authorized {
+        c.unauthorized.fetch_add(1, Ordering::SeqCst);
+        let mut r = oci_error(401, "UNAUTHORIZED");
+        r.headers_mut().insert(
+            "www-authenticate",
+            format!(
+                "Bearer realm=\"http://{me}/token\",service=\"fake\",scope=\"repository:x:pull\""
+            )
+            .parse()
+            .unwrap(),
+        );
+        return r;
+    }
+    if path == "/v2/" {
+        return full(200, "{}");
+    }
+    let rest = path.strip_prefix("/v2/").unwrap_or("");
+    let head = req.method() == Method::HEAD;
+    if let Some(name) = rest.strip_suffix("/tags/list") {
+        c.tags_list.fetch_add(1, Ordering::SeqCst);
+        let st = state.lock().unwrap();
+        let mut tags: Vec<&String> = st
+            .tags
+            .keys()
+            .filter(|(n, _)| n == name)
+            .map(|(_, t)| t)
+            .collect();
+        tags.sort();
+        let mut r = full(
+            200,
+            serde_json::json!({"name": name, "tags": tags}).to_string(),
+        );
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        return r;
+    }
+    if let Some((name, reference)) = rest.split_once("/manifests/") {
+        if head {
+            c.manifest_head.fetch_add(1, Ordering::SeqCst);
+        } else {
+            c.manifest_get.fetch_add(1, Ordering::SeqCst);
+        }
+        let st = state.lock().unwrap();
+        let digest = if reference.contains(':') {
+            reference.to_string()
+        } else {
+            match st.tags.get(&(name.to_string(), reference.to_string())) {
+                Some(d) => d.clone(),
+                None => return oci_error(404, "MANIFEST_UNKNOWN"),
+            }
+        };
+        let Some((mt, bytes)) = st.manifests.get(&digest).cloned() else {
+            return oci_error(404, "MANIFEST_UNKNOWN");
+        };
+        let accept: Vec<String> = req
+            .headers()
+            .get_all("accept")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+            .collect();
+        if !accept.iter().any(|a| *a == mt) {
+            return oci_error(404, "MANIFEST_UNKNOWN");
+        }
+        let len = bytes.len();
+        let mut r = full(200, if head { Bytes::new() } else { bytes });
+        let h = r.headers_mut();
+        h.insert("content-type", mt.parse().unwrap());
+        h.insert("docker-content-digest", digest.parse().unwrap());
+        h.insert("content-length", len.into());
+        return r;
+    }
+    if let Some((_name, digest)) = rest.split_once("/blobs/") {
+        let st = state.lock().unwrap();
+        let Some(b) = st.blobs.get(digest) else {
+            return oci_error(404, "BLOB_UNKNOWN");
+        };
+        if head {
+            c.blob_head.fetch_add(1, Ordering::SeqCst);
+            let mut r = full(200, Bytes::new());
+            r.headers_mut().insert("content-length", b.len().into());
+            r.headers_mut()
+                .insert("docker-content-digest", digest.parse().unwrap());
+            return r;
+        }
+        c.blob_get.fetch_add(1, Ordering::SeqCst);
+        let mut r = full(307, Bytes::new());
+        r.headers_mut().insert(
+            "location",
+            format!("http://{cdn}/cdn/{digest}?signature=secret-signed-url")
+                .parse()
+                .unwrap(),
+        );
+        return r;
+    }
+    oci_error(404, "NOT_FOUND")
+}
+
+async fn cdn_handler(
+    req: Request<Incoming>,
+    state: Arc<Mutex<State>>,
+    c: Arc<Counters>,
+) -> Response<BoxBody> {
+    c.cdn_get.fetch_add(1, Ordering::SeqCst);
+    if req.headers().contains_key("authorization") {
+        c.cdn_auth_leaks.fetch_add(1, Ordering::SeqCst);
+        return full(400, "Only one auth mechanism allowed");
+    }
+    let digest = req.uri().path().trim_start_matches("/cdn/").to_string();
+    let (blob, faults) = {
+        let st = state.lock().unwrap();
+        (st.blobs.get(&digest).cloned(), st.faults.clone())
+    };
+    let Some(mut blob) = blob else {
+        return full(404, "no such object");
+    };
+    if faults.corrupt.contains(&digest) && !blob.is_empty() {
+        let mut v = blob.to_vec();
+        let last = v.len() - 1;
+        v[last] ^= 0xff;
+        blob = Bytes::from(v);
+    }
+    let len = blob.len();
+    let body: BoxBody = match faults.throttle {
+        None => Full::new(blob).map_err(|e| match e {}).boxed(),
+        Some((chunk, pause)) => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<
+                Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+            >(1);
+            tokio::spawn(async move {
+                let mut pos = 0;
+                while pos < blob.len() {
+                    let end = (pos + chunk).min(blob.len());
+                    if tx
+                        .send(Ok(Frame::data(blob.slice(pos..end))))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    pos = end;
+                    tokio::time::sleep(pause).await;
+                }
+            });
+            StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
+        }
+    };
+    let mut r = Response::builder().status(200).body(body).unwrap();
+    r.headers_mut().insert("content-length", len.into());
+    r
+}
+
+/// A response as the test client saw it. `body` is `Err` when the stream broke off.
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Result<Bytes, String>,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+    pub fn bytes(&self) -> &Bytes {
+        self.body.as_ref().expect("complete body")
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.bytes()).expect("json body")
+    }
+}
+
+/// Sends one request (fresh connection each time, so a cut stream cannot poison the next).
+pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Got {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http();
+    let mut b = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = client
+        .request(b.body(Empty::new()).unwrap())
+        .await
+        .expect("request to regcache");
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| format!("{e:?}"));
+    Got {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str) -> Got {
+    request("GET", url, &[]).await
+}
+
+/// A regcache running in-process on a free port.
+pub struct Mirror {
+    pub addr: SocketAddr,
+    pub app: Arc<regcache::routes::App>,
+    pub dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Mirror {
+    pub async fn start(upstream: &str, tag_ttl: Duration) -> Mirror {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(upstream, tag_ttl, dir).await
+    }
+
+    pub async fn start_in(upstream: &str, tag_ttl: Duration, dir: tempfile::TempDir) -> Mirror {
+        let args = regcache::config::ServeArgs {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            cache_dir: Some(dir.path().to_path_buf()),
+            upstream: Some(upstream.to_string()),
+            tag_ttl: Some(tag_ttl),
+            config: None,
+        };
+        let config = regcache::config::Config::load(&args).expect("config");
+        let app = Arc::new(regcache::routes::App::new(config).expect("app"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mirror");
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let a = app.clone();
+        let task = tokio::spawn(async move {
+            let _ = regcache::server::run(listener, a, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Mirror {
+            addr,
+            app,
+            dir,
+            task,
+            stop: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Whether the blob file is committed in the cache directory.
+    pub fn has_blob(&self, digest: &str) -> bool {
+        let hex = digest.trim_start_matches("sha256:");
+        self.dir
+            .path()
+            .join("blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .is_file()
+    }
+
+    /// Files under the cache's tmp/ directory.
+    pub fn temp_files(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Stops the server and returns the cache directory (for a restart).
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+/// Waits (bounded) until `cond` holds; panics with `what` otherwise.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
