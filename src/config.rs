@@ -6,12 +6,18 @@
 //! listen = "127.0.0.1:5000"
 //! cache_dir = "/var/cache/regcache"
 //! tag_ttl = "0s"            # how long a tag->digest answer is trusted before revalidation
-//! [upstream]
+//! default_registry = "docker.io"   # used when a request names no registry
+//! [upstream]                # shorthand for [registries."<default_registry>"]
 //! url = "https://registry-1.docker.io"
 //! username = "someone"        # optional
 //! password_file = "/etc/regcache/upstream.secret"   # optional
+//! [registries."ghcr.io"]    # more registries, selected by ?ns= or a /v2/<registry>/ prefix
+//! url = "https://ghcr.io"
+//! [registries."registry.internal:5443"]
+//! ca_file = "/etc/regcache/internal-ca.pem"
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,22 +60,27 @@ pub struct FileConfig {
     /// `tag_ttl`: duration such as `"0s"`, `"5m"`.
     #[serde(default, deserialize_with = "de_duration")]
     pub tag_ttl: Option<Duration>,
-    /// `[upstream]`: the default registry's upstream.
-    pub upstream: Option<UpstreamFile>,
+    /// `default_registry`: the registry a request without `ns` or path prefix means.
+    pub default_registry: Option<String>,
+    /// `[upstream]`: shorthand for `[registries.<default_registry>]`.
+    pub upstream: Option<RegistryFile>,
+    /// `[registries."<name>"]`: every registry this mirror serves, keyed by the name clients use.
+    pub registries: Option<BTreeMap<String, RegistryFile>>,
 }
 
-/// The `[upstream]` table.
-#[derive(Debug, Default, Deserialize, PartialEq)]
+/// One `[registries."<name>"]` (or `[upstream]`) table.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamFile {
+pub struct RegistryFile {
     /// `url`: `https://host[:port]` (or `http://` for a registry on a trusted network).
+    /// Default: `https://<name>` (`https://registry-1.docker.io` for docker.io).
     pub url: Option<String>,
-    /// `registry`: the registry name clients use for it (default `docker.io`).
-    pub registry: Option<String>,
     /// `username`: for Basic auth at the token realm (or at the registry).
     pub username: Option<String>,
     /// `password_file`: a file holding the password or access token (trailing newline ignored).
     pub password_file: Option<PathBuf>,
+    /// `ca_file`: PEM certificates trusted for this registry, in addition to the system roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -126,12 +137,15 @@ impl std::fmt::Debug for Credentials {
 /// One upstream registry.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamConfig {
-    /// Registry name clients use (`docker.io`); the key for `?ns=` and the tag cache.
+    /// Registry name clients use (`docker.io`, `ghcr.io`, `host:port`); the key for `?ns=`,
+    /// path prefixes and the tag cache.
     pub registry: String,
     /// Base URL, scheme http or https, no path.
     pub url: Url,
     /// Optional credentials.
     pub credentials: Option<Credentials>,
+    /// Extra trusted CA certificates (DER), from `ca_file`.
+    pub extra_roots: Vec<Vec<u8>>,
 }
 
 /// The effective configuration.
@@ -143,12 +157,15 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// How long a tag->digest answer is trusted before an upstream HEAD revalidates it.
     pub tag_ttl: Duration,
-    /// The default registry's upstream (later: a table of them).
-    pub upstream: UpstreamConfig,
+    /// Registry used when a request names none.
+    pub default_registry: String,
+    /// Every mirrored registry, the default among them.
+    pub registries: Vec<UpstreamConfig>,
 }
 
 impl Config {
-    /// Reads the file named by `--config` (if any), applies the flags, reads the password file.
+    /// Reads the file named by `--config` (if any), applies the flags, reads password and CA
+    /// files.
     ///
     /// Errors: [`ConfigError`] naming the file, key and problem.
     pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
@@ -170,59 +187,105 @@ impl Config {
         })
     }
 
-    /// Merges file and flags over the defaults. `read_secret` reads a password file (injected so
-    /// tests need no files).
+    /// Merges file and flags over the defaults. `read_file` reads password and CA files
+    /// (injected so tests need no files).
     pub fn resolve(
         file: FileConfig,
         args: &ServeArgs,
         default_cache_dir: &Path,
-        read_secret: impl Fn(&Path) -> std::io::Result<String>,
+        read_file: impl Fn(&Path) -> std::io::Result<String>,
     ) -> Result<Config, ConfigError> {
-        let up = file.upstream.unwrap_or_default();
-        let url_str = args
-            .upstream
-            .clone()
-            .or(up.url)
-            .unwrap_or_else(|| DEFAULT_UPSTREAM_URL.to_string());
-        let key = if args.upstream.is_some() {
-            "--upstream"
-        } else {
-            "upstream.url"
-        };
-        let url = parse_upstream_url(&url_str)
-            .map_err(|message| ConfigError::Invalid { key, message })?;
-        let registry = up.registry.unwrap_or_else(|| DEFAULT_REGISTRY.to_string());
-        if !is_registry_name(&registry) {
-            return Err(ConfigError::Invalid {
-                key: "upstream.registry",
-                message: format!(
-                    "{registry:?} is not a registry name (host[:port], e.g. docker.io)"
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        let default_registry = file
+            .default_registry
+            .unwrap_or_else(|| DEFAULT_REGISTRY.to_string());
+        if !is_registry_name(&default_registry) {
+            return Err(invalid(
+                "default_registry",
+                format!(
+                    "{default_registry:?} is not a registry name (host[:port], e.g. docker.io)"
                 ),
+            ));
+        }
+        let mut tables = file.registries.unwrap_or_default();
+        if let Some(up) = file.upstream {
+            if tables.contains_key(&default_registry) {
+                return Err(invalid(
+                    "upstream",
+                    format!("both [upstream] and [registries.\"{default_registry}\"] configure the default registry; keep one"),
+                ));
+            }
+            tables.insert(default_registry.clone(), up);
+        }
+        tables.entry(default_registry.clone()).or_default();
+        if let Some(u) = &args.upstream {
+            tables
+                .get_mut(&default_registry)
+                .expect("inserted above")
+                .url = Some(u.clone());
+        }
+        let mut registries = Vec::new();
+        for (name, t) in tables {
+            if !is_registry_name(&name) {
+                return Err(invalid(
+                    "registries",
+                    format!("{name:?} is not a registry name (host[:port], e.g. ghcr.io)"),
+                ));
+            }
+            let url_str = t.url.clone().unwrap_or_else(|| default_url(&name));
+            let key = if name == default_registry && args.upstream.is_some() {
+                "--upstream"
+            } else {
+                "registries.<name>.url"
+            };
+            let url =
+                parse_upstream_url(&url_str).map_err(|m| invalid(key, format!("[{name}]: {m}")))?;
+            let credentials = match (t.username, t.password_file) {
+                (None, None) => None,
+                (Some(_), None) | (None, Some(_)) => {
+                    return Err(invalid(
+                        "password_file",
+                        format!("[{name}]: username and password_file must be given together"),
+                    ))
+                }
+                (Some(username), Some(pf)) => {
+                    let password = read_file(&pf).map_err(|e| {
+                        invalid(
+                            "password_file",
+                            format!("[{name}]: cannot read {}: {e}", pf.display()),
+                        )
+                    })?;
+                    let password = password.trim_end_matches(['\r', '\n']).to_string();
+                    if password.is_empty() {
+                        return Err(invalid(
+                            "password_file",
+                            format!("[{name}]: {} is empty", pf.display()),
+                        ));
+                    }
+                    Some(Credentials { username, password })
+                }
+            };
+            let extra_roots = match &t.ca_file {
+                None => Vec::new(),
+                Some(p) => {
+                    let pem = read_file(p).map_err(|e| {
+                        invalid(
+                            "ca_file",
+                            format!("[{name}]: cannot read {}: {e}", p.display()),
+                        )
+                    })?;
+                    parse_pem_certs(&pem).map_err(|m| {
+                        invalid("ca_file", format!("[{name}]: {}: {m}", p.display()))
+                    })?
+                }
+            };
+            registries.push(UpstreamConfig {
+                registry: name,
+                url,
+                credentials,
+                extra_roots,
             });
         }
-        let credentials = match (up.username, up.password_file) {
-            (None, None) => None,
-            (Some(_), None) | (None, Some(_)) => {
-                return Err(ConfigError::Invalid {
-                    key: "upstream.username",
-                    message: "username and password_file must be given together".into(),
-                })
-            }
-            (Some(username), Some(pf)) => {
-                let password = read_secret(&pf).map_err(|e| ConfigError::Invalid {
-                    key: "upstream.password_file",
-                    message: format!("cannot read {}: {e}", pf.display()),
-                })?;
-                let password = password.trim_end_matches(['\r', '\n']).to_string();
-                if password.is_empty() {
-                    return Err(ConfigError::Invalid {
-                        key: "upstream.password_file",
-                        message: format!("{} is empty", pf.display()),
-                    });
-                }
-                Some(Credentials { username, password })
-            }
-        };
         Ok(Config {
             listen: args
                 .listen
@@ -234,13 +297,39 @@ impl Config {
                 .or(file.cache_dir)
                 .unwrap_or_else(|| default_cache_dir.to_path_buf()),
             tag_ttl: args.tag_ttl.or(file.tag_ttl).unwrap_or(Duration::ZERO),
-            upstream: UpstreamConfig {
-                registry,
-                url,
-                credentials,
-            },
+            default_registry,
+            registries,
         })
     }
+
+    /// The default registry's upstream.
+    pub fn default_upstream(&self) -> &UpstreamConfig {
+        self.registries
+            .iter()
+            .find(|r| r.registry == self.default_registry)
+            .expect("resolve always configures the default registry")
+    }
+}
+
+/// `https://registry-1.docker.io` for docker.io, else `https://<name>`.
+fn default_url(name: &str) -> String {
+    if name == DEFAULT_REGISTRY {
+        DEFAULT_UPSTREAM_URL.to_string()
+    } else {
+        format!("https://{name}")
+    }
+}
+
+/// DER certificates from PEM text. Errors: no certificate, or a malformed one.
+fn parse_pem_certs(pem: &str) -> Result<Vec<Vec<u8>>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let certs: Result<Vec<_>, _> =
+        rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+    let certs = certs.map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
+    }
+    Ok(certs.into_iter().map(|c| c.to_vec()).collect())
 }
 
 /// Parses the config file text. Errors carry toml's message, which names the key, line and column.
@@ -309,44 +398,93 @@ pub fn default_cache_dir() -> PathBuf {
 mod tests {
     use super::*;
 
-    fn no_secret(_: &Path) -> std::io::Result<String> {
+    fn no_file(_: &Path) -> std::io::Result<String> {
         Err(std::io::Error::other("no file"))
+    }
+
+    fn resolve(text: &str, args: &ServeArgs) -> Result<Config, ConfigError> {
+        Config::resolve(
+            parse_file(text).unwrap(),
+            args,
+            Path::new("/c"),
+            |p| match p.to_str() {
+                Some("/s") => Ok("pw\n".into()),
+                _ => no_file(p),
+            },
+        )
     }
 
     #[test]
     fn defaults() {
-        let c = Config::resolve(
-            FileConfig::default(),
-            &ServeArgs::default(),
-            Path::new("/c"),
-            no_secret,
-        )
-        .unwrap();
+        let c = resolve("", &ServeArgs::default()).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
         assert_eq!(c.cache_dir, PathBuf::from("/c"));
         assert_eq!(c.tag_ttl, Duration::ZERO);
-        assert_eq!(c.upstream.url.as_str(), "https://registry-1.docker.io/");
-        assert_eq!(c.upstream.registry, "docker.io");
-        assert!(c.upstream.credentials.is_none());
+        assert_eq!(c.default_registry, "docker.io");
+        assert_eq!(c.registries.len(), 1);
+        assert_eq!(
+            c.default_upstream().url.as_str(),
+            "https://registry-1.docker.io/"
+        );
+        assert!(c.default_upstream().credentials.is_none());
     }
 
     #[test]
-    fn file_and_flags() {
-        let f = parse_file(
-            "listen = \"127.0.0.1:6000\"\ncache_dir = \"/x\"\ntag_ttl = \"5m\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\nusername = \"u\"\npassword_file = \"/s\"\n",
-        )
-        .unwrap();
+    fn upstream_shorthand_and_flags() {
+        let text = "listen = \"127.0.0.1:6000\"\ncache_dir = \"/x\"\ntag_ttl = \"5m\"\n[upstream]\nurl = \"http://127.0.0.1:9\"\nusername = \"u\"\npassword_file = \"/s\"\n";
         let args = ServeArgs {
             listen: Some("127.0.0.1:7000".parse().unwrap()),
             ..Default::default()
         };
-        let c = Config::resolve(f, &args, Path::new("/c"), |_| Ok("pw\n".into())).unwrap();
+        let c = resolve(text, &args).unwrap();
         assert_eq!(c.listen.port(), 7000);
         assert_eq!(c.cache_dir, PathBuf::from("/x"));
         assert_eq!(c.tag_ttl, Duration::from_secs(300));
-        let creds = c.upstream.credentials.unwrap();
+        let up = c.default_upstream();
+        assert_eq!(up.url.as_str(), "http://127.0.0.1:9/");
+        let creds = up.credentials.clone().unwrap();
         assert_eq!(creds.password, "pw");
         assert!(!format!("{creds:?}").contains("pw\""));
+        let args = ServeArgs {
+            upstream: Some("http://127.0.0.1:8".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(text, &args).unwrap().default_upstream().url.port(),
+            Some(8)
+        );
+    }
+
+    #[test]
+    fn registries_table() {
+        let text = "default_registry = \"ghcr.io\"\n[registries.\"docker.io\"]\n[registries.\"ghcr.io\"]\nusername = \"bot\"\npassword_file = \"/s\"\n[registries.\"registry.internal:5443\"]\nurl = \"https://registry.internal:5443\"\n";
+        let c = resolve(text, &ServeArgs::default()).unwrap();
+        let names: Vec<_> = c.registries.iter().map(|r| r.registry.as_str()).collect();
+        assert_eq!(names, ["docker.io", "ghcr.io", "registry.internal:5443"]);
+        assert_eq!(c.default_upstream().registry, "ghcr.io");
+        assert_eq!(c.default_upstream().url.as_str(), "https://ghcr.io/");
+        assert_eq!(
+            c.registries[0].url.as_str(),
+            "https://registry-1.docker.io/"
+        );
+        assert!(c.registries[0].credentials.is_none());
+        let e = resolve(
+            "[upstream]\n[registries.\"docker.io\"]\n",
+            &ServeArgs::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("keep one"), "{e}");
+        let e = resolve("[registries.\"a/b\"]\n", &ServeArgs::default()).unwrap_err();
+        assert!(e.to_string().contains("a/b"), "{e}");
+        let e = resolve(
+            "[registries.\"x.io\"]\nca_file = \"/none\"\n",
+            &ServeArgs::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("ca_file") && e.to_string().contains("x.io"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -357,16 +495,28 @@ mod tests {
         assert!(e.contains("line 1") && e.contains("duration"), "{e}");
         let e = parse_file("[upstream]\nurl = 5\n").unwrap_err();
         assert!(e.contains("line 2"), "{e}");
+        let e = parse_file("[registries.\"ghcr.io\"]\nusr = \"x\"\n").unwrap_err();
+        assert!(e.contains("usr") && e.contains("line 2"), "{e}");
         let args = ServeArgs {
             upstream: Some("ftp://x".into()),
             ..Default::default()
         };
-        let e =
-            Config::resolve(FileConfig::default(), &args, Path::new("/c"), no_secret).unwrap_err();
+        let e = resolve("", &args).unwrap_err();
         assert!(e.to_string().starts_with("--upstream"), "{e}");
-        let f = parse_file("[upstream]\nusername = \"u\"\npassword_file = \"/nope\"\n").unwrap();
-        let e = Config::resolve(f, &ServeArgs::default(), Path::new("/c"), no_secret).unwrap_err();
+        let e = resolve(
+            "[upstream]\nusername = \"u\"\npassword_file = \"/nope\"\n",
+            &ServeArgs::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("password_file"), "{e}");
+    }
+
+    #[test]
+    fn pem_parsing() {
+        assert!(parse_pem_certs("nothing here").is_err());
+        let cert = rcgen::generate_simple_self_signed(vec!["registry.internal".into()]).unwrap();
+        let certs = parse_pem_certs(&cert.cert.pem()).unwrap();
+        assert_eq!(certs.len(), 1);
     }
 
     #[test]

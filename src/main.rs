@@ -68,8 +68,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
         tracing::info!(
             listen = %listen,
-            upstream = %app.upstream.host(),
-            registry = app.upstream.registry(),
+            default_registry = %app.config.default_registry,
+            upstream = %app.default_upstream().host(),
+            registries = %app.registries.keys().cloned().collect::<Vec<_>>().join(","),
             cache_dir = %app.store.root().display(),
             tag_ttl = ?app.config.tag_ttl,
             "regcache serving"

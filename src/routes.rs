@@ -5,7 +5,7 @@
 //! served from the cache forever; tags are revalidated upstream with a HEAD once `tag_ttl` has
 //! passed and served stale when the upstream is down.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,28 +74,52 @@ pub struct App {
     pub config: Config,
     /// The on-disk cache.
     pub store: Store,
-    /// Blob fills in progress.
+    /// Blob fills in progress (shared by all registries: same digest, same bytes).
     pub fills: Arc<Fills>,
-    /// The default registry's upstream.
-    pub upstream: Arc<Upstream>,
+    /// One upstream per configured registry, by the registry name clients use.
+    pub registries: BTreeMap<String, Arc<Upstream>>,
     /// Per-key locks coalescing manifest fetches and tag revalidations.
     manifest_locks: KeyedLocks,
 }
 
 impl App {
-    /// Builds the mirror's state: opens the store (cleaning leftover temp files) and the client.
+    /// Builds the mirror's state: opens the store (cleaning leftover temp files) and one client
+    /// per registry.
     ///
-    /// Errors: the I/O error if the cache directory cannot be prepared.
+    /// Errors: the I/O error if the cache directory cannot be prepared, or a TLS setup error.
     pub fn new(config: Config) -> std::io::Result<App> {
         let store = Store::open(&config.cache_dir)?;
-        let upstream = Arc::new(Upstream::new(&config.upstream));
+        let mut registries = BTreeMap::new();
+        for r in &config.registries {
+            registries.insert(r.registry.clone(), Arc::new(Upstream::new(r)?));
+        }
         Ok(App {
             config,
             store,
             fills: Arc::new(Fills::default()),
-            upstream,
+            registries,
             manifest_locks: KeyedLocks::default(),
         })
+    }
+
+    /// The default registry's upstream.
+    pub fn default_upstream(&self) -> &Arc<Upstream> {
+        &self.registries[&self.config.default_registry]
+    }
+
+    /// Splits a `/v2/<registry>/<rest>` path whose first component is a configured registry
+    /// name (podman/CRI-O mirrors with a path) into that name and `/v2/<rest>`.
+    fn strip_registry_prefix<'p>(
+        &self,
+        path: &'p str,
+    ) -> (Option<&str>, std::borrow::Cow<'p, str>) {
+        if let Some(rest) = path.strip_prefix("/v2/") {
+            let (first, tail) = rest.split_once('/').unwrap_or((rest, ""));
+            if let Some((key, _)) = self.registries.get_key_value(first) {
+                return (Some(key.as_str()), format!("/v2/{tail}").into());
+            }
+        }
+        (None, path.into())
     }
 }
 
@@ -118,27 +142,44 @@ async fn route<B>(
     }
     let head = method == Method::HEAD;
     let query = Query::parse(req.uri().query());
-    if let Some(ns) = &query.ns {
-        if ns != app.upstream.registry() {
-            return Err(ApiError::name_unknown(format!(
-                "registry {ns:?} is not mirrored here (this mirror serves {})",
-                app.upstream.registry()
-            )));
+    let (prefix, path) = app.strip_registry_prefix(req.uri().path());
+    let registry = match (prefix, &query.ns) {
+        (Some(p), Some(ns)) if p != ns => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "NAME_INVALID",
+                format!("the path names registry {p:?} but ns= names {ns:?}; use one"),
+            ))
         }
-    }
-    let route = Route::parse(req.uri().path())?;
+        (Some(p), _) => p,
+        (None, Some(ns)) => ns.as_str(),
+        (None, None) => app.config.default_registry.as_str(),
+    };
+    // `ns` and path prefixes are keys into the configured registries, never hosts to dial.
+    let Some(up) = app.registries.get(registry) else {
+        return Err(ApiError::name_unknown(format!(
+            "registry {:?} is not mirrored here (configured: {})",
+            registry.chars().take(100).collect::<String>(),
+            app.registries
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    };
+    let route = Route::parse(&path)?;
     match route {
         Route::Base => Ok((base_response(head), CacheResult::None)),
         Route::Manifest { name, reference } => {
-            let name = canonical_name(app.upstream.registry(), name);
-            manifest(app, &name, &reference, req.headers(), head).await
+            let name = canonical_name(up.registry(), name);
+            manifest(app, up, &name, &reference, req.headers(), head).await
         }
         Route::Blob { name, digest } => {
-            let name = canonical_name(app.upstream.registry(), name);
-            blob(app, &name, &digest, req.headers(), head).await
+            let name = canonical_name(up.registry(), name);
+            blob(app, up, &name, &digest, req.headers(), head).await
         }
         Route::TagsList { name } => {
-            let name = canonical_name(app.upstream.registry(), name);
+            let name = canonical_name(up.registry(), name);
             let mut path = format!("/v2/{name}/tags/list");
             let mut sep = '?';
             for (k, v) in [("n", &query.n), ("last", &query.last)] {
@@ -152,11 +193,11 @@ async fn route<B>(
                     sep = '&';
                 }
             }
-            pass_through(app, &name, &path, head).await
+            pass_through(up, &name, &path, head).await
         }
         Route::Referrers { name, digest } => {
-            let name = canonical_name(app.upstream.registry(), name);
-            pass_through(app, &name, &format!("/v2/{name}/referrers/{digest}"), head).await
+            let name = canonical_name(up.registry(), name);
+            pass_through(up, &name, &format!("/v2/{name}/referrers/{digest}"), head).await
         }
     }
 }
@@ -216,6 +257,7 @@ fn base_response(head: bool) -> Response<ResponseBody> {
 
 async fn blob(
     app: &App,
+    up: &Arc<Upstream>,
     name: &str,
     digest: &Digest,
     headers: &HeaderMap,
@@ -225,9 +267,9 @@ async fn blob(
         return Ok((r, CacheResult::Hit));
     }
     if head {
-        return blob_head_miss(app, name, digest).await;
+        return blob_head_miss(app, up, name, digest).await;
     }
-    let (fill, leader) = match app.fills.join(&app.store, &app.upstream, name, digest) {
+    let (fill, leader) = match app.fills.join(&app.store, up, name, digest) {
         Joined::Hit => {
             return blob_hit(app, digest, headers, head)?
                 .map(|r| (r, CacheResult::Hit))
@@ -327,6 +369,7 @@ fn blob_hit(
 /// started for a HEAD).
 async fn blob_head_miss(
     app: &App,
+    up: &Arc<Upstream>,
     name: &str,
     digest: &Digest,
 ) -> Result<(Response<ResponseBody>, CacheResult), ApiError> {
@@ -338,8 +381,7 @@ async fn blob_head_miss(
         return Ok((r, CacheResult::Coalesced));
     }
     let path = format!("/v2/{name}/blobs/{digest}");
-    let resp = app
-        .upstream
+    let resp = up
         .send(Method::HEAD, name, &path, &HeaderMap::new())
         .await
         .map_err(|e| upstream_error(&e, Kind::Blob))?;
@@ -434,14 +476,15 @@ fn range_not_satisfiable(len: u64) -> ApiError {
 
 async fn manifest(
     app: &App,
+    up: &Arc<Upstream>,
     name: &str,
     reference: &Reference,
     headers: &HeaderMap,
     head: bool,
 ) -> Result<(Response<ResponseBody>, CacheResult), ApiError> {
     let (digest, m, result) = match reference {
-        Reference::Digest(d) => manifest_by_digest(app, name, d).await?,
-        Reference::Tag(t) => manifest_by_tag(app, name, t).await?,
+        Reference::Digest(d) => manifest_by_digest(app, up, name, d).await?,
+        Reference::Tag(t) => manifest_by_tag(app, up, name, t).await?,
     };
     if !accepts(headers, &m.media_type) {
         return Err(ApiError::manifest_unknown(format!(
@@ -494,6 +537,7 @@ pub fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
 
 async fn manifest_by_digest(
     app: &App,
+    up: &Arc<Upstream>,
     name: &str,
     d: &Digest,
 ) -> Result<(Digest, StoredManifest, CacheResult), ApiError> {
@@ -504,7 +548,7 @@ async fn manifest_by_digest(
     if let Some(m) = read_manifest(app, d)? {
         return Ok((d.clone(), m, CacheResult::Coalesced));
     }
-    let (digest, m) = fetch_manifest(app, name, &d.to_string(), Some(d))
+    let (digest, m) = fetch_manifest(app, up, name, &d.to_string(), Some(d))
         .await
         .map_err(|e| upstream_error(&e, Kind::Manifest))?;
     Ok((digest, m, CacheResult::Miss))
@@ -519,10 +563,11 @@ fn read_manifest(app: &App, d: &Digest) -> Result<Option<StoredManifest>, ApiErr
 /// The cached answer for a tag: its entry and the manifest it points to (if both are there).
 fn cached_tag(
     app: &App,
+    up: &Arc<Upstream>,
     name: &str,
     tag: &str,
 ) -> Result<Option<(TagEntry, Digest, StoredManifest)>, ApiError> {
-    let registry = app.upstream.registry();
+    let registry = up.registry();
     let Some(entry) = app.store.read_tag(registry, name, tag) else {
         return Ok(None);
     };
@@ -534,21 +579,22 @@ fn cached_tag(
 
 async fn manifest_by_tag(
     app: &App,
+    up: &Arc<Upstream>,
     name: &str,
     tag: &str,
 ) -> Result<(Digest, StoredManifest, CacheResult), ApiError> {
     let ttl = app.config.tag_ttl;
-    if let Some((entry, d, m)) = cached_tag(app, name, tag)? {
+    if let Some((entry, d, m)) = cached_tag(app, up, name, tag)? {
         if fresh(&entry, ttl) {
             return Ok((d, m, CacheResult::Hit));
         }
     }
-    let registry = app.upstream.registry().to_string();
+    let registry = up.registry().to_string();
     let _guard = app
         .manifest_locks
         .lock(format!("{registry}/{name}:{tag}"))
         .await;
-    let cached = cached_tag(app, name, tag)?;
+    let cached = cached_tag(app, up, name, tag)?;
     if let Some((entry, d, m)) = &cached {
         // Another request may have revalidated it while this one waited for the lock.
         if fresh(entry, ttl) {
@@ -558,17 +604,14 @@ async fn manifest_by_tag(
     let path = format!("/v2/{name}/manifests/{tag}");
     let Some((_, cached_digest, cached_m)) = cached else {
         // Cold: one GET by tag (HEAD + GET would cost the same rate-limit unit and a round trip).
-        let (d, m) = fetch_manifest(app, name, tag, None)
+        let (d, m) = fetch_manifest(app, up, name, tag, None)
             .await
             .map_err(|e| upstream_error(&e, Kind::Manifest))?;
-        record_tag(app, name, tag, &d, &m.media_type);
+        record_tag(app, up, name, tag, &d, &m.media_type);
         return Ok((d, m, CacheResult::Miss));
     };
     // Revalidate with a HEAD (free of Docker Hub's rate limit).
-    let head = app
-        .upstream
-        .send(Method::HEAD, name, &path, &accept_all())
-        .await;
+    let head = up.send(Method::HEAD, name, &path, &accept_all()).await;
     let stale = |e: &UpstreamError| {
         tracing::warn!(registry = %registry, name, tag, error = %e, "upstream unavailable; serving cached tag (stale)");
     };
@@ -598,24 +641,24 @@ async fn manifest_by_tag(
         .and_then(|v| v.parse::<Digest>().ok());
     drop(resp);
     if upstream_digest.as_ref() == Some(&cached_digest) {
-        record_tag(app, name, tag, &cached_digest, &cached_m.media_type);
+        record_tag(app, up, name, tag, &cached_digest, &cached_m.media_type);
         return Ok((cached_digest, cached_m, CacheResult::Hit));
     }
     if let Some(d) = &upstream_digest {
         if let Some(m) = read_manifest(app, d)? {
-            record_tag(app, name, tag, d, &m.media_type);
+            record_tag(app, up, name, tag, d, &m.media_type);
             return Ok((d.clone(), m, CacheResult::Hit));
         }
     }
     // The tag moved to a manifest not cached (or upstream sent no digest): fetch it, by digest
     // when known (digests are immutable, so that answer can never be a surprise).
     let fetched = match &upstream_digest {
-        Some(d) => fetch_manifest(app, name, &d.to_string(), Some(d)).await,
-        None => fetch_manifest(app, name, tag, None).await,
+        Some(d) => fetch_manifest(app, up, name, &d.to_string(), Some(d)).await,
+        None => fetch_manifest(app, up, name, tag, None).await,
     };
     match fetched {
         Ok((d, m)) => {
-            record_tag(app, name, tag, &d, &m.media_type);
+            record_tag(app, up, name, tag, &d, &m.media_type);
             Ok((d, m, CacheResult::Miss))
         }
         Err(e) if e.is_outage() => {
@@ -631,16 +674,13 @@ fn fresh(entry: &TagEntry, ttl: Duration) -> bool {
     !ttl.is_zero() && entry.age() < ttl
 }
 
-fn record_tag(app: &App, name: &str, tag: &str, d: &Digest, media_type: &str) {
+fn record_tag(app: &App, up: &Arc<Upstream>, name: &str, tag: &str, d: &Digest, media_type: &str) {
     let entry = TagEntry {
         digest: d.to_string(),
         media_type: media_type.to_string(),
         checked: crate::store::unix_now(),
     };
-    if let Err(e) = app
-        .store
-        .write_tag(app.upstream.registry(), name, tag, &entry)
-    {
+    if let Err(e) = app.store.write_tag(up.registry(), name, tag, &entry) {
         tracing::warn!(name, tag, error = %e, "cannot record tag in the cache");
     }
 }
@@ -661,15 +701,13 @@ fn accept_all() -> HeaderMap {
 /// upstream's `Docker-Content-Digest`, or just hashes it for a tag), and stores it.
 async fn fetch_manifest(
     app: &App,
+    up: &Arc<Upstream>,
     name: &str,
     reference: &str,
     expected: Option<&Digest>,
 ) -> Result<(Digest, StoredManifest), UpstreamError> {
     let path = format!("/v2/{name}/manifests/{reference}");
-    let resp = app
-        .upstream
-        .send(Method::GET, name, &path, &accept_all())
-        .await?;
+    let resp = up.send(Method::GET, name, &path, &accept_all()).await?;
     if resp.status() != StatusCode::OK {
         return Err(status_error(&resp));
     }
@@ -740,14 +778,13 @@ fn media_type_field(bytes: &[u8]) -> Option<String> {
 // Pass-through (tags/list, referrers)
 
 async fn pass_through(
-    app: &App,
+    up: &Arc<Upstream>,
     name: &str,
     path: &str,
     head: bool,
 ) -> Result<(Response<ResponseBody>, CacheResult), ApiError> {
     let method = if head { Method::HEAD } else { Method::GET };
-    let resp = app
-        .upstream
+    let resp = up
         .send(method, name, path, &HeaderMap::new())
         .await
         .map_err(|e| upstream_error(&e, Kind::Name))?;

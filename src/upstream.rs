@@ -210,19 +210,18 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds the client for `cfg`. TLS trusts the system roots, or the webpki roots when the
-    /// system has none.
-    pub fn new(cfg: &UpstreamConfig) -> Upstream {
+    /// Builds the client for `cfg`. TLS trusts the system roots (or the bundled webpki roots
+    /// when the system has none) plus the registry's `ca_file` certificates.
+    ///
+    /// Errors: an I/O error when the TLS configuration cannot be built (a bad `ca_file`
+    /// certificate).
+    pub fn new(cfg: &UpstreamConfig) -> std::io::Result<Upstream> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = match builder.with_native_roots() {
-            Ok(b) => b,
-            Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
-        };
-        let https = builder
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(&cfg.extra_roots)?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -230,13 +229,13 @@ impl Upstream {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(https);
-        Upstream {
+        Ok(Upstream {
             registry: cfg.registry.clone(),
             base: cfg.url.clone(),
             credentials: cfg.credentials.clone(),
             client,
             auth: Mutex::new(AuthState::default()),
-        }
+        })
     }
 
     /// Registry name clients use for this upstream.
@@ -451,6 +450,31 @@ impl Upstream {
         );
         Ok(token)
     }
+}
+
+/// rustls client configuration (ring provider): system roots, else webpki roots, plus `extra`
+/// DER certificates.
+fn tls_config(extra: &[Vec<u8>]) -> std::io::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        let _ = roots.add(c);
+    }
+    if roots.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    for der in extra {
+        roots
+            .add(rustls_pki_types::CertificateDer::from(der.clone()))
+            .map_err(|e| std::io::Error::other(format!("ca_file certificate rejected: {e}")))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(cfg)
 }
 
 /// Reads a whole body of at most `limit` bytes.

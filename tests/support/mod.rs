@@ -72,6 +72,8 @@ pub struct Counters {
     pub unauthorized: AtomicU64,
     /// tags/list GETs.
     pub tags_list: AtomicU64,
+    /// The Authorization header of each token request (None when absent).
+    pub token_auth: Mutex<Vec<Option<String>>>,
 }
 
 impl Counters {
@@ -279,6 +281,12 @@ async fn registry_handler(
     let path = req.uri().path().to_string();
     if path == "/token" {
         c.token_get.fetch_add(1, Ordering::SeqCst);
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        c.token_auth.lock().unwrap().push(auth);
         let n = Counters::get(&c.token_get);
         let tok = format!("tok-{n}");
         let mut st = state.lock().unwrap();
@@ -373,7 +381,7 @@ async fn registry_handler(
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
             .collect();
-        if !accept.iter().any(|a| *a == mt) {
+        if !accept.contains(&mt) {
             return oci_error(404, "MANIFEST_UNKNOWN");
         }
         let len = bytes.len();
@@ -539,6 +547,23 @@ impl Mirror {
             tag_ttl: Some(tag_ttl),
             config: None,
         };
+        Self::start_with(args, dir).await
+    }
+
+    /// Starts with a TOML config file (written into the cache dir's sibling) plus a cache dir.
+    pub async fn start_with_config(toml: &str) -> Mirror {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("regcache.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let args = regcache::config::ServeArgs {
+            config: Some(cfg),
+            cache_dir: Some(dir.path().join("cache")),
+            ..Default::default()
+        };
+        Self::start_with(args, dir).await
+    }
+
+    async fn start_with(args: regcache::config::ServeArgs, dir: tempfile::TempDir) -> Mirror {
         let config = regcache::config::Config::load(&args).expect("config");
         let app = Arc::new(regcache::routes::App::new(config).expect("app"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mirror");

@@ -1,0 +1,1703 @@
+//! End-to-end comparison: regcache vs distribution 2.8 in proxy mode vs nginx `proxy_cache`,
+//! each started fresh against the same local upstream (Debian's `docker-registry`, plain HTTP,
+//! no auth), on 127.0.0.1 only.
+//!
+//! Run it with `scripts/bench` (installs the Debian packages, builds regcache, runs this, and
+//! writes `target/bench/compare.md` and `compare.json`). Directly:
+//! `REGCACHE_BIN=target/release/regcache cargo bench --bench compare`.
+//! Without `--bench` on its command line (that is, under `cargo test --benches`) it does nothing.
+//!
+//! Figures, per peer (see BENCHMARKS.md for how to read them):
+//! - cold single: one GET of a cold `BENCH_BLOB_MIB` blob (median of `BENCH_COLD_SAMPLES`
+//!   distinct cold blobs), and the same GET direct from the upstream as the floor;
+//! - TTFB: time to the first body byte of those cold GETs (connect included);
+//! - cold concurrent: `BENCH_COLD_CLIENTS` clients GET one cold blob at once: the slowest
+//!   client's time and the blob GETs the upstream's access log shows;
+//! - hit: `BENCH_HIT_REPEATS` sequential warm GETs: median throughput, and the server's CPU
+//!   (utime+stime of all its processes, /proc/<pid>/stat) per GiB served;
+//! - manifests: wrk, `BENCH_WRK_CONNS` connections, `BENCH_WRK_SECS` s, manifest by digest;
+//! - memory: peak RSS (VmHWM, reset through /proc/<pid>/clear_refs before the phase, summed over
+//!   the server's processes) during the cold concurrent phase and during `BENCH_WARM_CLIENTS`
+//!   concurrent warm downloads (round-robin over the cached blobs); RssAnon/RssFile are sampled
+//!   every 10 ms for the breakdown.
+//!
+//! Every request loop is bounded (counts and a per-request timeout); every daemon runs in its
+//! own process group and is stopped (SIGTERM, then SIGKILL) when its phase ends or on panic.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, USER_AGENT};
+use http::{HeaderMap, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use regcache::reference::Algorithm;
+use regcache::store::Hasher;
+use serde::Serialize;
+
+// ------------------------------------------------------------------------------------------
+// Sizes (each overridable by the environment variable named in `Settings::from_env`).
+
+/// Size of each test blob, MiB (`BENCH_BLOB_MIB`).
+const BLOB_MIB: u64 = 256;
+/// Cold single GETs per peer, each of a distinct cold blob; the median is reported
+/// (`BENCH_COLD_SAMPLES`).
+const COLD_SAMPLES: usize = 3;
+/// Clients in the cold concurrent figure (`BENCH_COLD_CLIENTS`).
+const COLD_CLIENTS: usize = 10;
+/// Clients in the warm concurrent (memory) figure (`BENCH_WARM_CLIENTS`).
+const WARM_CLIENTS: usize = 100;
+/// Sequential warm GETs in the hit figure (`BENCH_HIT_REPEATS`).
+const HIT_REPEATS: usize = 8;
+/// wrk connections (`BENCH_WRK_CONNS`).
+const WRK_CONNS: usize = 32;
+/// wrk threads (`BENCH_WRK_THREADS`).
+const WRK_THREADS: usize = 2;
+/// wrk duration, seconds (`BENCH_WRK_SECS`).
+const WRK_SECS: u64 = 10;
+/// Manifests pushed (one per blob is the minimum; a few more for a realistic repository).
+const EXTRA_MANIFESTS: usize = 3;
+
+/// Longest any single benchmark GET may take before the run fails.
+const GET_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a daemon gets to answer its first request.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// RSS sampling period.
+const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// Repository pushed upstream (has a `/`, so no `library/` aliasing anywhere).
+const REPO: &str = "bench/big";
+/// Media type of the pushed manifests (and the Accept every manifest GET sends).
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+const MIB: f64 = 1024.0 * 1024.0;
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+enum Peer {
+    Regcache,
+    Distribution,
+    Nginx,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Peer::Regcache => "regcache",
+            Peer::Distribution => "distribution",
+            Peer::Nginx => "nginx",
+        }
+    }
+}
+
+struct Settings {
+    blob_mib: u64,
+    cold_samples: usize,
+    cold_clients: usize,
+    warm_clients: usize,
+    hit_repeats: usize,
+    wrk_conns: usize,
+    wrk_threads: usize,
+    wrk_secs: u64,
+    peers: Vec<Peer>,
+    out_dir: PathBuf,
+    regcache_bin: PathBuf,
+    keep_work: bool,
+}
+
+fn env_or<T: FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid number")),
+        _ => default,
+    }
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let peers = std::env::var("BENCH_PEERS")
+            .unwrap_or_else(|_| "regcache,distribution,nginx".into())
+            .split(',')
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| match s.trim() {
+                "regcache" => Peer::Regcache,
+                "distribution" => Peer::Distribution,
+                "nginx" => Peer::Nginx,
+                other => panic!("BENCH_PEERS: unknown peer {other:?} (regcache, distribution, nginx)"),
+            })
+            .collect();
+        let s = Settings {
+            blob_mib: env_or("BENCH_BLOB_MIB", BLOB_MIB),
+            cold_samples: env_or("BENCH_COLD_SAMPLES", COLD_SAMPLES),
+            cold_clients: env_or("BENCH_COLD_CLIENTS", COLD_CLIENTS),
+            warm_clients: env_or("BENCH_WARM_CLIENTS", WARM_CLIENTS),
+            hit_repeats: env_or("BENCH_HIT_REPEATS", HIT_REPEATS),
+            wrk_conns: env_or("BENCH_WRK_CONNS", WRK_CONNS),
+            wrk_threads: env_or("BENCH_WRK_THREADS", WRK_THREADS),
+            wrk_secs: env_or("BENCH_WRK_SECS", WRK_SECS),
+            peers,
+            out_dir: std::env::var_os("BENCH_OUT_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target/bench")),
+            regcache_bin: std::env::var_os("REGCACHE_BIN")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_regcache"))),
+            keep_work: std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1"),
+        };
+        assert!(s.blob_mib >= 1, "BENCH_BLOB_MIB must be at least 1");
+        assert!(s.cold_samples >= 1 && s.cold_clients >= 1 && s.warm_clients >= 1);
+        assert!(s.hit_repeats >= 1 && s.wrk_conns >= 1 && s.wrk_threads >= 1);
+        s
+    }
+
+    fn blob_len(&self) -> u64 {
+        self.blob_mib << 20
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Logging
+
+static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+fn say(msg: impl AsRef<str>) {
+    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("[bench {t:7.1}s] {}", msg.as_ref());
+}
+
+// ------------------------------------------------------------------------------------------
+// Processes: daemons in their own process groups, CPU and memory from /proc.
+
+struct Daemon {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `cmd` in a new process group, stdout and stderr to `log`, and records the group
+    /// in `pgids` so `scripts/bench` can stop it if this program is killed.
+    fn spawn(name: &str, cmd: &mut Command, log: &Path, pgids: &Path) -> Daemon {
+        let out = File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        let err = out.try_clone().expect("dup log fd");
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(pgids) {
+            let _ = writeln!(f, "{}", child.id());
+        }
+        Daemon {
+            name: name.to_string(),
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    fn pgid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every live process of the daemon (its process group).
+    fn pids(&self) -> Vec<u32> {
+        group_pids(self.pgid())
+    }
+
+    /// Waits until `GET path` answers with a status `ok` accepts.
+    fn wait_ready(&mut self, addr: SocketAddr, path: &str, ok: impl Fn(u16) -> bool) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "{} exited ({st}) before answering; log {}:\n{}",
+                    self.name,
+                    self.log.display(),
+                    tail(&self.log, 30)
+                );
+            }
+            if http_status(addr, path).is_some_and(&ok) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not answer GET {path} on {addr} within {READY_TIMEOUT:?}; log {}:\n{}",
+                    self.name,
+                    self.log.display(),
+                    tail(&self.log, 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal_group(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args(["-s", sig, "--", &format!("-{}", self.pgid())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            // The leader is gone; stop any stragglers of its group (nginx workers).
+            if !self.pids().is_empty() {
+                self.signal_group("KILL");
+            }
+            return;
+        }
+        self.signal_group("TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) && self.pids().is_empty() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.signal_group("KILL");
+        let _ = self.child.wait();
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let s = fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A free loopback port (bound then released; the daemon binds it right after).
+fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr")
+}
+
+/// Status of `GET path` (HTTP/1.0, blocking), or `None` when nothing answers.
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).ok()?;
+    let line = std::str::from_utf8(&buf[..n]).ok()?;
+    line.split(' ').nth(1)?.parse().ok()
+}
+
+/// Fields of /proc/<pid>/stat after the command name: [0] = state (field 3), [2] = pgrp
+/// (field 5), [11] = utime (field 14), [12] = stime (field 15).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+fn group_pids(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let mut out: Vec<u32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            stat_fields(pid).is_some_and(|f| {
+                f.len() > 12 && f[2] == pgid.to_string() && f[0] != "Z" && f[0] != "X"
+            })
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// utime + stime of `pids`, in clock ticks.
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|&p| stat_fields(p))
+        .map(|f| f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0))
+        .sum()
+}
+
+fn clock_ticks_per_sec() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// `key:  N kB` fields of /proc/<pid>/status, in KiB.
+fn status_kib(pid: u32, keys: &[&str]) -> Vec<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    keys.iter()
+        .map(|k| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(k)?.strip_prefix(':'))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Peak memory of a daemon over a phase.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct MemPeak {
+    /// Sum over the processes of VmHWM (kernel-tracked peak RSS since the reset), MiB.
+    hwm_mib: f64,
+    /// Highest sampled sum of RssAnon, MiB.
+    anon_mib: f64,
+    /// Highest sampled sum of RssFile (mapped file pages), MiB.
+    file_mib: f64,
+    /// Highest sampled sum of VmRSS, MiB.
+    sampled_rss_mib: f64,
+}
+
+struct MemWatch {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<(u64, u64, u64)>,
+    pids: Vec<u32>,
+}
+
+impl MemWatch {
+    /// Resets the peak-RSS counters of the daemon's processes and starts sampling.
+    fn start(d: &Daemon) -> MemWatch {
+        let pids = d.pids();
+        for p in &pids {
+            // "5" resets VmHWM to the current RSS (Linux >= 4.0).
+            let _ = fs::write(format!("/proc/{p}/clear_refs"), "5");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, ps) = (stop.clone(), pids.clone());
+        let handle = std::thread::spawn(move || {
+            let (mut rss, mut anon, mut file) = (0u64, 0u64, 0u64);
+            while !s.load(Ordering::Relaxed) {
+                let mut t = [0u64; 3];
+                for &p in &ps {
+                    let v = status_kib(p, &["VmRSS", "RssAnon", "RssFile"]);
+                    for i in 0..3 {
+                        t[i] += v[i];
+                    }
+                }
+                rss = rss.max(t[0]);
+                anon = anon.max(t[1]);
+                file = file.max(t[2]);
+                std::thread::sleep(RSS_SAMPLE_EVERY);
+            }
+            (rss, anon, file)
+        });
+        MemWatch { stop, handle, pids }
+    }
+
+    fn finish(self) -> MemPeak {
+        let hwm: u64 = self.pids.iter().map(|&p| status_kib(p, &["VmHWM"])[0]).sum();
+        self.stop.store(true, Ordering::Relaxed);
+        let (rss, anon, file) = self.handle.join().expect("sampler thread");
+        MemPeak {
+            hwm_mib: hwm as f64 / 1024.0,
+            anon_mib: anon as f64 / 1024.0,
+            file_mib: file as f64 / 1024.0,
+            sampled_rss_mib: rss as f64 / 1024.0,
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// HTTP client (hyper, one connection per request so every client has its own socket).
+
+#[derive(Debug, Clone)]
+struct Got {
+    status: u16,
+    headers: HeaderMap,
+    bytes: u64,
+    /// Time to the first body byte (to the end for an empty body).
+    ttfb: Duration,
+    total: Duration,
+    sha256: Option<String>,
+    body: Option<Bytes>,
+}
+
+struct GetOpts<'a> {
+    accept: Option<&'a str>,
+    hash: bool,
+    keep_body: bool,
+}
+
+const PLAIN: GetOpts<'static> = GetOpts {
+    accept: None,
+    hash: false,
+    keep_body: false,
+};
+
+async fn request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(http::HeaderName, String)],
+    body: Bytes,
+    opts: &GetOpts<'_>,
+    t0: Instant,
+) -> Result<Got, String> {
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut b = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(HOST, addr.to_string())
+            .header(USER_AGENT, "regcache-bench/1");
+        if let Some(a) = opts.accept {
+            b = b.header(ACCEPT, a);
+        }
+        for (k, v) in headers {
+            b = b.header(k, v);
+        }
+        if !body.is_empty() || method == Method::PUT || method == Method::POST {
+            b = b.header(CONTENT_LENGTH, body.len());
+        }
+        let req = b.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let resp = tx
+            .send_request(req)
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let mut body = resp.into_body();
+        let mut hasher = opts.hash.then(|| Hasher::new(Algorithm::Sha256));
+        let mut kept = opts.keep_body.then(Vec::new);
+        let mut ttfb = None;
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("{method} {path}: body: {e}"))?;
+            if let Ok(d) = frame.into_data() {
+                if d.is_empty() {
+                    continue;
+                }
+                if ttfb.is_none() {
+                    ttfb = Some(t0.elapsed());
+                }
+                n += d.len() as u64;
+                if let Some(h) = hasher.as_mut() {
+                    h.update(&d);
+                }
+                if let Some(k) = kept.as_mut() {
+                    k.extend_from_slice(&d);
+                }
+            }
+        }
+        let total = t0.elapsed();
+        Ok(Got {
+            status,
+            headers,
+            bytes: n,
+            ttfb: ttfb.unwrap_or(total),
+            total,
+            sha256: hasher.map(|h| h.finish().to_string()),
+            body: kept.map(Bytes::from),
+        })
+    };
+    match tokio::time::timeout(GET_TIMEOUT, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("{method} {path}: no answer within {GET_TIMEOUT:?}")),
+    }
+}
+
+async fn get(addr: SocketAddr, path: &str, opts: &GetOpts<'_>) -> Result<Got, String> {
+    request(
+        addr,
+        Method::GET,
+        path,
+        &[],
+        Bytes::new(),
+        opts,
+        Instant::now(),
+    )
+    .await
+}
+
+/// A GET that must answer 200 with exactly `len` bytes.
+async fn get_exact(addr: SocketAddr, path: &str, len: u64, opts: &GetOpts<'_>) -> Result<Got, String> {
+    let g = get(addr, path, opts).await?;
+    if g.status != 200 || g.bytes != len {
+        return Err(format!(
+            "GET {path} via {addr}: status {} with {} bytes (want 200 with {len})",
+            g.status, g.bytes
+        ));
+    }
+    Ok(g)
+}
+
+// ------------------------------------------------------------------------------------------
+// Test content: seeded random blobs and OCI manifests, pushed with the registry API.
+
+fn random_blob(seed: u64, len: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len as usize + 8);
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x1234_5678;
+    while (v.len() as u64) < len {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        v.extend_from_slice(&z.to_le_bytes());
+    }
+    v.truncate(len as usize);
+    v
+}
+
+/// Monolithic upload: POST /v2/<repo>/blobs/uploads/, then PUT <location>?digest=.
+async fn push_blob(upstream: SocketAddr, data: Bytes) -> Result<String, String> {
+    let digest = Hasher::digest_of(Algorithm::Sha256, &data).to_string();
+    let t0 = Instant::now();
+    let post = request(
+        upstream,
+        Method::POST,
+        &format!("/v2/{REPO}/blobs/uploads/"),
+        &[],
+        Bytes::new(),
+        &PLAIN,
+        t0,
+    )
+    .await?;
+    if post.status != 202 {
+        return Err(format!("upload POST answered {}", post.status));
+    }
+    let loc = post
+        .headers
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or("upload POST without Location")?
+        .to_string();
+    // The Location may be absolute; keep path and query.
+    let path = match loc.find("://") {
+        Some(i) => {
+            let after = &loc[i + 3..];
+            after[after.find('/').unwrap_or(after.len())..].to_string()
+        }
+        None => loc,
+    };
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let put = request(
+        upstream,
+        Method::PUT,
+        &format!("{path}{sep}digest={digest}"),
+        &[(CONTENT_TYPE, "application/octet-stream".into())],
+        data,
+        &PLAIN,
+        t0,
+    )
+    .await?;
+    if put.status != 201 {
+        return Err(format!("upload PUT answered {}", put.status));
+    }
+    Ok(digest)
+}
+
+async fn push_manifest(upstream: SocketAddr, tag: &str, body: Bytes) -> Result<String, String> {
+    let digest = Hasher::digest_of(Algorithm::Sha256, &body).to_string();
+    let put = request(
+        upstream,
+        Method::PUT,
+        &format!("/v2/{REPO}/manifests/{tag}"),
+        &[(CONTENT_TYPE, MANIFEST_TYPE.into())],
+        body,
+        &PLAIN,
+        Instant::now(),
+    )
+    .await?;
+    if put.status != 201 {
+        return Err(format!("manifest PUT {tag} answered {}", put.status));
+    }
+    Ok(digest)
+}
+
+struct Content {
+    /// Blob digests; blobs[0..cold_samples] are the cold-single blobs, the last one the
+    /// cold-concurrent blob.
+    blobs: Vec<String>,
+    /// Manifest digests (manifests[0] is the one wrk asks for).
+    manifests: Vec<String>,
+}
+
+async fn push_content(s: &Settings, upstream: SocketAddr) -> Result<Content, String> {
+    let config = Bytes::from_static(
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#,
+    );
+    let config_len = config.len();
+    let config_digest = push_blob(upstream, config).await?;
+    let mut blobs = Vec::new();
+    for i in 0..s.cold_samples + 1 {
+        let data = Bytes::from(random_blob(i as u64 + 1, s.blob_len()));
+        let d = push_blob(upstream, data).await?;
+        say(format!("pushed blob {i}: {d} ({} MiB)", s.blob_mib));
+        blobs.push(d);
+    }
+    let mut manifests = Vec::new();
+    for i in 0..blobs.len() + EXTRA_MANIFESTS {
+        let layer = &blobs[i % blobs.len()];
+        let m = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": config_len,
+            },
+            "layers": [{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": layer,
+                "size": s.blob_len(),
+            }],
+            "annotations": {"org.example.bench.index": i.to_string()},
+        });
+        let body = Bytes::from(serde_json::to_vec(&m).map_err(|e| e.to_string())?);
+        manifests.push(push_manifest(upstream, &format!("m{i}"), body).await?);
+    }
+    say(format!("pushed {} manifests", manifests.len()));
+    Ok(Content { blobs, manifests })
+}
+
+fn blob_path(d: &str) -> String {
+    format!("/v2/{REPO}/blobs/{d}")
+}
+
+fn manifest_path(d: &str) -> String {
+    format!("/v2/{REPO}/manifests/{d}")
+}
+
+// ------------------------------------------------------------------------------------------
+// The upstream and the peers.
+
+struct Tools {
+    registry: PathBuf,
+    nginx: PathBuf,
+    wrk: PathBuf,
+}
+
+fn which(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .map(PathBuf::from)
+        .chain(extra.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+fn tools() -> Tools {
+    let need = |n: &str| {
+        which(n, &["/usr/sbin", "/usr/bin", "/sbin"]).unwrap_or_else(|| {
+            panic!("{n} not found: run scripts/bench (it installs docker-registry, nginx-light and wrk)")
+        })
+    };
+    Tools {
+        registry: need("docker-registry"),
+        nginx: need("nginx"),
+        wrk: need("wrk"),
+    }
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    log: PathBuf,
+    daemon: Daemon,
+}
+
+fn start_upstream(t: &Tools, work: &Path, pgids: &Path) -> Upstream {
+    let dir = work.join("upstream");
+    fs::create_dir_all(dir.join("storage")).expect("create upstream dir");
+    let addr = free_addr();
+    let cfg = format!(
+        r#"version: 0.1
+log:
+  level: warn
+  formatter: text
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: {root}
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: {addr}
+  secret: regcache-bench-upstream
+"#,
+        root = dir.join("storage").display()
+    );
+    let cfg_path = dir.join("config.yml");
+    fs::write(&cfg_path, cfg).expect("write upstream config");
+    let log = dir.join("registry.log");
+    let mut daemon = Daemon::spawn(
+        "docker-registry (upstream)",
+        Command::new(&t.registry).arg("serve").arg(&cfg_path),
+        &log,
+        pgids,
+    );
+    daemon.wait_ready(addr, "/v2/", |s| s == 200);
+    say(format!("upstream docker-registry on http://{addr}"));
+    Upstream { addr, log, daemon }
+}
+
+impl Upstream {
+    fn mark(&self) -> usize {
+        fs::read_to_string(&self.log)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// Access-log lines `"METHOD <path> HTTP/..."` since `mark`.
+    fn count_since(&self, mark: usize, method: &str, path: &str) -> u64 {
+        // Access log lines are written when a response ends; let the last ones land.
+        std::thread::sleep(Duration::from_millis(300));
+        let needle = format!("\"{method} {path} HTTP/");
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .skip(mark)
+            .filter(|l| l.contains(&needle))
+            .count() as u64
+    }
+}
+
+fn start_peer(
+    peer: Peer,
+    t: &Tools,
+    s: &Settings,
+    work: &Path,
+    upstream: SocketAddr,
+    pgids: &Path,
+) -> (Daemon, SocketAddr) {
+    let dir = work.join(peer.name());
+    if dir.exists() {
+        fs::remove_dir_all(&dir).expect("clean peer dir");
+    }
+    fs::create_dir_all(&dir).expect("create peer dir");
+    let addr = free_addr();
+    let log = dir.join("server.log");
+    let mut d = match peer {
+        Peer::Regcache => {
+            let mut cmd = Command::new(&s.regcache_bin);
+            cmd.arg("serve")
+                .arg("--listen")
+                .arg(addr.to_string())
+                .arg("--cache-dir")
+                .arg(dir.join("cache"))
+                .arg("--upstream")
+                .arg(format!("http://{upstream}"))
+                .arg("--tag-ttl")
+                .arg("0s")
+                .env("REGCACHE_LOG", "info");
+            Daemon::spawn("regcache", &mut cmd, &log, pgids)
+        }
+        Peer::Distribution => {
+            let cfg = format!(
+                r#"version: 0.1
+log:
+  level: info
+  formatter: text
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: {root}
+  cache:
+    blobdescriptor: inmemory
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: {addr}
+  secret: regcache-bench-proxy
+proxy:
+  remoteurl: http://{upstream}
+"#,
+                root = dir.join("storage").display()
+            );
+            let cfg_path = dir.join("config.yml");
+            fs::write(&cfg_path, cfg).expect("write distribution config");
+            Daemon::spawn(
+                "distribution (proxy)",
+                Command::new(&t.registry).arg("serve").arg(&cfg_path),
+                &log,
+                pgids,
+            )
+        }
+        Peer::Nginx => {
+            for sub in ["cache", "tmp"] {
+                fs::create_dir_all(dir.join(sub)).expect("create nginx dirs");
+            }
+            let d = dir.display();
+            let conf = format!(
+                r#"daemon off;
+master_process on;
+worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log {d}/access.log;
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 1000000;
+  client_body_temp_path {d}/tmp/client;
+  proxy_temp_path {d}/tmp/proxy;
+  fastcgi_temp_path {d}/tmp/fastcgi;
+  uwsgi_temp_path {d}/tmp/uwsgi;
+  scgi_temp_path {d}/tmp/scgi;
+  proxy_cache_path {d}/cache levels=1:2 keys_zone=mirror:16m max_size=50g inactive=7d use_temp_path=off;
+  upstream registry {{
+    server {upstream};
+    keepalive 32;
+  }}
+  server {{
+    listen {addr};
+    location / {{
+      proxy_pass http://registry;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $http_host;
+      proxy_cache mirror;
+      proxy_cache_key $uri$http_accept;
+      proxy_cache_lock on;
+      proxy_cache_lock_timeout 10m;
+      proxy_cache_lock_age 10m;
+      proxy_cache_valid 200 7d;
+      proxy_buffering on;
+      proxy_read_timeout 600s;
+      add_header X-Cache-Status $upstream_cache_status;
+    }}
+  }}
+}}
+"#
+            );
+            let conf_path = dir.join("nginx.conf");
+            fs::write(&conf_path, conf).expect("write nginx.conf");
+            Daemon::spawn(
+                "nginx (proxy_cache)",
+                Command::new(&t.nginx)
+                    .arg("-p")
+                    .arg(&dir)
+                    .arg("-c")
+                    .arg(&conf_path)
+                    .arg("-e")
+                    .arg(dir.join("error.log")),
+                &log,
+                pgids,
+            )
+        }
+    };
+    d.wait_ready(addr, "/v2/", |st| st == 200);
+    say(format!(
+        "{} on http://{addr} (pid {}, processes {:?})",
+        peer.name(),
+        d.pgid(),
+        d.pids()
+    ));
+    (d, addr)
+}
+
+// ------------------------------------------------------------------------------------------
+// wrk
+
+#[derive(Clone, Debug, Default, Serialize)]
+struct Wrk {
+    rps: f64,
+    avg_ms: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+    non_2xx: u64,
+    socket_errors: String,
+    /// Server CPU per 1000 requests, ms (0 for the upstream column's own process).
+    server_cpu_ms_per_k: Option<f64>,
+}
+
+fn ms(v: &str) -> f64 {
+    let v = v.trim();
+    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        (v, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(f64::NAN) * scale
+}
+
+fn run_wrk(t: &Tools, s: &Settings, addr: SocketAddr, path: &str, log: &Path) -> Wrk {
+    let out = Command::new(&t.wrk)
+        .arg(format!("-t{}", s.wrk_threads))
+        .arg(format!("-c{}", s.wrk_conns))
+        .arg(format!("-d{}s", s.wrk_secs))
+        .arg("--latency")
+        .arg("-H")
+        .arg(format!("Accept: {MANIFEST_TYPE}"))
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let _ = fs::write(log, format!("{text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let mut w = Wrk::default();
+    let mut in_dist = false;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["Latency", "Distribution", ..] => in_dist = true,
+            ["Latency", avg, ..] if !in_dist => w.avg_ms = ms(avg),
+            ["50%", v] if in_dist => w.p50_ms = ms(v),
+            ["99%", v] if in_dist => w.p99_ms = ms(v),
+            [n, "requests", "in", ..] => w.requests = n.parse().unwrap_or(0),
+            ["Requests/sec:", v] => w.rps = v.parse().unwrap_or(0.0),
+            ["Non-2xx", "or", "3xx", "responses:", n] => w.non_2xx = n.parse().unwrap_or(0),
+            ["Socket", "errors:", ..] => w.socket_errors = line.trim().to_string(),
+            _ => {}
+        }
+    }
+    if !out.status.success() || w.rps == 0.0 {
+        say(format!("wrk failed or measured nothing:\n{text}"));
+    }
+    w
+}
+
+// ------------------------------------------------------------------------------------------
+// Figures
+
+#[derive(Clone, Debug, Default, Serialize)]
+struct Figures {
+    cold_single_samples_s: Vec<f64>,
+    cold_single_s: Option<f64>,
+    ttfb_samples_ms: Vec<f64>,
+    ttfb_ms: Option<f64>,
+    cold_conc_slowest_s: Option<f64>,
+    cold_conc_fastest_s: Option<f64>,
+    cold_conc_upstream_gets: Option<u64>,
+    cold_conc_upstream_heads: Option<u64>,
+    cold_conc_mem: Option<MemPeak>,
+    hit_samples_mib_s: Vec<f64>,
+    hit_mib_s: Option<f64>,
+    hit_cpu_s_per_gib: Option<f64>,
+    manifest: Option<Wrk>,
+    warm_conc_mem: Option<MemPeak>,
+    warm_conc_aggregate_mib_s: Option<f64>,
+    warm_conc_cpu_s_per_gib: Option<f64>,
+    upstream_blob_gets_total: Option<u64>,
+    errors: Vec<String>,
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
+}
+
+/// The floor: the same GETs and the same wrk run straight at the upstream.
+fn measure_direct(
+    rt: &tokio::runtime::Runtime,
+    t: &Tools,
+    s: &Settings,
+    up: &Upstream,
+    c: &Content,
+    work: &Path,
+) -> Figures {
+    let mut f = Figures::default();
+    let len = s.blob_len();
+    let tck = clock_ticks_per_sec();
+    rt.block_on(async {
+        // Same blobs as the peers' cold GETs (the upstream serves them from its page cache in
+        // both cases).
+        for d in &c.blobs[..s.cold_samples] {
+            match get_exact(up.addr, &blob_path(d), len, &PLAIN).await {
+                Ok(g) => {
+                    f.cold_single_samples_s.push(g.total.as_secs_f64());
+                    f.ttfb_samples_ms.push(g.ttfb.as_secs_f64() * 1000.0);
+                }
+                Err(e) => f.errors.push(e),
+            }
+        }
+        let pids = up.daemon.pids();
+        let c0 = cpu_ticks(&pids);
+        let mut served = 0u64;
+        for _ in 0..s.hit_repeats {
+            match get_exact(up.addr, &blob_path(&c.blobs[0]), len, &PLAIN).await {
+                Ok(g) => {
+                    served += g.bytes;
+                    f.hit_samples_mib_s
+                        .push(g.bytes as f64 / MIB / g.total.as_secs_f64());
+                }
+                Err(e) => f.errors.push(e),
+            }
+        }
+        let c1 = cpu_ticks(&pids);
+        if served > 0 {
+            f.hit_cpu_s_per_gib = Some((c1 - c0) as f64 / tck / (served as f64 / GIB));
+        }
+    });
+    f.cold_single_s = median(&f.cold_single_samples_s);
+    f.ttfb_ms = median(&f.ttfb_samples_ms);
+    f.hit_mib_s = median(&f.hit_samples_mib_s);
+    let pids = up.daemon.pids();
+    let c0 = cpu_ticks(&pids);
+    let mut w = run_wrk(t, s, up.addr, &manifest_path(&c.manifests[0]), &work.join("wrk-upstream.txt"));
+    let c1 = cpu_ticks(&pids);
+    if w.requests > 0 {
+        w.server_cpu_ms_per_k = Some((c1 - c0) as f64 / tck * 1000.0 / (w.requests as f64 / 1000.0));
+    }
+    f.manifest = Some(w);
+    f
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure_peer(
+    rt: &tokio::runtime::Runtime,
+    peer: Peer,
+    t: &Tools,
+    s: &Settings,
+    up: &Upstream,
+    c: &Content,
+    work: &Path,
+    pgids: &Path,
+) -> Figures {
+    let mut f = Figures::default();
+    let len = s.blob_len();
+    let tck = clock_ticks_per_sec();
+    let (daemon, addr) = start_peer(peer, t, s, work, up.addr, pgids);
+    let mark_all = up.mark();
+
+    // Cold single (and TTFB): one GET of each cold-single blob.
+    rt.block_on(async {
+        for d in &c.blobs[..s.cold_samples] {
+            match get_exact(addr, &blob_path(d), len, &PLAIN).await {
+                Ok(g) => {
+                    f.cold_single_samples_s.push(g.total.as_secs_f64());
+                    f.ttfb_samples_ms.push(g.ttfb.as_secs_f64() * 1000.0);
+                }
+                Err(e) => f.errors.push(format!("cold single: {e}")),
+            }
+            // Let background work (nginx moving its temp file, fsyncs) settle between samples.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    f.cold_single_s = median(&f.cold_single_samples_s);
+    f.ttfb_ms = median(&f.ttfb_samples_ms);
+    say(format!(
+        "{}: cold single {:?} s, ttfb {:?} ms",
+        peer.name(),
+        f.cold_single_samples_s,
+        f.ttfb_samples_ms
+    ));
+
+    // Cold concurrent.
+    let conc_blob = c.blobs[s.cold_samples].clone();
+    let mark = up.mark();
+    let watch = MemWatch::start(&daemon);
+    let results: Vec<Result<Got, String>> = rt.block_on(async {
+        let barrier = Arc::new(tokio::sync::Barrier::new(s.cold_clients));
+        let tasks: Vec<_> = (0..s.cold_clients)
+            .map(|_| {
+                let (b, p) = (barrier.clone(), blob_path(&conc_blob));
+                tokio::spawn(async move {
+                    b.wait().await;
+                    get_exact(addr, &p, len, &PLAIN).await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+        }
+        out
+    });
+    f.cold_conc_mem = Some(watch.finish());
+    let times: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|g| g.total.as_secs_f64()))
+        .collect();
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        f.errors.push(format!("cold concurrent: {e}"));
+    }
+    if times.len() == s.cold_clients {
+        f.cold_conc_slowest_s = times.iter().copied().reduce(f64::max);
+        f.cold_conc_fastest_s = times.iter().copied().reduce(f64::min);
+    }
+    f.cold_conc_upstream_gets = Some(up.count_since(mark, "GET", &blob_path(&conc_blob)));
+    f.cold_conc_upstream_heads = Some(up.count_since(mark, "HEAD", &blob_path(&conc_blob)));
+    say(format!(
+        "{}: cold concurrent slowest {:?} s, upstream GETs {:?}, mem {:?}",
+        peer.name(),
+        f.cold_conc_slowest_s,
+        f.cold_conc_upstream_gets,
+        f.cold_conc_mem
+    ));
+
+    // Hit: a verified warm-up GET, then sequential warm GETs with the server's CPU around them.
+    let hit_path = blob_path(&c.blobs[0]);
+    rt.block_on(async {
+        std::thread::sleep(Duration::from_millis(300));
+        let opts = GetOpts {
+            accept: None,
+            hash: true,
+            keep_body: false,
+        };
+        match get_exact(addr, &hit_path, len, &opts).await {
+            Ok(g) => {
+                if g.sha256.as_deref() != Some(c.blobs[0].as_str()) {
+                    f.errors.push(format!(
+                        "warm GET returned bytes hashing to {:?}, not {}",
+                        g.sha256, c.blobs[0]
+                    ));
+                }
+                if let Some(v) = g.headers.get("x-cache-status") {
+                    if v != "HIT" {
+                        f.errors.push(format!("nginx warm GET was a cache {v:?}, not HIT"));
+                    }
+                }
+            }
+            Err(e) => f.errors.push(format!("warm-up: {e}")),
+        }
+        let pids = daemon.pids();
+        let c0 = cpu_ticks(&pids);
+        let mut served = 0u64;
+        for _ in 0..s.hit_repeats {
+            match get_exact(addr, &hit_path, len, &PLAIN).await {
+                Ok(g) => {
+                    served += g.bytes;
+                    f.hit_samples_mib_s
+                        .push(g.bytes as f64 / MIB / g.total.as_secs_f64());
+                }
+                Err(e) => f.errors.push(format!("hit: {e}")),
+            }
+        }
+        let c1 = cpu_ticks(&pids);
+        if served > 0 {
+            f.hit_cpu_s_per_gib = Some((c1 - c0) as f64 / tck / (served as f64 / GIB));
+        }
+    });
+    f.hit_mib_s = median(&f.hit_samples_mib_s);
+    say(format!(
+        "{}: hit {:?} MiB/s, {:?} CPU s/GiB",
+        peer.name(),
+        f.hit_mib_s,
+        f.hit_cpu_s_per_gib
+    ));
+
+    // Manifests by digest: fill once, check, then wrk.
+    let mpath = manifest_path(&c.manifests[0]);
+    let mopts = GetOpts {
+        accept: Some(MANIFEST_TYPE),
+        hash: true,
+        keep_body: false,
+    };
+    let ok = rt.block_on(async {
+        for _ in 0..2 {
+            match get(addr, &mpath, &mopts).await {
+                Ok(g) if g.status == 200 && g.sha256.as_deref() == Some(c.manifests[0].as_str()) => {}
+                Ok(g) => {
+                    f.errors.push(format!("manifest GET: status {} digest {:?}", g.status, g.sha256));
+                    return false;
+                }
+                Err(e) => {
+                    f.errors.push(format!("manifest GET: {e}"));
+                    return false;
+                }
+            }
+        }
+        true
+    });
+    if ok {
+        let pids = daemon.pids();
+        let c0 = cpu_ticks(&pids);
+        let mut w = run_wrk(t, s, addr, &mpath, &work.join(format!("wrk-{}.txt", peer.name())));
+        let c1 = cpu_ticks(&pids);
+        if w.requests > 0 {
+            w.server_cpu_ms_per_k =
+                Some((c1 - c0) as f64 / tck * 1000.0 / (w.requests as f64 / 1000.0));
+        }
+        if w.non_2xx > 0 {
+            f.errors.push(format!("wrk: {} non-2xx answers", w.non_2xx));
+        }
+        say(format!(
+            "{}: manifests {:.0}/s p50 {:.2} ms p99 {:.2} ms",
+            peer.name(),
+            w.rps,
+            w.p50_ms,
+            w.p99_ms
+        ));
+        f.manifest = Some(w);
+    }
+
+    // Warm concurrent: memory (and aggregate throughput) with many clients on cached blobs.
+    let warm: Vec<String> = c.blobs.clone();
+    let pids = daemon.pids();
+    let c0 = cpu_ticks(&pids);
+    let watch = MemWatch::start(&daemon);
+    let t0 = Instant::now();
+    let results: Vec<Result<Got, String>> = rt.block_on(async {
+        let barrier = Arc::new(tokio::sync::Barrier::new(s.warm_clients));
+        let tasks: Vec<_> = (0..s.warm_clients)
+            .map(|i| {
+                let (b, p) = (barrier.clone(), blob_path(&warm[i % warm.len()]));
+                tokio::spawn(async move {
+                    b.wait().await;
+                    get_exact(addr, &p, len, &PLAIN).await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+        }
+        out
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    f.warm_conc_mem = Some(watch.finish());
+    let c1 = cpu_ticks(&pids);
+    let served: u64 = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|g| g.bytes))
+        .sum();
+    for e in results.iter().filter_map(|r| r.as_ref().err()) {
+        f.errors.push(format!("warm concurrent: {e}"));
+    }
+    f.warm_conc_aggregate_mib_s = Some(served as f64 / MIB / elapsed);
+    if served > 0 {
+        f.warm_conc_cpu_s_per_gib = Some((c1 - c0) as f64 / tck / (served as f64 / GIB));
+    }
+    say(format!(
+        "{}: warm concurrent {:.0} MiB/s aggregate, mem {:?}",
+        peer.name(),
+        f.warm_conc_aggregate_mib_s.unwrap_or(0.0),
+        f.warm_conc_mem
+    ));
+    let total_gets: u64 = c
+        .blobs
+        .iter()
+        .map(|d| up.count_since(mark_all, "GET", &blob_path(d)))
+        .sum();
+    f.upstream_blob_gets_total = Some(total_gets);
+    if let Some(first) = f.errors.first() {
+        say(format!("{}: {} error(s), first: {first}", peer.name(), f.errors.len()));
+    }
+    drop(daemon);
+    if !s.keep_work {
+        let _ = fs::remove_dir_all(work.join(peer.name()));
+    }
+    f
+}
+
+// ------------------------------------------------------------------------------------------
+// Report
+
+#[derive(Clone, Copy, PartialEq)]
+enum Better {
+    Lower,
+    Higher,
+}
+
+struct Row {
+    label: &'static str,
+    better: Better,
+    decimals: usize,
+    get: fn(&Figures) -> Option<f64>,
+    /// Whether the upstream-direct column means anything for this row.
+    direct: bool,
+}
+
+fn rows() -> Vec<Row> {
+    fn wrk(f: &Figures, g: fn(&Wrk) -> f64) -> Option<f64> {
+        f.manifest.as_ref().filter(|w| w.requests > 0).map(g)
+    }
+    vec![
+        Row { label: "cold single GET, s (median)", better: Better::Lower, decimals: 3, get: |f| f.cold_single_s, direct: true },
+        Row { label: "cold TTFB, ms (median)", better: Better::Lower, decimals: 2, get: |f| f.ttfb_ms, direct: true },
+        Row { label: "cold concurrent: slowest client, s", better: Better::Lower, decimals: 3, get: |f| f.cold_conc_slowest_s, direct: false },
+        Row { label: "cold concurrent: slowest ÷ own cold single", better: Better::Lower, decimals: 2, get: |f| Some(f.cold_conc_slowest_s? / f.cold_single_s?), direct: false },
+        Row { label: "cold concurrent: upstream blob GETs", better: Better::Lower, decimals: 0, get: |f| f.cold_conc_upstream_gets.map(|v| v as f64), direct: false },
+        Row { label: "hit: warm GET throughput, MiB/s (median)", better: Better::Higher, decimals: 0, get: |f| f.hit_mib_s, direct: true },
+        Row { label: "hit: server CPU s per GiB served", better: Better::Lower, decimals: 3, get: |f| f.hit_cpu_s_per_gib, direct: true },
+        Row { label: "manifest by digest: GETs/s (wrk)", better: Better::Higher, decimals: 0, get: |f| wrk(f, |w| w.rps), direct: true },
+        Row { label: "manifest by digest: latency p50, ms", better: Better::Lower, decimals: 3, get: |f| wrk(f, |w| w.p50_ms), direct: true },
+        Row { label: "manifest by digest: latency p99, ms", better: Better::Lower, decimals: 3, get: |f| wrk(f, |w| w.p99_ms), direct: true },
+        Row { label: "manifest by digest: server CPU ms per 1k GETs", better: Better::Lower, decimals: 1, get: |f| f.manifest.as_ref()?.server_cpu_ms_per_k, direct: true },
+        Row { label: "peak RSS, cold concurrent, MiB (VmHWM)", better: Better::Lower, decimals: 1, get: |f| f.cold_conc_mem.map(|m| m.hwm_mib), direct: false },
+        Row { label: "  of which anon (sampled peak), MiB", better: Better::Lower, decimals: 1, get: |f| f.cold_conc_mem.map(|m| m.anon_mib), direct: false },
+        Row { label: "peak RSS, warm concurrent, MiB (VmHWM)", better: Better::Lower, decimals: 1, get: |f| f.warm_conc_mem.map(|m| m.hwm_mib), direct: false },
+        Row { label: "  of which anon (sampled peak), MiB", better: Better::Lower, decimals: 1, get: |f| f.warm_conc_mem.map(|m| m.anon_mib), direct: false },
+        Row { label: "  file-backed mapped (sampled peak), MiB", better: Better::Lower, decimals: 1, get: |f| f.warm_conc_mem.map(|m| m.file_mib), direct: false },
+        Row { label: "warm concurrent: aggregate MiB/s", better: Better::Higher, decimals: 0, get: |f| f.warm_conc_aggregate_mib_s, direct: false },
+        Row { label: "warm concurrent: server CPU s per GiB", better: Better::Lower, decimals: 3, get: |f| f.warm_conc_cpu_s_per_gib, direct: false },
+    ]
+}
+
+fn fmt_num(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        Some(x) if x.is_finite() => format!("{x:.decimals$}"),
+        _ => "–".into(),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b != 0.0 => Some(a / b),
+        (Some(a), Some(b)) if a == 0.0 && b == 0.0 => Some(1.0),
+        _ => None,
+    }
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    match r {
+        Some(x) if x.is_finite() => format!("{x:.2}x"),
+        _ => "–".into(),
+    }
+}
+
+struct Target {
+    what: String,
+    measured: String,
+    met: Option<bool>,
+}
+
+fn targets(
+    s: &Settings,
+    direct: &Figures,
+    res: &BTreeMap<Peer, Figures>,
+) -> Vec<Target> {
+    let rc = res.get(&Peer::Regcache);
+    let ng = res.get(&Peer::Nginx);
+    let di = res.get(&Peer::Distribution);
+    let mut out = Vec::new();
+    let mut push = |what: String, measured: String, met: Option<bool>| {
+        out.push(Target { what, measured, met })
+    };
+    let g = |f: Option<&Figures>, get: fn(&Figures) -> Option<f64>| f.and_then(get);
+
+    let ups = g(rc, |f| f.cold_conc_upstream_gets.map(|v| v as f64));
+    push(
+        format!("cold concurrent ({} clients): exactly 1 upstream GET", s.cold_clients),
+        fmt_num(ups, 0),
+        ups.map(|v| v == 1.0),
+    );
+    let r = g(rc, |f| Some(f.cold_conc_slowest_s? / f.cold_single_s?));
+    push(
+        "cold concurrent: slowest client ≤ 1.2x cold single".into(),
+        fmt_ratio(r),
+        r.map(|v| v <= 1.2),
+    );
+    let (a, b) = (g(rc, |f| f.hit_cpu_s_per_gib), g(ng, |f| f.hit_cpu_s_per_gib));
+    push(
+        "hit: CPU s/GiB ≤ nginx's".into(),
+        format!("{} vs {} s/GiB ({})", fmt_num(a, 3), fmt_num(b, 3), fmt_ratio(ratio(a, b))),
+        ratio(a, b).map(|r| r <= 1.0),
+    );
+    let (a, b) = (g(rc, |f| f.hit_mib_s), g(ng, |f| f.hit_mib_s));
+    push(
+        "hit: throughput ≥ 0.95x nginx's".into(),
+        format!("{} vs {} MiB/s ({})", fmt_num(a, 0), fmt_num(b, 0), fmt_ratio(ratio(a, b))),
+        ratio(a, b).map(|r| r >= 0.95),
+    );
+    let rps = |f: &Figures| f.manifest.as_ref().filter(|w| w.requests > 0).map(|w| w.rps);
+    let (a, b) = (g(rc, rps), g(ng, rps));
+    push(
+        "manifest GETs/s ≥ nginx's".into(),
+        format!("{} vs {} ({})", fmt_num(a, 0), fmt_num(b, 0), fmt_ratio(ratio(a, b))),
+        ratio(a, b).map(|r| r >= 1.0),
+    );
+    let b = g(di, rps);
+    push(
+        "manifest GETs/s ≥ 20x distribution's".into(),
+        format!("{} vs {} ({})", fmt_num(a, 0), fmt_num(b, 0), fmt_ratio(ratio(a, b))),
+        ratio(a, b).map(|r| r >= 20.0),
+    );
+    let (a, b) = (g(rc, |f| f.cold_single_s), g(ng, |f| f.cold_single_s));
+    push(
+        "cold single ≤ 0.6x nginx's".into(),
+        format!("{} vs {} s ({})", fmt_num(a, 3), fmt_num(b, 3), fmt_ratio(ratio(a, b))),
+        ratio(a, b).map(|r| r <= 0.6),
+    );
+    let d = direct.cold_single_s;
+    push(
+        "cold single ≤ 2x direct".into(),
+        format!("{} vs {} s ({})", fmt_num(a, 3), fmt_num(d, 3), fmt_ratio(ratio(a, d))),
+        ratio(a, d).map(|r| r <= 2.0),
+    );
+    let (a, d) = (g(rc, |f| f.ttfb_ms), direct.ttfb_ms);
+    push(
+        "cold TTFB ≤ upstream's + 2 ms".into(),
+        format!(
+            "{} vs {} ms (+{} ms)",
+            fmt_num(a, 2),
+            fmt_num(d, 2),
+            fmt_num(a.zip(d).map(|(a, d)| a - d), 2)
+        ),
+        a.zip(d).map(|(a, d)| a <= d + 2.0),
+    );
+    let m = g(rc, |f| f.cold_conc_mem.map(|m| m.hwm_mib));
+    push(
+        format!("peak RSS ≤ 32 MiB, {} cold concurrent", s.cold_clients),
+        format!("{} MiB", fmt_num(m, 1)),
+        m.map(|v| v <= 32.0),
+    );
+    let m = g(rc, |f| f.warm_conc_mem.map(|m| m.hwm_mib));
+    push(
+        format!("peak RSS ≤ 32 MiB, {} warm concurrent", s.warm_clients),
+        format!("{} MiB", fmt_num(m, 1)),
+        m.map(|v| v <= 32.0),
+    );
+    out
+}
+
+fn cmd_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let s = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+            String::from_utf8_lossy(&s).lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn machine(t: &Tools) -> Vec<(String, String)> {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let mem = status_like("/proc/meminfo", "MemTotal");
+    let os = fs::read_to_string("/etc/os-release")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|s| s.trim_matches('"').to_string())
+        .unwrap_or_default();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let rev = cmd_line("git", &["-C", root, "rev-parse", "--short", "HEAD"]);
+    let dirty = Command::new("git")
+        .args(["-C", root, "status", "--porcelain", "--untracked-files=no", "src"])
+        .output()
+        .map(|o| !o.stdout.is_empty())
+        .unwrap_or(false);
+    vec![
+        ("date (UTC)".into(), cmd_line("date", &["-u", "+%Y-%m-%d %H:%M"])),
+        ("cpu".into(), format!("{model}, {} cores (nproc)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0))),
+        ("memory".into(), format!("{:.1} GiB", mem as f64 / 1024.0 / 1024.0)),
+        ("os / kernel".into(), format!("{os}, Linux {}", fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim())),
+        ("regcache".into(), format!("git {rev}{} (release profile)", if dirty { " + uncommitted src/ changes" } else { "" })),
+        ("rustc".into(), cmd_line("rustc", &["-V"])),
+        ("docker-registry".into(), cmd_line(t.registry.to_str().unwrap_or("docker-registry"), &["--version"])),
+        ("nginx".into(), cmd_line(t.nginx.to_str().unwrap_or("nginx"), &["-v"])),
+        ("wrk".into(), cmd_line(t.wrk.to_str().unwrap_or("wrk"), &["-v"])),
+    ]
+}
+
+fn status_like(path: &str, key: &str) -> u64 {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn report(
+    s: &Settings,
+    t: &Tools,
+    direct: &Figures,
+    res: &BTreeMap<Peer, Figures>,
+) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "## regcache vs peers: end-to-end comparison\n");
+    for (k, v) in machine(t) {
+        let _ = writeln!(o, "- {k}: {v}");
+    }
+    let _ = writeln!(
+        o,
+        "- settings: blob {} MiB, cold single median of {} (distinct cold blobs), {} cold concurrent clients, {} hit GETs, {} warm concurrent clients (round-robin over {} cached blobs), wrk -t{} -c{} -d{}s\n",
+        s.blob_mib,
+        s.cold_samples,
+        s.cold_clients,
+        s.hit_repeats,
+        s.warm_clients,
+        s.cold_samples + 1,
+        s.wrk_threads,
+        s.wrk_conns,
+        s.wrk_secs
+    );
+    let peers: Vec<Peer> = res.keys().copied().collect();
+    let others: Vec<Peer> = peers.iter().copied().filter(|p| *p != Peer::Regcache).collect();
+    let has_rc = res.contains_key(&Peer::Regcache);
+    let mut head = String::from("| figure | better | upstream direct |");
+    let mut sep = String::from("|---|---|---:|");
+    for p in &peers {
+        let _ = write!(head, " {} |", p.name());
+        sep.push_str("---:|");
+    }
+    if has_rc {
+        let _ = write!(head, " regcache ÷ direct |");
+        sep.push_str("---:|");
+        for p in &others {
+            let _ = write!(head, " regcache ÷ {} |", p.name());
+            sep.push_str("---:|");
+        }
+    }
+    let _ = writeln!(o, "{head}\n{sep}");
+    for r in rows() {
+        let mut line = format!(
+            "| {} | {} | {} |",
+            r.label,
+            if r.better == Better::Lower { "lower" } else { "higher" },
+            if r.direct { fmt_num((r.get)(direct), r.decimals) } else { "–".into() }
+        );
+        for p in &peers {
+            let _ = write!(line, " {} |", fmt_num((r.get)(&res[p]), r.decimals));
+        }
+        if has_rc {
+            let rc = (r.get)(&res[&Peer::Regcache]);
+            let d = if r.direct { ratio(rc, (r.get)(direct)) } else { None };
+            let _ = write!(line, " {} |", fmt_ratio(d));
+            for p in &others {
+                let _ = write!(line, " {} |", fmt_ratio(ratio(rc, (r.get)(&res[p]))));
+            }
+        }
+        let _ = writeln!(o, "{line}");
+    }
+    let _ = writeln!(o);
+    for p in &peers {
+        let f = &res[p];
+        let _ = writeln!(
+            o,
+            "- {}: cold single samples {:?} s; TTFB samples {:?} ms; cold concurrent fastest {} s, upstream HEADs {}; upstream blob GETs over the whole run {}{}",
+            p.name(),
+            f.cold_single_samples_s.iter().map(|v| (v * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+            f.ttfb_samples_ms.iter().map(|v| (v * 100.0).round() / 100.0).collect::<Vec<_>>(),
+            fmt_num(f.cold_conc_fastest_s, 3),
+            fmt_num(f.cold_conc_upstream_heads.map(|v| v as f64), 0),
+            fmt_num(f.upstream_blob_gets_total.map(|v| v as f64), 0),
+            if f.errors.is_empty() { String::new() } else { format!("; ERRORS: {}", f.errors.join(" | ")) }
+        );
+    }
+    if has_rc {
+        let _ = writeln!(o, "\n### Targets (regcache)\n\n| target | measured | met |\n|---|---|---|");
+        for t in targets(s, direct, res) {
+            let met = match t.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "n/a",
+            };
+            let _ = writeln!(o, "| {} | {} | {met} |", t.what, t.measured);
+        }
+    }
+    o
+}
+
+// ------------------------------------------------------------------------------------------
+
+fn main() {
+    // `cargo test --benches` runs bench targets without `--bench`: nothing to do then.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("compare: skipped (run scripts/bench, or cargo bench --bench compare)");
+        return;
+    }
+    START.get_or_init(Instant::now);
+    let s = Settings::from_env();
+    let t = tools();
+    assert!(
+        s.regcache_bin.is_file(),
+        "regcache binary {} not found (set REGCACHE_BIN)",
+        s.regcache_bin.display()
+    );
+    fs::create_dir_all(&s.out_dir).expect("create output dir");
+    let work = s.out_dir.join(format!("work-{}", std::process::id()));
+    fs::create_dir_all(&work).expect("create work dir");
+    let pgids = std::env::var_os("BENCH_PGID_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| work.join("pgids"));
+    say(format!("work dir {}", work.display()));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    let up = start_upstream(&t, &work, &pgids);
+    let content = rt
+        .block_on(push_content(&s, up.addr))
+        .unwrap_or_else(|e| panic!("pushing test content upstream failed: {e}"));
+
+    say("direct from upstream (the floor)");
+    let direct = measure_direct(&rt, &t, &s, &up, &content, &work);
+    say(format!(
+        "direct: cold {:?} s ttfb {:?} ms hit {:?} MiB/s",
+        direct.cold_single_s, direct.ttfb_ms, direct.hit_mib_s
+    ));
+
+    let mut res = BTreeMap::new();
+    for &p in &s.peers {
+        say(format!("--- {} ---", p.name()));
+        let f = measure_peer(&rt, p, &t, &s, &up, &content, &work, &pgids);
+        res.insert(p, f);
+    }
+    drop(up);
+
+    let md = report(&s, &t, &direct, &res);
+    println!("\n{md}");
+    let md_path = s.out_dir.join("compare.md");
+    fs::write(&md_path, &md).expect("write compare.md");
+    let json = serde_json::json!({
+        "settings": {
+            "blob_mib": s.blob_mib, "cold_samples": s.cold_samples, "cold_clients": s.cold_clients,
+            "warm_clients": s.warm_clients, "hit_repeats": s.hit_repeats, "wrk_conns": s.wrk_conns,
+            "wrk_threads": s.wrk_threads, "wrk_secs": s.wrk_secs,
+        },
+        "direct": direct,
+        "peers": res.iter().map(|(p, f)| (p.name(), f)).collect::<BTreeMap<_, _>>(),
+    });
+    fs::write(
+        s.out_dir.join("compare.json"),
+        serde_json::to_vec_pretty(&json).expect("json"),
+    )
+    .expect("write compare.json");
+    say(format!("wrote {} and compare.json", md_path.display()));
+    if !s.keep_work {
+        let _ = fs::remove_dir_all(&work);
+    }
+}

@@ -1,0 +1,190 @@
+//! Criterion micro-benchmarks for regcache's per-request hot pieces.
+//!
+//! Run: `cargo bench --bench micro` (add a filter to run one group, e.g.
+//! `cargo bench --bench micro -- digest`). `scripts/bench` runs the end-to-end comparison
+//! (`benches/compare.rs`) instead; see BENCHMARKS.md.
+//!
+//! Groups:
+//! - `route_parse`: `Route::parse` on the paths every request goes through (blob by digest,
+//!   manifest by tag / by digest, a deep repository name, and a rejected path).
+//! - `digest_parse`: `Digest::from_str` (sha256, sha512).
+//! - `digest_hash`: `Hasher` throughput over sizes a fill feeds it (16 KiB frames up to 4 MiB),
+//!   sha256 and sha512, reported in bytes/s.
+//! - `range`: `parse_range` + `resolve_range` on the `Range` values clients send.
+//! - `lru_placeholder`: PLACEHOLDER — the `lru` crate's `LruCache<Digest, u64>` at 100k entries
+//!   (get / put / pop_lru). regcache has no eviction index yet; point this group at the real one
+//!   (`regcache::evict::...` or wherever it lands) when it exists, keeping the same operations
+//!   and sizes so the figures stay comparable.
+
+use std::hint::black_box;
+use std::str::FromStr;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use regcache::reference::{Algorithm, Digest, Route};
+use regcache::routes::{parse_range, resolve_range};
+use regcache::store::Hasher;
+
+const H64: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+/// Entries in the LRU placeholder: a cache of ~100k blobs is a large mirror.
+const LRU_ENTRIES: usize = 100_000;
+
+/// A deterministic sha256 digest for index `i` (hex of a splitmix64 stream, so keys are
+/// spread like real digests).
+fn digest_for(i: u64) -> Digest {
+    let mut x = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut hex = String::with_capacity(71);
+    hex.push_str("sha256:");
+    for _ in 0..4 {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        hex.push_str(&format!("{z:016x}"));
+    }
+    Digest::from_str(&hex).expect("generated digest is valid")
+}
+
+fn route_parse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_parse");
+    let paths = [
+        ("blob", format!("/v2/library/alpine/blobs/sha256:{H64}")),
+        (
+            "manifest_digest",
+            format!("/v2/library/alpine/manifests/sha256:{H64}"),
+        ),
+        (
+            "manifest_tag",
+            "/v2/library/alpine/manifests/3.19".to_string(),
+        ),
+        (
+            "deep_name_blob",
+            format!("/v2/org/team/project/sub-component_x/image.name/blobs/sha256:{H64}"),
+        ),
+        ("tags_list", "/v2/library/alpine/tags/list".to_string()),
+        ("rejected", "/v2/Bad/Name/manifests/..".to_string()),
+    ];
+    for (label, path) in &paths {
+        g.bench_with_input(BenchmarkId::from_parameter(label), path, |b, p| {
+            b.iter(|| black_box(Route::parse(black_box(p))))
+        });
+    }
+    g.finish();
+}
+
+fn digest_parse(c: &mut Criterion) {
+    let mut g = c.benchmark_group("digest_parse");
+    let s256 = format!("sha256:{H64}");
+    let s512 = format!("sha512:{H64}{H64}");
+    g.bench_function("sha256", |b| {
+        b.iter(|| black_box(Digest::from_str(black_box(&s256))))
+    });
+    g.bench_function("sha512", |b| {
+        b.iter(|| black_box(Digest::from_str(black_box(&s512))))
+    });
+    g.finish();
+}
+
+fn digest_hash(c: &mut Criterion) {
+    let mut g = c.benchmark_group("digest_hash");
+    let data: Vec<u8> = (0..4usize << 20).map(|i| (i * 31 + 7) as u8).collect();
+    for (alg, name) in [(Algorithm::Sha256, "sha256"), (Algorithm::Sha512, "sha512")] {
+        for size in [16usize << 10, 256 << 10, 4 << 20] {
+            g.throughput(Throughput::Bytes(size as u64));
+            g.bench_with_input(
+                BenchmarkId::new(format!("{name}_update"), size),
+                &size,
+                |b, &n| {
+                    // One streaming hasher fed repeatedly, as a fill feeds it frame by frame.
+                    let mut h = Hasher::new(alg);
+                    b.iter(|| h.update(black_box(&data[..n])));
+                    black_box(h.finish());
+                },
+            );
+        }
+        // Whole small objects (manifests), including finalization and hex encoding.
+        g.throughput(Throughput::Bytes(4096));
+        g.bench_function(BenchmarkId::new(format!("{name}_digest_of"), 4096), |b| {
+            b.iter(|| black_box(Hasher::digest_of(alg, black_box(&data[..4096]))))
+        });
+    }
+    g.finish();
+}
+
+fn range(c: &mut Criterion) {
+    let mut g = c.benchmark_group("range");
+    let len = 256u64 << 20;
+    for (label, v) in [
+        ("from_to", "bytes=1048576-2097151"),
+        ("open_ended", "bytes=134217728-"),
+        ("suffix", "bytes=-65536"),
+        ("rejected_multi", "bytes=0-1,5-9"),
+    ] {
+        g.bench_function(label, |b| {
+            b.iter(|| {
+                black_box(parse_range(black_box(v)).map(|s| resolve_range(&s, black_box(len))))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// PLACEHOLDER for the eviction index: the `lru` crate, not regcache code. See the module docs.
+fn lru_placeholder(c: &mut Criterion) {
+    use lru::LruCache;
+    use std::num::NonZeroUsize;
+
+    let mut g = c.benchmark_group("lru_placeholder_lru_crate");
+    let keys: Vec<Digest> = (0..LRU_ENTRIES as u64 * 2).map(digest_for).collect();
+    let full = || {
+        let mut c: LruCache<Digest, u64> =
+            LruCache::new(NonZeroUsize::new(LRU_ENTRIES).expect("nonzero"));
+        for (i, k) in keys[..LRU_ENTRIES].iter().enumerate() {
+            c.put(k.clone(), i as u64);
+        }
+        c
+    };
+
+    // get: a hit on a present key (promotes it to most recent).
+    let mut cache = full();
+    let mut i = 0usize;
+    g.bench_function("get_hit_100k", |b| {
+        b.iter(|| {
+            i = (i + 7919) % LRU_ENTRIES;
+            black_box(cache.get(&keys[i]).copied())
+        })
+    });
+
+    // put: a new key into a full cache (evicts the least recent); the key clone is included,
+    // as the real index will own its keys.
+    let mut cache = full();
+    let mut j = LRU_ENTRIES;
+    g.bench_function("put_evicting_100k", |b| {
+        b.iter(|| {
+            j = if j + 1 >= keys.len() { 0 } else { j + 1 };
+            black_box(cache.put(keys[j].clone(), j as u64))
+        })
+    });
+
+    // pop_lru: evict the oldest entry, then insert it back as the newest, so the cache stays at
+    // 100k entries (a full rebuild per iteration would swamp the timing).
+    let mut cache = full();
+    g.bench_function("pop_lru_then_reinsert_100k", |b| {
+        b.iter(|| {
+            let (k, v) = cache.pop_lru().expect("cache is full");
+            black_box(cache.put(k, v))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    route_parse,
+    digest_parse,
+    digest_hash,
+    range,
+    lru_placeholder
+);
+criterion_main!(benches);
