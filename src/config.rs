@@ -6,6 +6,8 @@
 //! listen = "127.0.0.1:5000"
 //! cache_dir = "/var/cache/regcache"
 //! tag_ttl = "0s"            # how long a tag->digest answer is trusted before revalidation
+//! max_size = "20GiB"        # optional: most bytes the cache may take on disk
+//! min_free = "10%"          # optional: free space to leave on the filesystem ("5GiB" or "10%")
 //! default_registry = "docker.io"   # used when a request names no registry
 //! [upstream]                # shorthand for [registries."<default_registry>"]
 //! url = "https://registry-1.docker.io"
@@ -24,6 +26,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 use url::Url;
+
+use crate::eviction::{parse_min_free, parse_size, Budget, MinFree};
 
 /// Default listen address: loopback only (security by default).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
@@ -60,6 +64,12 @@ pub struct FileConfig {
     /// `tag_ttl`: duration such as `"0s"`, `"5m"`.
     #[serde(default, deserialize_with = "de_duration")]
     pub tag_ttl: Option<Duration>,
+    /// `max_size`: most bytes the cache may take on disk, e.g. `"20GiB"`.
+    #[serde(default, deserialize_with = "de_size")]
+    pub max_size: Option<u64>,
+    /// `min_free`: free space to leave on the cache filesystem, e.g. `"5GiB"` or `"10%"`.
+    #[serde(default, deserialize_with = "de_min_free")]
+    pub min_free: Option<MinFree>,
     /// `default_registry`: the registry a request without `ns` or path prefix means.
     pub default_registry: Option<String>,
     /// `[upstream]`: shorthand for `[registries.<default_registry>]`.
@@ -81,6 +91,18 @@ pub struct RegistryFile {
     pub password_file: Option<PathBuf>,
     /// `ca_file`: PEM certificates trusted for this registry, in addition to the system roots.
     pub ca_file: Option<PathBuf>,
+}
+
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_size(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn de_min_free<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MinFree>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_min_free(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -114,6 +136,70 @@ pub struct ServeArgs {
     /// How long a tag's answer is trusted before revalidation, e.g. 0s, 5m [default: 0s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub tag_ttl: Option<Duration>,
+    /// Most bytes the cache may take on disk, e.g. 20GiB [default: unbounded].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+    /// Free space to leave on the cache filesystem, e.g. 5GiB or 10% [default: none].
+    #[arg(long, value_name = "SIZE|PERCENT", value_parser = parse_min_free)]
+    pub min_free: Option<MinFree>,
+}
+
+/// Flags of the operator commands (`status`, `verify`, `gc`): where the cache is and its budget.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct CacheArgs {
+    /// TOML config file (only cache_dir, max_size and min_free are read from it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Cache directory [default: /var/cache/regcache as root, else $XDG_CACHE_HOME/regcache].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Most bytes the cache may take on disk, e.g. 20GiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+    /// Free space to leave on the cache filesystem, e.g. 5GiB or 10%.
+    #[arg(long, value_name = "SIZE|PERCENT", value_parser = parse_min_free)]
+    pub min_free: Option<MinFree>,
+}
+
+/// Where the cache is and its budget, for the operator commands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    /// Cache directory.
+    pub cache_dir: PathBuf,
+    /// Disk budget.
+    pub budget: Budget,
+}
+
+impl CacheSettings {
+    /// Reads the config file (if any) and applies the flags; no secrets are read.
+    ///
+    /// Errors: [`ConfigError`] for an unreadable or invalid file.
+    pub fn load(args: &CacheArgs) -> Result<CacheSettings, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                parse_file(&text).map_err(|message| ConfigError::Parse {
+                    path: path.clone(),
+                    message,
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        Ok(CacheSettings {
+            cache_dir: args
+                .cache_dir
+                .clone()
+                .or(file.cache_dir)
+                .unwrap_or_else(default_cache_dir),
+            budget: Budget {
+                max_size: args.max_size.or(file.max_size),
+                min_free: args.min_free.or(file.min_free),
+            },
+        })
+    }
 }
 
 /// Credentials for an upstream. `Debug` never prints the password.
@@ -157,6 +243,8 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// How long a tag->digest answer is trusted before an upstream HEAD revalidates it.
     pub tag_ttl: Duration,
+    /// Disk budget (`max_size`, `min_free`).
+    pub budget: Budget,
     /// Registry used when a request names none.
     pub default_registry: String,
     /// Every mirrored registry, the default among them.
@@ -297,6 +385,10 @@ impl Config {
                 .or(file.cache_dir)
                 .unwrap_or_else(|| default_cache_dir.to_path_buf()),
             tag_ttl: args.tag_ttl.or(file.tag_ttl).unwrap_or(Duration::ZERO),
+            budget: Budget {
+                max_size: args.max_size.or(file.max_size),
+                min_free: args.min_free.or(file.min_free),
+            },
             default_registry,
             registries,
         })
@@ -440,6 +532,7 @@ mod tests {
         assert_eq!(c.listen.port(), 7000);
         assert_eq!(c.cache_dir, PathBuf::from("/x"));
         assert_eq!(c.tag_ttl, Duration::from_secs(300));
+        assert!(c.budget.is_unbounded());
         let up = c.default_upstream();
         assert_eq!(up.url.as_str(), "http://127.0.0.1:9/");
         let creds = up.credentials.clone().unwrap();
@@ -509,6 +602,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("password_file"), "{e}");
+    }
+
+    #[test]
+    fn budget_keys() {
+        let c = resolve(
+            "max_size = \"2GiB\"\nmin_free = \"10%\"\n",
+            &ServeArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(c.budget.max_size, Some(2 << 30));
+        assert_eq!(c.budget.min_free, Some(MinFree::Percent(10.0)));
+        let e = parse_file("max_size = \"big\"\n").unwrap_err();
+        assert!(e.contains("line 1") && e.contains("size"), "{e}");
     }
 
     #[test]

@@ -8,16 +8,22 @@
 //! - there is exactly one upstream fetch per digest however many clients ask (coalescing);
 //! - the first client gets headers as soon as upstream's arrive and bytes as they are written;
 //! - a client that disconnects or reads slowly never cancels or slows the fill;
-//! - a Range request can be served from the fill as soon as its bytes are there;
+//! - a Range request is served from the fill as soon as its bytes are there;
 //! - followers hold back the object's last byte until the digest is verified and the file
 //!   committed, so a fill that fails verification always ends its clients' streams short.
 //!
-//! After commit the followers switch to an mmap of the (now immutable) file.
+//! *Pass-through*: a blob larger than `max_size`, or a fill whose disk write fails (ENOSPC, EIO),
+//! is not cached. From that point on the bytes go through a small in-memory window
+//! ([`MEM_WINDOW`]) that followers read from; the writer waits for the slowest follower rather
+//! than growing the window, so memory stays bounded and every follower still gets the complete,
+//! digest-checked stream. Such a fill leaves the coalescing map, so later clients start afresh.
+//!
+//! After commit, followers switch to mmap windows of the (now immutable) file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
@@ -26,16 +32,17 @@ use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::body::BoxError;
+use crate::eviction::{fs_space, Budget};
 use crate::reference::Digest;
-use crate::store::{CommitError, Store};
+use crate::store::{CommitError, FillFile, Hasher, Store};
 use crate::upstream::{error_chain, Upstream, UpstreamError, BODY_IDLE_TIMEOUT};
 
 /// Bytes read from the temp file per follower step.
 const FOLLOW_CHUNK: usize = 256 * 1024;
-/// Size of the mmap slices handed to hyper once the file is committed.
-const MAP_SLICE: usize = 4 * 1024 * 1024;
 /// Chunks buffered between the network reader and the disk writer.
 const WRITE_QUEUE: usize = 64;
+/// Most bytes a pass-through fill holds in memory for its followers.
+pub const MEM_WINDOW: usize = 4 << 20;
 
 /// Why a fill failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +56,8 @@ pub enum FillError {
     /// The bytes do not hash to the digest.
     #[error("{0}")]
     Verify(String),
-    /// A disk error in regcache's own cache.
-    #[error("cache write failed: {0}")]
+    /// A disk error in regcache's own cache that pass-through could not cover.
+    #[error("cache error: {0}")]
     Disk(String),
 }
 
@@ -63,20 +70,39 @@ pub enum FillState {
     Streaming {
         /// Total length from upstream's `Content-Length`, when given.
         len: Option<u64>,
-        /// Bytes written to the temp file so far.
+        /// Bytes received and processed so far.
         written: u64,
-        /// Read handle on the temp file.
-        file: Arc<File>,
+        /// Read handle on the temp file, holding bytes `[0, mem_start)` (all, when `None`).
+        file: Option<Arc<File>>,
+        /// Where pass-through (memory) bytes begin, when the fill is not being cached.
+        mem_start: Option<u64>,
     },
-    /// Verified and committed.
+    /// All bytes received and verified: committed when `mem_start` is `None`.
     Done {
         /// Total length in bytes.
         len: u64,
-        /// Read handle on the committed file.
-        file: Arc<File>,
+        /// Read handle on the committed (or, for pass-through, the abandoned) file.
+        file: Option<Arc<File>>,
+        /// Where pass-through bytes begin (`None`: committed).
+        mem_start: Option<u64>,
     },
     /// Failed; nothing was committed.
     Failed(Arc<FillError>),
+}
+
+/// The pass-through window and the followers' positions.
+#[derive(Default)]
+struct Tail {
+    /// Chunks `(offset, bytes)` not yet read by every follower, oldest first.
+    chunks: VecDeque<(u64, Bytes)>,
+    /// Sum of the chunks' lengths.
+    buffered: usize,
+    /// Each follower's next offset.
+    readers: HashMap<u64, u64>,
+    /// Followers dropped for stalling a pass-through fill; their streams are cut.
+    cut: Vec<u64>,
+    /// Next follower id.
+    next_id: u64,
 }
 
 /// One in-progress fill.
@@ -85,9 +111,64 @@ pub struct Fill {
     pub digest: Digest,
     /// Progress; followers subscribe to it.
     state: watch::Sender<FillState>,
+    /// Pass-through window and follower positions (std mutex: the writer is a blocking thread).
+    tail: Mutex<Tail>,
+    /// Signalled when followers advance or leave (the writer may trim the window).
+    advanced: Condvar,
+}
+
+/// A follower's registration; dropping it lets a pass-through fill forget the follower.
+pub struct Reader {
+    fill: Arc<Fill>,
+    id: u64,
+}
+
+impl Reader {
+    /// Records that the follower needs nothing before `pos` any more.
+    fn advance(&self, pos: u64) {
+        let mut t = self.fill.tail.lock().expect("tail lock");
+        if let Some(p) = t.readers.get_mut(&self.id) {
+            *p = pos;
+        }
+        drop(t);
+        self.fill.advanced.notify_all();
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.fill
+            .tail
+            .lock()
+            .expect("tail lock")
+            .readers
+            .remove(&self.id);
+        self.fill.advanced.notify_all();
+    }
 }
 
 impl Fill {
+    fn new(digest: Digest) -> Fill {
+        Fill {
+            digest,
+            state: watch::channel(FillState::Connecting).0,
+            tail: Mutex::new(Tail::default()),
+            advanced: Condvar::new(),
+        }
+    }
+
+    /// Registers a follower starting at offset 0 (it advances as it reads).
+    pub fn reader(self: &Arc<Self>) -> Reader {
+        let mut t = self.tail.lock().expect("tail lock");
+        let id = t.next_id;
+        t.next_id += 1;
+        t.readers.insert(id, 0);
+        Reader {
+            fill: self.clone(),
+            id,
+        }
+    }
+
     /// A receiver of this fill's progress.
     pub fn subscribe(&self) -> watch::Receiver<FillState> {
         self.state.subscribe()
@@ -115,13 +196,75 @@ impl Fill {
             _ => None,
         }
     }
+
+    /// Appends a pass-through chunk at `offset`.
+    fn push_mem(&self, offset: u64, chunk: Bytes) {
+        let mut t = self.tail.lock().expect("tail lock");
+        t.buffered += chunk.len();
+        t.chunks.push_back((offset, chunk));
+    }
+
+    /// Drops chunks every follower has read, then waits (bounded by the idle timeout per step)
+    /// until the window is back under [`MEM_WINDOW`]; followers that stall past it are cut.
+    fn wait_room(&self) {
+        let mut t = self.tail.lock().expect("tail lock");
+        loop {
+            let min = t.readers.values().copied().min().unwrap_or(u64::MAX);
+            while let Some((o, c)) = t.chunks.front() {
+                if o + c.len() as u64 > min {
+                    break;
+                }
+                t.buffered -= c.len();
+                t.chunks.pop_front();
+            }
+            if t.buffered <= MEM_WINDOW {
+                return;
+            }
+            let (g, res) = self
+                .advanced
+                .wait_timeout(t, BODY_IDLE_TIMEOUT)
+                .expect("tail lock");
+            t = g;
+            if res.timed_out() {
+                let slow: Vec<u64> = t
+                    .readers
+                    .iter()
+                    .filter(|(_, p)| **p == min)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in slow {
+                    t.readers.remove(&id);
+                    t.cut.push(id);
+                }
+            }
+        }
+    }
+
+    /// Reads up to `max` pass-through bytes at `pos` for follower `id`.
+    fn read_mem(&self, id: u64, pos: u64, max: usize) -> Result<Option<Bytes>, BoxError> {
+        let t = self.tail.lock().expect("tail lock");
+        if t.cut.contains(&id) {
+            return Err("client too slow for an uncached (pass-through) download".into());
+        }
+        let i = t.chunks.partition_point(|(o, c)| o + c.len() as u64 <= pos);
+        let Some((o, c)) = t.chunks.get(i) else {
+            return Ok(None);
+        };
+        if *o > pos {
+            return Err("pass-through bytes no longer available".into());
+        }
+        let from = (pos - o) as usize;
+        let to = (from + max).min(c.len());
+        Ok(Some(c.slice(from..to)))
+    }
 }
 
 /// The fills in progress, one per digest.
-#[derive(Default)]
 pub struct Fills {
-    /// Running fills by digest. Held only briefly (never across I/O but one `stat`).
+    /// Running fills by digest. Held only briefly (never across I/O).
     map: Mutex<HashMap<Digest, Arc<Fill>>>,
+    /// The disk budget (which blobs are too large to cache).
+    budget: Budget,
 }
 
 /// What [`Fills::join`] found.
@@ -129,16 +272,31 @@ pub enum Joined {
     /// The blob was committed meanwhile: serve it from disk.
     Hit,
     /// Follow this fill; `leader` is true when this call started it.
-    Fill { fill: Arc<Fill>, leader: bool },
+    Fill {
+        /// The fill.
+        fill: Arc<Fill>,
+        /// This follower's registration.
+        reader: Reader,
+        /// Whether this call started the fill.
+        leader: bool,
+    },
 }
 
 impl Fills {
+    /// No fills yet; `budget` decides which blobs are too large to cache.
+    pub fn new(budget: Budget) -> Fills {
+        Fills {
+            map: Mutex::new(HashMap::new()),
+            budget,
+        }
+    }
+
     /// The fill of `digest` in progress, if any.
     pub fn get(&self, digest: &Digest) -> Option<Arc<Fill>> {
         self.map.lock().expect("fills lock").get(digest).cloned()
     }
 
-    /// Number of fills in progress.
+    /// Number of fills in progress (pass-through fills excluded).
     pub fn len(&self) -> usize {
         self.map.lock().expect("fills lock").len()
     }
@@ -160,6 +318,7 @@ impl Fills {
         let mut map = self.map.lock().expect("fills lock");
         if let Some(f) = map.get(digest) {
             return Joined::Fill {
+                reader: f.reader(),
                 fill: f.clone(),
                 leader: false,
             };
@@ -168,32 +327,42 @@ impl Fills {
         if store.has_blob(digest) {
             return Joined::Hit;
         }
-        let (tx, _) = watch::channel(FillState::Connecting);
-        let fill = Arc::new(Fill {
-            digest: digest.clone(),
-            state: tx,
-        });
+        let fill = Arc::new(Fill::new(digest.clone()));
+        let reader = fill.reader();
         map.insert(digest.clone(), fill.clone());
         drop(map);
         let guard = FillGuard {
             fills: self.clone(),
             fill: fill.clone(),
+            store: store.clone(),
+            reserved: 0,
         };
-        tokio::spawn(run_fill(
-            guard,
-            store.clone(),
-            upstream.clone(),
-            name.to_string(),
-        ));
-        Joined::Fill { fill, leader: true }
+        tokio::spawn(run_fill(guard, upstream.clone(), name.to_string()));
+        Joined::Fill {
+            fill,
+            reader,
+            leader: true,
+        }
+    }
+
+    /// Takes a fill out of the map (it turned pass-through: later clients must not join it).
+    fn detach(&self, fill: &Arc<Fill>) {
+        let mut map = self.map.lock().expect("fills lock");
+        if map.get(&fill.digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
+            map.remove(&fill.digest);
+        }
     }
 }
 
-/// Removes the fill from the map when its task ends, however it ends (a panic included), and
-/// marks it failed if it never reached a final state, so followers are woken, never hung.
+/// Removes the fill from the map and releases its space reservation when its task ends, however
+/// it ends (a panic included), and marks it failed if it never reached a final state, so
+/// followers are woken, never hung.
 struct FillGuard {
     fills: Arc<Fills>,
     fill: Arc<Fill>,
+    store: Store,
+    /// Bytes reserved against the budget for this fill.
+    reserved: u64,
 }
 
 impl Drop for FillGuard {
@@ -208,28 +377,24 @@ impl Drop for FillGuard {
                 true
             }
         });
-        let mut map = self.fills.map.lock().expect("fills lock");
-        if map
-            .get(&self.fill.digest)
-            .is_some_and(|f| Arc::ptr_eq(f, &self.fill))
-        {
-            map.remove(&self.fill.digest);
-        }
+        self.fills.detach(&self.fill);
+        self.store.unreserve(self.reserved);
     }
 }
 
-async fn run_fill(guard: FillGuard, store: Store, upstream: Arc<Upstream>, name: String) {
+async fn run_fill(mut guard: FillGuard, upstream: Arc<Upstream>, name: String) {
     let fill = guard.fill.clone();
     let digest = fill.digest.clone();
     let started = std::time::Instant::now();
-    let result = fetch_into_cache(&fill, &store, &upstream, &name).await;
-    match result {
-        Ok(len) => {
-            tracing::info!(%digest, bytes = len, ms = started.elapsed().as_millis() as u64, "fill committed");
+    match fetch(&mut guard, &upstream, &name).await {
+        Ok((len, true)) => {
+            tracing::info!(%digest, bytes = len, ms = started.elapsed().as_millis() as u64, "fill committed")
+        }
+        Ok((len, false)) => {
+            tracing::info!(%digest, bytes = len, ms = started.elapsed().as_millis() as u64, "fill passed through uncached")
         }
         Err(e) => {
-            let e = Arc::new(e);
-            match &*e {
+            match &e {
                 FillError::Upstream(UpstreamError::Status { status, .. })
                     if *status == StatusCode::NOT_FOUND =>
                 {
@@ -237,19 +402,28 @@ async fn run_fill(guard: FillGuard, store: Store, upstream: Arc<Upstream>, name:
                 }
                 other => tracing::warn!(%digest, error = %other, "fill failed; nothing cached"),
             }
-            fill.state.send_replace(FillState::Failed(e));
+            fill.state.send_replace(FillState::Failed(Arc::new(e)));
         }
     }
     drop(guard);
 }
 
-/// The fill proper. Returns the committed length.
-async fn fetch_into_cache(
-    fill: &Fill,
-    store: &Store,
+/// Where the writer thread puts bytes.
+enum Sink {
+    /// Into the cache's temp file.
+    Disk(FillFile),
+    /// Through the in-memory window only (not cached); still hashed.
+    Mem { hasher: Hasher, written: u64 },
+}
+
+/// The fill proper. Returns the length and whether it was committed.
+async fn fetch(
+    guard: &mut FillGuard,
     upstream: &Upstream,
     name: &str,
-) -> Result<u64, FillError> {
+) -> Result<(u64, bool), FillError> {
+    let fill = guard.fill.clone();
+    let store = guard.store.clone();
     let path = format!("/v2/{name}/blobs/{}", fill.digest);
     let resp = upstream
         .send(Method::GET, name, &path, &HeaderMap::new())
@@ -265,35 +439,49 @@ async fn fetch_into_cache(
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let mut file = store
-        .begin_fill(&fill.digest)
-        .map_err(|e| FillError::Disk(e.to_string()))?;
-    let reader = Arc::new(file.reader().map_err(|e| FillError::Disk(e.to_string()))?);
+
+    let too_large = len.and_then(|l| {
+        if !guard.fills.budget.admits(l) {
+            Some("larger than max_size")
+        } else if fs_space(&store).is_some_and(|fs| l > fs.available) {
+            Some("larger than the free space on the cache filesystem")
+        } else {
+            None
+        }
+    });
+    let (sink, file, mem_start) = match too_large {
+        Some(why) => {
+            tracing::info!(digest = %fill.digest, bytes = len, "blob is {why}; passing it through uncached");
+            guard.fills.detach(&fill);
+            let sink = Sink::Mem {
+                hasher: Hasher::new(fill.digest.algorithm()),
+                written: 0,
+            };
+            (sink, None, Some(0))
+        }
+        None => {
+            let f = store
+                .begin_fill(&fill.digest)
+                .map_err(|e| FillError::Disk(e.to_string()))?;
+            let reader = Arc::new(f.reader().map_err(|e| FillError::Disk(e.to_string()))?);
+            if let Some(l) = len {
+                store.reserve(l);
+                guard.reserved = l;
+            }
+            (Sink::Disk(f), Some(reader), None)
+        }
+    };
     fill.state.send_replace(FillState::Streaming {
         len,
         written: 0,
-        file: reader.clone(),
+        file: file.clone(),
+        mem_start,
     });
 
-    // Disk writer: a blocking thread that writes, hashes and publishes progress.
-    let (chunk_tx, mut chunk_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-    let state = fill.state.clone();
-    let writer = tokio::task::spawn_blocking(move || -> Result<crate::store::FillFile, String> {
-        while let Some(first) = chunk_rx.blocking_recv() {
-            file.write(&first).map_err(|e| e.to_string())?;
-            // Write whatever else is queued before waking followers.
-            while let Ok(more) = chunk_rx.try_recv() {
-                file.write(&more).map_err(|e| e.to_string())?;
-            }
-            let w = file.written();
-            state.send_modify(|s| {
-                if let FillState::Streaming { written, .. } = s {
-                    *written = w;
-                }
-            });
-        }
-        Ok(file)
-    });
+    // The writer: a blocking thread that writes (or passes through), hashes, publishes progress.
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let (wfill, wfills) = (fill.clone(), guard.fills.clone());
+    let writer = tokio::task::spawn_blocking(move || write_loop(sink, chunk_rx, &wfill, &wfills));
 
     let mut body = resp.into_body();
     let mut received: u64 = 0;
@@ -325,105 +513,224 @@ async fn fetch_into_cache(
         }
     }
     drop(chunk_tx);
-    let file = writer
-        .await
-        .map_err(|e| FillError::Disk(e.to_string()))?
-        .map_err(FillError::Disk)?;
+    let sink = writer.await.map_err(|e| FillError::Disk(e.to_string()))??;
+    let written = match &sink {
+        Sink::Disk(f) => f.written(),
+        Sink::Mem { written, .. } => *written,
+    };
     if let Some(reason) = body_error {
-        return Err(FillError::Body {
-            written: file.written(),
-            reason,
-        });
+        return Err(FillError::Body { written, reason });
     }
     if let Some(l) = len {
-        if file.written() != l {
+        if written != l {
             return Err(FillError::Body {
-                written: file.written(),
+                written,
                 reason: format!("body ended before its Content-Length {l}"),
             });
         }
     }
-    let committed = tokio::task::spawn_blocking(move || file.commit())
-        .await
-        .map_err(|e| FillError::Disk(e.to_string()))?;
-    let total = match committed {
-        Ok(n) => n,
-        Err(CommitError::DigestMismatch { expected, actual }) => {
-            return Err(FillError::Verify(format!(
-                "upstream bytes hash to {actual}, not {expected}"
-            )))
-        }
-        Err(CommitError::Io(e)) => return Err(FillError::Disk(e.to_string())),
+    let mismatch = |expected: &Digest, actual: Digest| {
+        FillError::Verify(format!("upstream bytes hash to {actual}, not {expected}"))
     };
-    fill.state.send_replace(FillState::Done {
-        len: total,
-        file: reader,
-    });
-    Ok(total)
+    match sink {
+        Sink::Disk(f) => {
+            let committed = tokio::task::spawn_blocking(move || f.commit())
+                .await
+                .map_err(|e| FillError::Disk(e.to_string()))?;
+            let total = match committed {
+                Ok(n) => n,
+                Err(CommitError::DigestMismatch { expected, actual }) => {
+                    return Err(FillError::Verify(format!(
+                        "upstream bytes hash to {actual}, not {expected}"
+                    )))
+                }
+                Err(CommitError::Io(e)) => return Err(FillError::Disk(e.to_string())),
+            };
+            fill.state.send_replace(FillState::Done {
+                len: total,
+                file,
+                mem_start: None,
+            });
+            Ok((total, true))
+        }
+        Sink::Mem { hasher, written } => {
+            let actual = hasher.finish();
+            if actual != fill.digest {
+                return Err(mismatch(&fill.digest, actual));
+            }
+            let mem_start = match &*fill.state.borrow() {
+                FillState::Streaming { mem_start, .. } => *mem_start,
+                _ => Some(0),
+            };
+            fill.state.send_replace(FillState::Done {
+                len: written,
+                file,
+                mem_start,
+            });
+            Ok((written, false))
+        }
+    }
+}
+
+/// The writer thread's loop. On a disk write error it deletes the temp file and switches to
+/// pass-through for the rest of the blob.
+fn write_loop(
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<Bytes>,
+    fill: &Arc<Fill>,
+    fills: &Fills,
+) -> Result<Sink, FillError> {
+    let publish = |w: u64| {
+        fill.state.send_modify(|s| {
+            if let FillState::Streaming { written, .. } = s {
+                *written = w;
+            }
+        })
+    };
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(chunk) = next.take() {
+            match &mut sink {
+                Sink::Disk(f) => match f.write(&chunk) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::warn!(digest = %fill.digest, error = %e, written = f.written(),
+                            "cache write failed; passing the rest of this blob through uncached");
+                        let Sink::Disk(f) = std::mem::replace(
+                            &mut sink,
+                            Sink::Mem {
+                                hasher: Hasher::new(fill.digest.algorithm()),
+                                written: 0,
+                            },
+                        ) else {
+                            unreachable!()
+                        };
+                        let (hasher, written) = f.abandon();
+                        fills.detach(fill);
+                        fill.state.send_modify(|s| {
+                            if let FillState::Streaming { mem_start, .. } = s {
+                                *mem_start = Some(written);
+                            }
+                        });
+                        sink = Sink::Mem { hasher, written };
+                        next = Some(chunk); // retry this chunk in pass-through
+                        continue;
+                    }
+                },
+                Sink::Mem { hasher, written } => {
+                    hasher.update(&chunk);
+                    let at = *written;
+                    *written += chunk.len() as u64;
+                    let w = *written;
+                    fill.push_mem(at, chunk);
+                    publish(w);
+                    fill.wait_room();
+                    continue;
+                }
+            }
+            // Disk: write whatever else is queued before waking followers.
+            next = rx.try_recv().ok();
+            if next.is_none() {
+                if let Sink::Disk(f) = &sink {
+                    publish(f.written());
+                }
+            }
+        }
+    }
+    Ok(sink)
 }
 
 /// Streams bytes `[start, end)` of the fill into `tx` (end `None` = to the end of the object),
 /// following the fill's progress. Ends with an error item if the fill fails, so the response is
 /// cut short. Returns when done or when the client has gone.
 pub async fn follow(
-    mut rx: watch::Receiver<FillState>,
+    fill: Arc<Fill>,
+    reader: Reader,
     start: u64,
     end: Option<u64>,
     tx: mpsc::Sender<Result<Bytes, BoxError>>,
 ) {
+    let mut rx = fill.subscribe();
     let mut pos = start;
+    reader.advance(pos);
     loop {
         let state = rx.borrow_and_update().clone();
-        match state {
-            FillState::Connecting => {}
+        let (avail, file, mem_start, done) = match state {
+            FillState::Connecting => (0, None, None, None),
             FillState::Failed(e) => {
                 let _ = tx.send(Err(format!("fill failed: {e}").into())).await;
                 return;
             }
-            FillState::Streaming { len, written, file } => {
-                // Hold back the object's last byte until it is verified and committed.
-                // With no Content-Length any byte may be the last, so one is always held back.
+            FillState::Streaming {
+                len,
+                written,
+                file,
+                mem_start,
+            } => {
+                // Hold back the object's last byte until it is verified (and committed). With no
+                // Content-Length any byte may be the last, so one is always held back.
                 let avail = match len {
                     Some(l) => written.min(l.saturating_sub(1)),
                     None => written.saturating_sub(1),
                 };
-                let limit = end.map_or(avail, |e| e.min(avail));
-                if pos < limit {
-                    match read_at(file, pos, (limit - pos).min(FOLLOW_CHUNK as u64) as usize).await
-                    {
-                        Ok(b) => {
-                            pos += b.len() as u64;
-                            if tx.send(Ok(b)).await.is_err() {
-                                return;
-                            }
-                            continue;
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
-                        }
-                    }
+                (avail, file, mem_start, None)
+            }
+            FillState::Done {
+                len,
+                file,
+                mem_start,
+            } => (len, file, mem_start, Some(len)),
+        };
+        // Committed: the rest comes from mmap windows of the immutable file.
+        if let (Some(len), None, Some(file)) = (done, mem_start, &file) {
+            let end = end.unwrap_or(len).min(len);
+            let mut body = crate::mmap::MmapBody::new(file.clone(), pos, end);
+            drop(reader);
+            while let Some(frame) = body.frame().await {
+                let item = frame.map(|f| f.into_data().unwrap_or_default());
+                if tx.send(item).await.is_err() {
+                    return;
                 }
             }
-            FillState::Done { len, file } => {
-                let end = end.unwrap_or(len).min(len);
-                if pos < end {
-                    let map = match crate::mmap::map_file(&file, len) {
-                        Ok(m) => m,
-                        Err(e) => {
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
-                        }
-                    };
-                    let mut p = pos as usize;
-                    while p < end as usize {
-                        let q = (p + MAP_SLICE).min(end as usize);
-                        if tx.send(Ok(map.slice(p..q))).await.is_err() {
-                            return;
-                        }
-                        p = q;
+            return;
+        }
+        let limit = end.map_or(avail, |e| e.min(avail));
+        if pos < limit {
+            let want = (limit - pos).min(FOLLOW_CHUNK as u64) as usize;
+            let chunk = match mem_start {
+                Some(m) if pos >= m => fill.read_mem(reader.id, pos, want),
+                _ => {
+                    let stop = mem_start.map_or(limit, |m| m.min(limit));
+                    match file {
+                        Some(f) => read_at(f, pos, ((stop - pos) as usize).min(want))
+                            .await
+                            .map(Some)
+                            .map_err(Into::into),
+                        None => Err("fill has no file".into()),
                     }
                 }
+            };
+            match chunk {
+                Ok(Some(b)) => {
+                    pos += b.len() as u64;
+                    reader.advance(pos);
+                    if tx.send(Ok(b)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(None) if done.is_some() => {
+                    let _ = tx.send(Err("pass-through bytes missing".into())).await;
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        } else if let Some(len) = done {
+            if pos >= end.unwrap_or(len).min(len) {
                 return;
             }
         }

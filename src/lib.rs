@@ -1,21 +1,25 @@
 //! regcache: a pull-through cache (mirror) for container registries.
 //!
 //! # Layout
+//! - [`admin`]: operator commands on a cache directory (`status`, `verify`, `gc`).
 //! - [`config`]: the TOML file, the flags and the embedded defaults.
 //! - [`server`]: the listener, HTTP/1.1 + HTTP/2 serving, the access log, graceful shutdown.
 //! - [`routes`]: the pull API — hit / miss / coalesced / stale decisions per endpoint.
 //! - [`reference`]: repository names, tags, digests and route parsing (spec grammars).
 //! - [`upstream`]: the upstream client — rustls, token auth, redirects without credentials.
 //! - [`store`]: the content-addressed cache on disk (temp file, hash, fsync, rename).
+//! - [`eviction`]: the disk budget (`max_size`, `min_free`) and LRU eviction off the request path.
 //! - [`fill`]: fills and the streaming tee — one upstream fetch per digest, many followers.
 //! - [`mmap`]: zero-copy hits (the one `unsafe` module).
 //! - [`body`]: response body types.
 //! - [`error`]: OCI error responses.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod body;
 pub mod config;
 pub mod error;
+pub mod eviction;
 pub mod fill;
 pub mod mmap;
 pub mod reference;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use regcache::config::{Config, ServeArgs};
+use regcache::config::{CacheArgs, CacheSettings, Config, ServeArgs};
 use regcache::routes::App;
 
 /// A pull-through cache (mirror) for container registries.
@@ -19,6 +19,19 @@ struct Cli {
 enum Command {
     /// Run the mirror (defaults: listen 127.0.0.1:5000, upstream Docker Hub).
     Serve(ServeArgs),
+    /// Show the cache's size against its budget, object counts, free disk, oldest and newest use.
+    Status(CacheArgs),
+    /// Re-hash every cached object and remove those that do not match their digest
+    /// (exit status 1 when any was removed).
+    Verify(CacheArgs),
+    /// Evict least recently used content now, down to the budget's low watermark.
+    Gc {
+        #[command(flatten)]
+        cache: CacheArgs,
+        /// Show what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -32,6 +45,65 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Status(args) => with_cache(&args, |s| {
+            print!("{}", regcache::admin::status(s)?);
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Verify(args) => with_cache(&args, |s| {
+            let r = regcache::admin::verify(s)?;
+            for d in &r.removed {
+                println!("removed {d}: its bytes do not match its digest");
+            }
+            println!(
+                "checked {} objects ({}): {} removed",
+                r.checked,
+                regcache::admin::human(r.bytes),
+                r.removed.len()
+            );
+            Ok(if r.removed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }),
+        Command::Gc { cache, dry_run } => with_cache(&cache, |s| {
+            if s.budget.is_unbounded() {
+                println!("no max_size or min_free configured: nothing to evict (use --max-size or --min-free)");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let (r, lines) = regcache::admin::gc(s, dry_run)?;
+            for l in lines {
+                println!("{l}");
+            }
+            let verb = if dry_run { "would remove" } else { "removed" };
+            println!(
+                "{verb} {} objects ({}), {} tags",
+                r.objects,
+                regcache::admin::human(r.bytes),
+                r.tags
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
+    }
+}
+
+fn with_cache(
+    args: &CacheArgs,
+    f: impl FnOnce(&CacheSettings) -> std::io::Result<ExitCode>,
+) -> ExitCode {
+    let settings = match CacheSettings::load(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("regcache: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match f(&settings) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("regcache: {}: {e}", settings.cache_dir.display());
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -88,15 +88,23 @@ impl App {
     ///
     /// Errors: the I/O error if the cache directory cannot be prepared, or a TLS setup error.
     pub fn new(config: Config) -> std::io::Result<App> {
-        let store = Store::open(&config.cache_dir)?;
+        let (store, scan) = Store::open(&config.cache_dir)?;
+        tracing::info!(
+            objects = scan.objects,
+            bytes = scan.bytes,
+            healed = scan.healed,
+            temp_removed = scan.temp_removed,
+            "cache index rebuilt from disk"
+        );
+        crate::eviction::spawn(&store, config.budget);
         let mut registries = BTreeMap::new();
         for r in &config.registries {
             registries.insert(r.registry.clone(), Arc::new(Upstream::new(r)?));
         }
         Ok(App {
+            fills: Arc::new(Fills::new(config.budget)),
             config,
             store,
-            fills: Arc::new(Fills::default()),
             registries,
             manifest_locks: KeyedLocks::default(),
         })
@@ -269,13 +277,17 @@ async fn blob(
     if head {
         return blob_head_miss(app, up, name, digest).await;
     }
-    let (fill, leader) = match app.fills.join(&app.store, up, name, digest) {
+    let (fill, reader, leader) = match app.fills.join(&app.store, up, name, digest) {
         Joined::Hit => {
             return blob_hit(app, digest, headers, head)?
                 .map(|r| (r, CacheResult::Hit))
                 .ok_or_else(|| ApiError::internal("blob vanished from the cache"));
         }
-        Joined::Fill { fill, leader } => (fill, leader),
+        Joined::Fill {
+            fill,
+            reader,
+            leader,
+        } => (fill, reader, leader),
     };
     let result = if leader {
         CacheResult::Miss
@@ -306,7 +318,7 @@ async fn blob(
         (None, l) => l,
     };
     let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(fill::follow(fill.subscribe(), start, end, tx));
+    tokio::spawn(fill::follow(fill, reader, start, end, tx));
     let mut b = blob_headers(Response::builder().status(status), digest);
     if let Some(n) = body_len {
         b = b.header(CONTENT_LENGTH, n);
@@ -355,9 +367,7 @@ fn blob_hit(
     let body = if head {
         body::empty()
     } else {
-        let map = crate::mmap::map_file(&file, len)
-            .map_err(|e| ApiError::internal(format!("mapping a cached blob: {e}")))?;
-        body::full(map.slice(a as usize..b as usize))
+        crate::mmap::MmapBody::new(Arc::new(file), a, b).boxed_unsync()
     };
     builder
         .body(body)

@@ -86,6 +86,7 @@ async fn serve(app: &App, req: Request<Incoming>) -> Response<LoggedBody> {
     let started = Instant::now();
     let (resp, cache) = routes::handle(app, &req).await;
     let (parts, body) = resp.into_parts();
+    let expected = body.size_hint().exact();
     let log = AccessLog {
         method: req.method().to_string(),
         path: req.uri().path().chars().take(512).collect(),
@@ -98,6 +99,7 @@ async fn serve(app: &App, req: Request<Incoming>) -> Response<LoggedBody> {
         LoggedBody {
             inner: body,
             bytes: 0,
+            expected,
             finished: false,
             log,
         },
@@ -125,6 +127,8 @@ pub struct LoggedBody {
     inner: ResponseBody,
     /// Body bytes handed to hyper so far.
     bytes: u64,
+    /// The body's length, when known in advance.
+    expected: Option<u64>,
     /// Whether the body reached its end.
     finished: bool,
     /// The rest of the log line.
@@ -164,7 +168,7 @@ impl Body for LoggedBody {
 impl Drop for LoggedBody {
     fn drop(&mut self) {
         let l = &self.log;
-        let complete = self.finished || self.inner.is_end_stream();
+        let complete = self.finished || self.expected == Some(self.bytes);
         tracing::info!(
             target: "regcache::access",
             method = %l.method,

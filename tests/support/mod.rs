@@ -91,6 +91,8 @@ pub struct Faults {
     pub corrupt: Vec<String>,
     /// CDN: pause this long after each chunk of `chunk` bytes.
     pub throttle: Option<(usize, Duration)>,
+    /// CDN: send blobs chunked, without Content-Length.
+    pub no_length: bool,
 }
 
 #[derive(Default)]
@@ -443,7 +445,11 @@ async fn cdn_handler(
         blob = Bytes::from(v);
     }
     let len = blob.len();
-    let body: BoxBody = match faults.throttle {
+    let throttle = match (faults.throttle, faults.no_length) {
+        (None, true) => Some((64 * 1024, Duration::ZERO)),
+        (t, _) => t,
+    };
+    let body: BoxBody = match throttle {
         None => Full::new(blob).map_err(|e| match e {}).boxed(),
         Some((chunk, pause)) => {
             let (tx, rx) = tokio::sync::mpsc::channel::<
@@ -468,7 +474,9 @@ async fn cdn_handler(
         }
     };
     let mut r = Response::builder().status(200).body(body).unwrap();
-    r.headers_mut().insert("content-length", len.into());
+    if !faults.no_length {
+        r.headers_mut().insert("content-length", len.into());
+    }
     r
 }
 
@@ -545,7 +553,7 @@ impl Mirror {
             cache_dir: Some(dir.path().to_path_buf()),
             upstream: Some(upstream.to_string()),
             tag_ttl: Some(tag_ttl),
-            config: None,
+            ..Default::default()
         };
         Self::start_with(args, dir).await
     }
@@ -560,6 +568,15 @@ impl Mirror {
             cache_dir: Some(dir.path().join("cache")),
             ..Default::default()
         };
+        Self::start_with(args, dir).await
+    }
+
+    /// Starts with explicit flags (cache dir defaults to a fresh temp dir's `cache/`).
+    pub async fn start_args(mut args: regcache::config::ServeArgs) -> Mirror {
+        let dir = tempfile::tempdir().expect("tempdir");
+        if args.cache_dir.is_none() {
+            args.cache_dir = Some(dir.path().join("cache"));
+        }
         Self::start_with(args, dir).await
     }
 
@@ -591,18 +608,13 @@ impl Mirror {
 
     /// Whether the blob file is committed in the cache directory.
     pub fn has_blob(&self, digest: &str) -> bool {
-        let hex = digest.trim_start_matches("sha256:");
-        self.dir
-            .path()
-            .join("blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .is_file()
+        let d: regcache::reference::Digest = digest.parse().unwrap();
+        self.app.store.has_blob(&d)
     }
 
     /// Files under the cache's tmp/ directory.
     pub fn temp_files(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join("tmp"))
+        std::fs::read_dir(self.app.store.root().join("tmp"))
             .map(|d| d.count())
             .unwrap_or(0)
     }
