@@ -53,7 +53,7 @@ use serde::Serialize;
 const BLOB_MIB: u64 = 256;
 /// Cold single GETs per peer, each of a distinct cold blob; the median is reported
 /// (`BENCH_COLD_SAMPLES`).
-const COLD_SAMPLES: usize = 3;
+const COLD_SAMPLES: usize = 5;
 /// Clients in the cold concurrent figure (`BENCH_COLD_CLIENTS`).
 const COLD_CLIENTS: usize = 10;
 /// Clients in the warm concurrent (memory) figure (`BENCH_WARM_CLIENTS`).
@@ -113,6 +113,7 @@ struct Settings {
     out_dir: PathBuf,
     regcache_bin: PathBuf,
     keep_work: bool,
+    perf: bool,
 }
 
 fn env_or<T: FromStr>(name: &str, default: T) -> T {
@@ -136,7 +137,9 @@ impl Settings {
                 "regcache" => Peer::Regcache,
                 "distribution" => Peer::Distribution,
                 "nginx" => Peer::Nginx,
-                other => panic!("BENCH_PEERS: unknown peer {other:?} (regcache, distribution, nginx)"),
+                other => {
+                    panic!("BENCH_PEERS: unknown peer {other:?} (regcache, distribution, nginx)")
+                }
             })
             .collect();
         let s = Settings {
@@ -156,6 +159,7 @@ impl Settings {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_regcache"))),
             keep_work: std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1"),
+            perf: std::env::var("BENCH_PERF").is_ok_and(|v| v == "1"),
         };
         assert!(s.blob_mib >= 1, "BENCH_BLOB_MIB must be at least 1");
         assert!(s.cold_samples >= 1 && s.cold_clients >= 1 && s.warm_clients >= 1);
@@ -283,6 +287,64 @@ fn tail(path: &Path, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
+/// `perf record` of a daemon's processes during one phase (`BENCH_PERF=1`), written to
+/// `<out>/perf/<peer>-<phase>.data`. Figures of such a run carry perf's overhead.
+struct PerfRecord(Option<Child>);
+
+impl PerfRecord {
+    fn start(s: &Settings, d: &Daemon, peer: Peer, phase: &str) -> PerfRecord {
+        if !s.perf {
+            return PerfRecord(None);
+        }
+        let dir = s.out_dir.join("perf");
+        let _ = fs::create_dir_all(&dir);
+        let pids: Vec<String> = d.pids().iter().map(|p| p.to_string()).collect();
+        let child = Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "499",
+                "--call-graph",
+                "dwarf",
+                "-p",
+            ])
+            .arg(pids.join(","))
+            .arg("-o")
+            .arg(dir.join(format!("{}-{phase}.data", peer.name())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| say(format!("perf record: {e}")))
+            .ok();
+        // perf needs a moment to attach before the phase starts.
+        std::thread::sleep(Duration::from_millis(500));
+        PerfRecord(child)
+    }
+}
+
+impl Drop for PerfRecord {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = Command::new("kill")
+                .args(["-s", "INT", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Flushes dirty pages (earlier pushes and fills) so each cold measurement starts from the same
+/// writeback state.
+fn settle() {
+    let _ = Command::new("sync").status();
+    std::thread::sleep(Duration::from_millis(200));
+}
+
 /// A free loopback port (bound then released; the daemon binds it right after).
 fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
@@ -404,7 +466,11 @@ impl MemWatch {
     }
 
     fn finish(self) -> MemPeak {
-        let hwm: u64 = self.pids.iter().map(|&p| status_kib(p, &["VmHWM"])[0]).sum();
+        let hwm: u64 = self
+            .pids
+            .iter()
+            .map(|&p| status_kib(p, &["VmHWM"])[0])
+            .sum();
         self.stop.store(true, Ordering::Relaxed);
         let (rss, anon, file) = self.handle.join().expect("sampler thread");
         MemPeak {
@@ -428,19 +494,16 @@ struct Got {
     ttfb: Duration,
     total: Duration,
     sha256: Option<String>,
-    body: Option<Bytes>,
 }
 
 struct GetOpts<'a> {
     accept: Option<&'a str>,
     hash: bool,
-    keep_body: bool,
 }
 
 const PLAIN: GetOpts<'static> = GetOpts {
     accept: None,
     hash: false,
-    keep_body: false,
 };
 
 async fn request(
@@ -486,7 +549,6 @@ async fn request(
         let headers = resp.headers().clone();
         let mut body = resp.into_body();
         let mut hasher = opts.hash.then(|| Hasher::new(Algorithm::Sha256));
-        let mut kept = opts.keep_body.then(Vec::new);
         let mut ttfb = None;
         let mut n = 0u64;
         while let Some(frame) = body.frame().await {
@@ -502,9 +564,6 @@ async fn request(
                 if let Some(h) = hasher.as_mut() {
                     h.update(&d);
                 }
-                if let Some(k) = kept.as_mut() {
-                    k.extend_from_slice(&d);
-                }
             }
         }
         let total = t0.elapsed();
@@ -515,7 +574,6 @@ async fn request(
             ttfb: ttfb.unwrap_or(total),
             total,
             sha256: hasher.map(|h| h.finish().to_string()),
-            body: kept.map(Bytes::from),
         })
     };
     match tokio::time::timeout(GET_TIMEOUT, work).await {
@@ -538,7 +596,12 @@ async fn get(addr: SocketAddr, path: &str, opts: &GetOpts<'_>) -> Result<Got, St
 }
 
 /// A GET that must answer 200 with exactly `len` bytes.
-async fn get_exact(addr: SocketAddr, path: &str, len: u64, opts: &GetOpts<'_>) -> Result<Got, String> {
+async fn get_exact(
+    addr: SocketAddr,
+    path: &str,
+    len: u64,
+    opts: &GetOpts<'_>,
+) -> Result<Got, String> {
     let g = get(addr, path, opts).await?;
     if g.status != 200 || g.bytes != len {
         return Err(format!(
@@ -965,7 +1028,10 @@ fn run_wrk(t: &Tools, s: &Settings, addr: SocketAddr, path: &str, log: &Path) ->
         .output()
         .expect("run wrk");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let _ = fs::write(log, format!("{text}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let _ = fs::write(
+        log,
+        format!("{text}\n{}", String::from_utf8_lossy(&out.stderr)),
+    );
     let mut w = Wrk::default();
     let mut in_dist = false;
     for line in text.lines() {
@@ -1043,6 +1109,7 @@ fn measure_direct(
         // Same blobs as the peers' cold GETs (the upstream serves them from its page cache in
         // both cases).
         for d in &c.blobs[..s.cold_samples] {
+            settle();
             match get_exact(up.addr, &blob_path(d), len, &PLAIN).await {
                 Ok(g) => {
                     f.cold_single_samples_s.push(g.total.as_secs_f64());
@@ -1074,10 +1141,17 @@ fn measure_direct(
     f.hit_mib_s = median(&f.hit_samples_mib_s);
     let pids = up.daemon.pids();
     let c0 = cpu_ticks(&pids);
-    let mut w = run_wrk(t, s, up.addr, &manifest_path(&c.manifests[0]), &work.join("wrk-upstream.txt"));
+    let mut w = run_wrk(
+        t,
+        s,
+        up.addr,
+        &manifest_path(&c.manifests[0]),
+        &work.join("wrk-upstream.txt"),
+    );
     let c1 = cpu_ticks(&pids);
     if w.requests > 0 {
-        w.server_cpu_ms_per_k = Some((c1 - c0) as f64 / tck * 1000.0 / (w.requests as f64 / 1000.0));
+        w.server_cpu_ms_per_k =
+            Some((c1 - c0) as f64 / tck * 1000.0 / (w.requests as f64 / 1000.0));
     }
     f.manifest = Some(w);
     f
@@ -1101,8 +1175,10 @@ fn measure_peer(
     let mark_all = up.mark();
 
     // Cold single (and TTFB): one GET of each cold-single blob.
+    let perf = PerfRecord::start(s, &daemon, peer, "cold");
     rt.block_on(async {
         for d in &c.blobs[..s.cold_samples] {
+            settle();
             match get_exact(addr, &blob_path(d), len, &PLAIN).await {
                 Ok(g) => {
                     f.cold_single_samples_s.push(g.total.as_secs_f64());
@@ -1110,10 +1186,9 @@ fn measure_peer(
                 }
                 Err(e) => f.errors.push(format!("cold single: {e}")),
             }
-            // Let background work (nginx moving its temp file, fsyncs) settle between samples.
-            tokio::time::sleep(Duration::from_millis(300)).await;
         }
     });
+    drop(perf);
     f.cold_single_s = median(&f.cold_single_samples_s);
     f.ttfb_ms = median(&f.ttfb_samples_ms);
     say(format!(
@@ -1125,6 +1200,8 @@ fn measure_peer(
 
     // Cold concurrent.
     let conc_blob = c.blobs[s.cold_samples].clone();
+    settle();
+    let perf = PerfRecord::start(s, &daemon, peer, "concurrent");
     let mark = up.mark();
     let watch = MemWatch::start(&daemon);
     let results: Vec<Result<Got, String>> = rt.block_on(async {
@@ -1145,6 +1222,7 @@ fn measure_peer(
         out
     });
     f.cold_conc_mem = Some(watch.finish());
+    drop(perf);
     let times: Vec<f64> = results
         .iter()
         .filter_map(|r| r.as_ref().ok().map(|g| g.total.as_secs_f64()))
@@ -1173,7 +1251,6 @@ fn measure_peer(
         let opts = GetOpts {
             accept: None,
             hash: true,
-            keep_body: false,
         };
         match get_exact(addr, &hit_path, len, &opts).await {
             Ok(g) => {
@@ -1185,12 +1262,15 @@ fn measure_peer(
                 }
                 if let Some(v) = g.headers.get("x-cache-status") {
                     if v != "HIT" {
-                        f.errors.push(format!("nginx warm GET was a cache {v:?}, not HIT"));
+                        f.errors
+                            .push(format!("nginx warm GET was a cache {v:?}, not HIT"));
                     }
                 }
             }
             Err(e) => f.errors.push(format!("warm-up: {e}")),
         }
+        settle();
+        let perf = PerfRecord::start(s, &daemon, peer, "hit");
         let pids = daemon.pids();
         let c0 = cpu_ticks(&pids);
         let mut served = 0u64;
@@ -1205,6 +1285,7 @@ fn measure_peer(
             }
         }
         let c1 = cpu_ticks(&pids);
+        drop(perf);
         if served > 0 {
             f.hit_cpu_s_per_gib = Some((c1 - c0) as f64 / tck / (served as f64 / GIB));
         }
@@ -1222,14 +1303,17 @@ fn measure_peer(
     let mopts = GetOpts {
         accept: Some(MANIFEST_TYPE),
         hash: true,
-        keep_body: false,
     };
     let ok = rt.block_on(async {
         for _ in 0..2 {
             match get(addr, &mpath, &mopts).await {
-                Ok(g) if g.status == 200 && g.sha256.as_deref() == Some(c.manifests[0].as_str()) => {}
+                Ok(g)
+                    if g.status == 200 && g.sha256.as_deref() == Some(c.manifests[0].as_str()) => {}
                 Ok(g) => {
-                    f.errors.push(format!("manifest GET: status {} digest {:?}", g.status, g.sha256));
+                    f.errors.push(format!(
+                        "manifest GET: status {} digest {:?}",
+                        g.status, g.sha256
+                    ));
                     return false;
                 }
                 Err(e) => {
@@ -1241,10 +1325,18 @@ fn measure_peer(
         true
     });
     if ok {
+        let perf = PerfRecord::start(s, &daemon, peer, "manifest");
         let pids = daemon.pids();
         let c0 = cpu_ticks(&pids);
-        let mut w = run_wrk(t, s, addr, &mpath, &work.join(format!("wrk-{}.txt", peer.name())));
+        let mut w = run_wrk(
+            t,
+            s,
+            addr,
+            &mpath,
+            &work.join(format!("wrk-{}.txt", peer.name())),
+        );
         let c1 = cpu_ticks(&pids);
+        drop(perf);
         if w.requests > 0 {
             w.server_cpu_ms_per_k =
                 Some((c1 - c0) as f64 / tck * 1000.0 / (w.requests as f64 / 1000.0));
@@ -1264,6 +1356,8 @@ fn measure_peer(
 
     // Warm concurrent: memory (and aggregate throughput) with many clients on cached blobs.
     let warm: Vec<String> = c.blobs.clone();
+    settle();
+    let perf = PerfRecord::start(s, &daemon, peer, "warm");
     let pids = daemon.pids();
     let c0 = cpu_ticks(&pids);
     let watch = MemWatch::start(&daemon);
@@ -1288,6 +1382,7 @@ fn measure_peer(
     let elapsed = t0.elapsed().as_secs_f64();
     f.warm_conc_mem = Some(watch.finish());
     let c1 = cpu_ticks(&pids);
+    drop(perf);
     let served: u64 = results
         .iter()
         .filter_map(|r| r.as_ref().ok().map(|g| g.bytes))
@@ -1312,7 +1407,11 @@ fn measure_peer(
         .sum();
     f.upstream_blob_gets_total = Some(total_gets);
     if let Some(first) = f.errors.first() {
-        say(format!("{}: {} error(s), first: {first}", peer.name(), f.errors.len()));
+        say(format!(
+            "{}: {} error(s), first: {first}",
+            peer.name(),
+            f.errors.len()
+        ));
     }
     drop(daemon);
     if !s.keep_work {
@@ -1344,24 +1443,132 @@ fn rows() -> Vec<Row> {
         f.manifest.as_ref().filter(|w| w.requests > 0).map(g)
     }
     vec![
-        Row { label: "cold single GET, s (median)", better: Better::Lower, decimals: 3, get: |f| f.cold_single_s, direct: true },
-        Row { label: "cold TTFB, ms (median)", better: Better::Lower, decimals: 2, get: |f| f.ttfb_ms, direct: true },
-        Row { label: "cold concurrent: slowest client, s", better: Better::Lower, decimals: 3, get: |f| f.cold_conc_slowest_s, direct: false },
-        Row { label: "cold concurrent: slowest ÷ own cold single", better: Better::Lower, decimals: 2, get: |f| Some(f.cold_conc_slowest_s? / f.cold_single_s?), direct: false },
-        Row { label: "cold concurrent: upstream blob GETs", better: Better::Lower, decimals: 0, get: |f| f.cold_conc_upstream_gets.map(|v| v as f64), direct: false },
-        Row { label: "hit: warm GET throughput, MiB/s (median)", better: Better::Higher, decimals: 0, get: |f| f.hit_mib_s, direct: true },
-        Row { label: "hit: server CPU s per GiB served", better: Better::Lower, decimals: 3, get: |f| f.hit_cpu_s_per_gib, direct: true },
-        Row { label: "manifest by digest: GETs/s (wrk)", better: Better::Higher, decimals: 0, get: |f| wrk(f, |w| w.rps), direct: true },
-        Row { label: "manifest by digest: latency p50, ms", better: Better::Lower, decimals: 3, get: |f| wrk(f, |w| w.p50_ms), direct: true },
-        Row { label: "manifest by digest: latency p99, ms", better: Better::Lower, decimals: 3, get: |f| wrk(f, |w| w.p99_ms), direct: true },
-        Row { label: "manifest by digest: server CPU ms per 1k GETs", better: Better::Lower, decimals: 1, get: |f| f.manifest.as_ref()?.server_cpu_ms_per_k, direct: true },
-        Row { label: "peak RSS, cold concurrent, MiB (VmHWM)", better: Better::Lower, decimals: 1, get: |f| f.cold_conc_mem.map(|m| m.hwm_mib), direct: false },
-        Row { label: "  of which anon (sampled peak), MiB", better: Better::Lower, decimals: 1, get: |f| f.cold_conc_mem.map(|m| m.anon_mib), direct: false },
-        Row { label: "peak RSS, warm concurrent, MiB (VmHWM)", better: Better::Lower, decimals: 1, get: |f| f.warm_conc_mem.map(|m| m.hwm_mib), direct: false },
-        Row { label: "  of which anon (sampled peak), MiB", better: Better::Lower, decimals: 1, get: |f| f.warm_conc_mem.map(|m| m.anon_mib), direct: false },
-        Row { label: "  file-backed mapped (sampled peak), MiB", better: Better::Lower, decimals: 1, get: |f| f.warm_conc_mem.map(|m| m.file_mib), direct: false },
-        Row { label: "warm concurrent: aggregate MiB/s", better: Better::Higher, decimals: 0, get: |f| f.warm_conc_aggregate_mib_s, direct: false },
-        Row { label: "warm concurrent: server CPU s per GiB", better: Better::Lower, decimals: 3, get: |f| f.warm_conc_cpu_s_per_gib, direct: false },
+        Row {
+            label: "cold single GET, s (median)",
+            better: Better::Lower,
+            decimals: 3,
+            get: |f| f.cold_single_s,
+            direct: true,
+        },
+        Row {
+            label: "cold TTFB, ms (median)",
+            better: Better::Lower,
+            decimals: 2,
+            get: |f| f.ttfb_ms,
+            direct: true,
+        },
+        Row {
+            label: "cold concurrent: slowest client, s",
+            better: Better::Lower,
+            decimals: 3,
+            get: |f| f.cold_conc_slowest_s,
+            direct: false,
+        },
+        Row {
+            label: "cold concurrent: slowest ÷ own cold single",
+            better: Better::Lower,
+            decimals: 2,
+            get: |f| Some(f.cold_conc_slowest_s? / f.cold_single_s?),
+            direct: false,
+        },
+        Row {
+            label: "cold concurrent: upstream blob GETs",
+            better: Better::Lower,
+            decimals: 0,
+            get: |f| f.cold_conc_upstream_gets.map(|v| v as f64),
+            direct: false,
+        },
+        Row {
+            label: "hit: warm GET throughput, MiB/s (median)",
+            better: Better::Higher,
+            decimals: 0,
+            get: |f| f.hit_mib_s,
+            direct: true,
+        },
+        Row {
+            label: "hit: server CPU s per GiB served",
+            better: Better::Lower,
+            decimals: 3,
+            get: |f| f.hit_cpu_s_per_gib,
+            direct: true,
+        },
+        Row {
+            label: "manifest by digest: GETs/s (wrk)",
+            better: Better::Higher,
+            decimals: 0,
+            get: |f| wrk(f, |w| w.rps),
+            direct: true,
+        },
+        Row {
+            label: "manifest by digest: latency p50, ms",
+            better: Better::Lower,
+            decimals: 3,
+            get: |f| wrk(f, |w| w.p50_ms),
+            direct: true,
+        },
+        Row {
+            label: "manifest by digest: latency p99, ms",
+            better: Better::Lower,
+            decimals: 3,
+            get: |f| wrk(f, |w| w.p99_ms),
+            direct: true,
+        },
+        Row {
+            label: "manifest by digest: server CPU ms per 1k GETs",
+            better: Better::Lower,
+            decimals: 1,
+            get: |f| f.manifest.as_ref()?.server_cpu_ms_per_k,
+            direct: true,
+        },
+        Row {
+            label: "peak RSS, cold concurrent, MiB (VmHWM)",
+            better: Better::Lower,
+            decimals: 1,
+            get: |f| f.cold_conc_mem.map(|m| m.hwm_mib),
+            direct: false,
+        },
+        Row {
+            label: "  of which anon (sampled peak), MiB",
+            better: Better::Lower,
+            decimals: 1,
+            get: |f| f.cold_conc_mem.map(|m| m.anon_mib),
+            direct: false,
+        },
+        Row {
+            label: "peak RSS, warm concurrent, MiB (VmHWM)",
+            better: Better::Lower,
+            decimals: 1,
+            get: |f| f.warm_conc_mem.map(|m| m.hwm_mib),
+            direct: false,
+        },
+        Row {
+            label: "  of which anon (sampled peak), MiB",
+            better: Better::Lower,
+            decimals: 1,
+            get: |f| f.warm_conc_mem.map(|m| m.anon_mib),
+            direct: false,
+        },
+        Row {
+            label: "  file-backed mapped (sampled peak), MiB",
+            better: Better::Lower,
+            decimals: 1,
+            get: |f| f.warm_conc_mem.map(|m| m.file_mib),
+            direct: false,
+        },
+        Row {
+            label: "warm concurrent: aggregate MiB/s",
+            better: Better::Higher,
+            decimals: 0,
+            get: |f| f.warm_conc_aggregate_mib_s,
+            direct: false,
+        },
+        Row {
+            label: "warm concurrent: server CPU s per GiB",
+            better: Better::Lower,
+            decimals: 3,
+            get: |f| f.warm_conc_cpu_s_per_gib,
+            direct: false,
+        },
     ]
 }
 
@@ -1393,23 +1600,26 @@ struct Target {
     met: Option<bool>,
 }
 
-fn targets(
-    s: &Settings,
-    direct: &Figures,
-    res: &BTreeMap<Peer, Figures>,
-) -> Vec<Target> {
+fn targets(s: &Settings, direct: &Figures, res: &BTreeMap<Peer, Figures>) -> Vec<Target> {
     let rc = res.get(&Peer::Regcache);
     let ng = res.get(&Peer::Nginx);
     let di = res.get(&Peer::Distribution);
     let mut out = Vec::new();
     let mut push = |what: String, measured: String, met: Option<bool>| {
-        out.push(Target { what, measured, met })
+        out.push(Target {
+            what,
+            measured,
+            met,
+        })
     };
     let g = |f: Option<&Figures>, get: fn(&Figures) -> Option<f64>| f.and_then(get);
 
     let ups = g(rc, |f| f.cold_conc_upstream_gets.map(|v| v as f64));
     push(
-        format!("cold concurrent ({} clients): exactly 1 upstream GET", s.cold_clients),
+        format!(
+            "cold concurrent ({} clients): exactly 1 upstream GET",
+            s.cold_clients
+        ),
         fmt_num(ups, 0),
         ups.map(|v| v == 1.0),
     );
@@ -1419,41 +1629,79 @@ fn targets(
         fmt_ratio(r),
         r.map(|v| v <= 1.2),
     );
-    let (a, b) = (g(rc, |f| f.hit_cpu_s_per_gib), g(ng, |f| f.hit_cpu_s_per_gib));
+    let (a, b) = (
+        g(rc, |f| f.hit_cpu_s_per_gib),
+        g(ng, |f| f.hit_cpu_s_per_gib),
+    );
     push(
         "hit: CPU s/GiB ≤ nginx's".into(),
-        format!("{} vs {} s/GiB ({})", fmt_num(a, 3), fmt_num(b, 3), fmt_ratio(ratio(a, b))),
+        format!(
+            "{} vs {} s/GiB ({})",
+            fmt_num(a, 3),
+            fmt_num(b, 3),
+            fmt_ratio(ratio(a, b))
+        ),
         ratio(a, b).map(|r| r <= 1.0),
     );
     let (a, b) = (g(rc, |f| f.hit_mib_s), g(ng, |f| f.hit_mib_s));
     push(
         "hit: throughput ≥ 0.95x nginx's".into(),
-        format!("{} vs {} MiB/s ({})", fmt_num(a, 0), fmt_num(b, 0), fmt_ratio(ratio(a, b))),
+        format!(
+            "{} vs {} MiB/s ({})",
+            fmt_num(a, 0),
+            fmt_num(b, 0),
+            fmt_ratio(ratio(a, b))
+        ),
         ratio(a, b).map(|r| r >= 0.95),
     );
-    let rps = |f: &Figures| f.manifest.as_ref().filter(|w| w.requests > 0).map(|w| w.rps);
+    let rps = |f: &Figures| {
+        f.manifest
+            .as_ref()
+            .filter(|w| w.requests > 0)
+            .map(|w| w.rps)
+    };
     let (a, b) = (g(rc, rps), g(ng, rps));
     push(
         "manifest GETs/s ≥ nginx's".into(),
-        format!("{} vs {} ({})", fmt_num(a, 0), fmt_num(b, 0), fmt_ratio(ratio(a, b))),
+        format!(
+            "{} vs {} ({})",
+            fmt_num(a, 0),
+            fmt_num(b, 0),
+            fmt_ratio(ratio(a, b))
+        ),
         ratio(a, b).map(|r| r >= 1.0),
     );
     let b = g(di, rps);
     push(
         "manifest GETs/s ≥ 20x distribution's".into(),
-        format!("{} vs {} ({})", fmt_num(a, 0), fmt_num(b, 0), fmt_ratio(ratio(a, b))),
+        format!(
+            "{} vs {} ({})",
+            fmt_num(a, 0),
+            fmt_num(b, 0),
+            fmt_ratio(ratio(a, b))
+        ),
         ratio(a, b).map(|r| r >= 20.0),
     );
     let (a, b) = (g(rc, |f| f.cold_single_s), g(ng, |f| f.cold_single_s));
     push(
         "cold single ≤ 0.6x nginx's".into(),
-        format!("{} vs {} s ({})", fmt_num(a, 3), fmt_num(b, 3), fmt_ratio(ratio(a, b))),
+        format!(
+            "{} vs {} s ({})",
+            fmt_num(a, 3),
+            fmt_num(b, 3),
+            fmt_ratio(ratio(a, b))
+        ),
         ratio(a, b).map(|r| r <= 0.6),
     );
     let d = direct.cold_single_s;
     push(
         "cold single ≤ 2x direct".into(),
-        format!("{} vs {} s ({})", fmt_num(a, 3), fmt_num(d, 3), fmt_ratio(ratio(a, d))),
+        format!(
+            "{} vs {} s ({})",
+            fmt_num(a, 3),
+            fmt_num(d, 3),
+            fmt_ratio(ratio(a, d))
+        ),
         ratio(a, d).map(|r| r <= 2.0),
     );
     let (a, d) = (g(rc, |f| f.ttfb_ms), direct.ttfb_ms);
@@ -1488,8 +1736,17 @@ fn cmd_line(cmd: &str, args: &[&str]) -> String {
         .output()
         .ok()
         .map(|o| {
-            let s = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-            String::from_utf8_lossy(&s).lines().next().unwrap_or("").trim().to_string()
+            let s = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&s)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
         })
         .unwrap_or_else(|| "?".into())
 }
@@ -1511,20 +1768,71 @@ fn machine(t: &Tools) -> Vec<(String, String)> {
     let root = env!("CARGO_MANIFEST_DIR");
     let rev = cmd_line("git", &["-C", root, "rev-parse", "--short", "HEAD"]);
     let dirty = Command::new("git")
-        .args(["-C", root, "status", "--porcelain", "--untracked-files=no", "src"])
+        .args([
+            "-C",
+            root,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "src",
+        ])
         .output()
         .map(|o| !o.stdout.is_empty())
         .unwrap_or(false);
     vec![
-        ("date (UTC)".into(), cmd_line("date", &["-u", "+%Y-%m-%d %H:%M"])),
-        ("cpu".into(), format!("{model}, {} cores (nproc)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0))),
-        ("memory".into(), format!("{:.1} GiB", mem as f64 / 1024.0 / 1024.0)),
-        ("os / kernel".into(), format!("{os}, Linux {}", fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim())),
-        ("regcache".into(), format!("git {rev}{} (release profile)", if dirty { " + uncommitted src/ changes" } else { "" })),
+        (
+            "date (UTC)".into(),
+            cmd_line("date", &["-u", "+%Y-%m-%d %H:%M"]),
+        ),
+        (
+            "cpu".into(),
+            format!(
+                "{model}, {} cores (nproc)",
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(0)
+            ),
+        ),
+        (
+            "memory".into(),
+            format!("{:.1} GiB", mem as f64 / 1024.0 / 1024.0),
+        ),
+        (
+            "os / kernel".into(),
+            format!(
+                "{os}, Linux {}",
+                fs::read_to_string("/proc/sys/kernel/osrelease")
+                    .unwrap_or_default()
+                    .trim()
+            ),
+        ),
+        (
+            "regcache".into(),
+            format!(
+                "git {rev}{} (release profile)",
+                if dirty {
+                    " + uncommitted src/ changes"
+                } else {
+                    ""
+                }
+            ),
+        ),
         ("rustc".into(), cmd_line("rustc", &["-V"])),
-        ("docker-registry".into(), cmd_line(t.registry.to_str().unwrap_or("docker-registry"), &["--version"])),
-        ("nginx".into(), cmd_line(t.nginx.to_str().unwrap_or("nginx"), &["-v"])),
-        ("wrk".into(), cmd_line(t.wrk.to_str().unwrap_or("wrk"), &["-v"])),
+        (
+            "docker-registry".into(),
+            cmd_line(
+                t.registry.to_str().unwrap_or("docker-registry"),
+                &["--version"],
+            ),
+        ),
+        (
+            "nginx".into(),
+            cmd_line(t.nginx.to_str().unwrap_or("nginx"), &["-v"]),
+        ),
+        (
+            "wrk".into(),
+            cmd_line(t.wrk.to_str().unwrap_or("wrk"), &["-v"]),
+        ),
     ]
 }
 
@@ -1537,12 +1845,7 @@ fn status_like(path: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn report(
-    s: &Settings,
-    t: &Tools,
-    direct: &Figures,
-    res: &BTreeMap<Peer, Figures>,
-) -> String {
+fn report(s: &Settings, t: &Tools, direct: &Figures, res: &BTreeMap<Peer, Figures>) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "## regcache vs peers: end-to-end comparison\n");
     for (k, v) in machine(t) {
@@ -1562,7 +1865,11 @@ fn report(
         s.wrk_secs
     );
     let peers: Vec<Peer> = res.keys().copied().collect();
-    let others: Vec<Peer> = peers.iter().copied().filter(|p| *p != Peer::Regcache).collect();
+    let others: Vec<Peer> = peers
+        .iter()
+        .copied()
+        .filter(|p| *p != Peer::Regcache)
+        .collect();
     let has_rc = res.contains_key(&Peer::Regcache);
     let mut head = String::from("| figure | better | upstream direct |");
     let mut sep = String::from("|---|---|---:|");
@@ -1583,15 +1890,27 @@ fn report(
         let mut line = format!(
             "| {} | {} | {} |",
             r.label,
-            if r.better == Better::Lower { "lower" } else { "higher" },
-            if r.direct { fmt_num((r.get)(direct), r.decimals) } else { "–".into() }
+            if r.better == Better::Lower {
+                "lower"
+            } else {
+                "higher"
+            },
+            if r.direct {
+                fmt_num((r.get)(direct), r.decimals)
+            } else {
+                "–".into()
+            }
         );
         for p in &peers {
             let _ = write!(line, " {} |", fmt_num((r.get)(&res[p]), r.decimals));
         }
         if has_rc {
             let rc = (r.get)(&res[&Peer::Regcache]);
-            let d = if r.direct { ratio(rc, (r.get)(direct)) } else { None };
+            let d = if r.direct {
+                ratio(rc, (r.get)(direct))
+            } else {
+                None
+            };
             let _ = write!(line, " {} |", fmt_ratio(d));
             for p in &others {
                 let _ = write!(line, " {} |", fmt_ratio(ratio(rc, (r.get)(&res[p]))));
@@ -1615,7 +1934,10 @@ fn report(
         );
     }
     if has_rc {
-        let _ = writeln!(o, "\n### Targets (regcache)\n\n| target | measured | met |\n|---|---|---|");
+        let _ = writeln!(
+            o,
+            "\n### Targets (regcache)\n\n| target | measured | met |\n|---|---|---|"
+        );
         for t in targets(s, direct, res) {
             let met = match t.met {
                 Some(true) => "yes",

@@ -144,6 +144,9 @@ pub struct EvictReport {
 /// Evicts least recently used objects until the budget's low watermarks hold. Blocking (file
 /// system work): call from a blocking thread.
 pub fn evict_once(store: &Store, budget: &Budget) -> EvictReport {
+    if !store.is_indexed() {
+        return EvictReport::default();
+    }
     let usage = store.usage();
     let need = budget.excess(usage.total + usage.reserved, fs_space(store));
     if need == 0 {

@@ -88,14 +88,26 @@ impl App {
     ///
     /// Errors: the I/O error if the cache directory cannot be prepared, or a TLS setup error.
     pub fn new(config: Config) -> std::io::Result<App> {
-        let (store, scan) = Store::open(&config.cache_dir)?;
-        tracing::info!(
-            objects = scan.objects,
-            bytes = scan.bytes,
-            healed = scan.healed,
-            temp_removed = scan.temp_removed,
-            "cache index rebuilt from disk"
-        );
+        let (store, temp_removed) = Store::open_unindexed(&config.cache_dir)?;
+        if temp_removed > 0 {
+            tracing::info!(
+                temp_removed,
+                "removed leftover temp files of interrupted fills"
+            );
+        }
+        // Serving starts at once; the index loads in the background (eviction waits for it).
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || match s.rebuild_index() {
+            Ok(scan) => tracing::info!(
+                objects = scan.objects,
+                bytes = scan.bytes,
+                healed = scan.healed,
+                "cache index rebuilt from disk"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the cache directory; eviction is off")
+            }
+        });
         crate::eviction::spawn(&store, config.budget);
         let mut registries = BTreeMap::new();
         for r in &config.registries {

@@ -278,6 +278,8 @@ struct StoreInner {
     root: PathBuf,
     /// Sizes and LRU order of committed objects. Held only for in-memory updates.
     index: Mutex<Index>,
+    /// Whether the index has been loaded from disk.
+    indexed: std::sync::atomic::AtomicBool,
     /// Called after each commit (wakes the evictor when over budget).
     on_commit: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
@@ -310,18 +312,77 @@ impl Store {
     ///
     /// Errors: the I/O error if the directories cannot be created or read.
     pub fn open(root: impl Into<PathBuf>) -> io::Result<(Store, ScanReport)> {
+        let (store, temp_removed) = Store::open_unindexed(root)?;
+        let mut report = store.rebuild_index()?;
+        report.temp_removed = temp_removed;
+        Ok((store, report))
+    }
+
+    /// Prepares the cache directory (creating it, removing leftover temp files) and returns a
+    /// store whose index is still empty, plus the number of temp files removed. Serving can
+    /// start at once: a blob the index does not know yet is looked up on disk. Call
+    /// [`Store::rebuild_index`] (off the request path) to load the index; eviction waits for it.
+    ///
+    /// Errors: the I/O error if the directories cannot be created or `tmp/` cleaned.
+    pub fn open_unindexed(root: impl Into<PathBuf>) -> io::Result<(Store, usize)> {
         let root = root.into();
         for d in ["blobs", "manifests", "tags"] {
             fs::create_dir_all(root.join(d))?;
         }
-        let mut report = ScanReport::default();
         let tmp = root.join("tmp");
+        let mut removed = 0;
         if tmp.exists() {
-            report.temp_removed = fs::read_dir(&tmp)?.count();
+            removed = fs::read_dir(&tmp)?.count();
             fs::remove_dir_all(&tmp)?;
         }
         fs::create_dir_all(&tmp)?;
-        Store::build(root, true, report)
+        Ok((Store::empty(root), removed))
+    }
+
+    /// Scans the directory (removing blobs whose size disagrees with their name) and loads the
+    /// index, ordered by mtime. Objects indexed meanwhile by requests stay, as the most recently
+    /// used. Blocking: run it on a blocking thread.
+    ///
+    /// Errors: I/O errors reading the directory.
+    pub fn rebuild_index(&self) -> io::Result<ScanReport> {
+        let mut report = ScanReport::default();
+        let mut found = scan_objects(&self.inner.root, true, &mut report)?;
+        found.sort_by_key(|(mtime, _, _)| *mtime);
+        let mut fresh = Index::new();
+        for (_, key, entry) in found {
+            fresh.insert(key, entry);
+        }
+        report.objects = fresh.lru.len();
+        report.bytes = fresh.total;
+        {
+            let mut ix = self.inner.index.lock().expect("index lock");
+            let live = std::mem::replace(&mut *ix, fresh);
+            ix.reserved = live.reserved;
+            for (k, e) in live.lru.iter().rev() {
+                ix.insert(k.clone(), *e);
+            }
+        }
+        self.inner
+            .indexed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.committed();
+        Ok(report)
+    }
+
+    /// Whether the index has been loaded (eviction waits for it).
+    pub fn is_indexed(&self) -> bool {
+        self.inner.indexed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn empty(root: PathBuf) -> Store {
+        Store {
+            inner: Arc::new(StoreInner {
+                root,
+                index: Mutex::new(Index::new()),
+                indexed: std::sync::atomic::AtomicBool::new(false),
+                on_commit: Mutex::new(None),
+            }),
+        }
     }
 
     /// Opens an existing cache for operator commands, which may run beside a serving mirror:
@@ -345,19 +406,19 @@ impl Store {
     fn build(root: PathBuf, heal: bool, mut report: ScanReport) -> io::Result<(Store, ScanReport)> {
         let mut found = scan_objects(&root, heal, &mut report)?;
         found.sort_by_key(|(mtime, _, _)| *mtime);
-        let mut index = Index::new();
-        for (_, key, entry) in found {
-            index.insert(key, entry);
+        let store = Store::empty(root);
+        {
+            let mut ix = store.inner.index.lock().expect("index lock");
+            for (_, key, entry) in found {
+                ix.insert(key, entry);
+            }
+            report.objects = ix.lru.len();
+            report.bytes = ix.total;
         }
-        report.objects = index.lru.len();
-        report.bytes = index.total;
-        let store = Store {
-            inner: Arc::new(StoreInner {
-                root,
-                index: Mutex::new(index),
-                on_commit: Mutex::new(None),
-            }),
-        };
+        store
+            .inner
+            .indexed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok((store, report))
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, LOCATION, WWW_AUTHENTICATE};
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, LOCATION, USER_AGENT, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Incoming;
@@ -26,6 +26,8 @@ use url::Url;
 
 use crate::config::{Credentials, UpstreamConfig};
 
+/// `User-Agent` sent upstream.
+const USER_AGENT_VALUE: &str = concat!("regcache/", env!("CARGO_PKG_VERSION"));
 /// TCP connect timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time allowed for an upstream to send response headers.
@@ -270,7 +272,10 @@ impl Upstream {
         let mut method = method;
         loop {
             let on_origin = same_origin(&url, &self.base);
-            let mut req = Request::builder().method(method.clone()).uri(url.as_str());
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(url.as_str())
+                .header(USER_AGENT, USER_AGENT_VALUE);
             for (k, v) in headers {
                 req = req.header(k, v);
             }
@@ -402,7 +407,10 @@ impl Upstream {
             }
             q.append_pair("scope", scope);
         }
-        let mut req = Request::builder().method(Method::GET).uri(url.as_str());
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(url.as_str())
+            .header(USER_AGENT, USER_AGENT_VALUE);
         if let Some(c) = &self.credentials {
             req = req.header(AUTHORIZATION, basic_header(c));
         }

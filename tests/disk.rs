@@ -371,3 +371,90 @@ async fn operator_commands_status_verify_gc() {
     let r = get(&m.url(&format!("/v2/library/b/blobs/{}", b.layer_digest))).await;
     assert_eq!(sha256(r.bytes()), b.layer_digest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_the_middle_of_a_fill_then_restart_and_pull() {
+    let up = FakeUpstream::start(300).await;
+    let data = random_bytes(3_000_000, 9);
+    let d = up.add_blob(data);
+    up.set_faults(Faults {
+        throttle: Some((100_000, Duration::from_millis(50))),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let spawn = || {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &up.url(),
+            ])
+            .arg("--cache-dir")
+            .arg(&cache)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start regcache");
+        (child, format!("http://127.0.0.1:{port}"))
+    };
+    async fn ready(base: &str) {
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("regcache did not start");
+    }
+    let (mut child, base) = spawn();
+    ready(&base).await;
+    let url = format!("{base}/v2/library/k/blobs/{d}");
+    let pending = tokio::spawn(async move { get(&url).await });
+    let tmp = cache.join("tmp");
+    eventually("the fill has written part of the blob", || {
+        std::fs::read_dir(&tmp)
+            .map(|rd| {
+                rd.flatten()
+                    .any(|e| e.metadata().map(|m| m.len() > 200_000).unwrap_or(false))
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    child.kill().expect("kill -9");
+    child.wait().unwrap();
+    let r = pending.await.unwrap();
+    assert!(r.body.is_err(), "the client saw the stream break");
+    // Nothing partial is committed under the digest.
+    let hex = d.trim_start_matches("sha256:");
+    let shard = cache.join(format!("blobs/sha256/{}", &hex[..2]));
+    assert!(std::fs::read_dir(&shard)
+        .map(|rd| rd.count() == 0)
+        .unwrap_or(true));
+    assert!(
+        std::fs::read_dir(&tmp).unwrap().count() > 0,
+        "the partial temp file is left behind"
+    );
+
+    up.set_faults(Faults::default());
+    let (mut child, base) = spawn();
+    ready(&base).await;
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "temp space reclaimed at restart"
+    );
+    let r = get(&format!("{base}/v2/library/k/blobs/{d}")).await;
+    assert_eq!(sha256(r.bytes()), d);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -176,8 +176,12 @@ impl Dockerd {
             "pidfile": dir.join("docker.pid"),
             "hosts": [host],
             "containerd": containerd,
+            // Keeps dockerd 20.10 from writing /etc/docker/key.json.
+            "deprecated-key-path": dir.join("key.json"),
             "log-level": "debug",
-            "max-concurrent-downloads": 3,
+            // One layer at a time: with the CDN's rate limit the pull of e2e-single outlives
+            // the upstream token, so a mirror must refresh it in the middle of a pull.
+            "max-concurrent-downloads": 1,
         });
         let config_path = dir.join("daemon.json");
         std::fs::write(
@@ -216,7 +220,20 @@ impl Dockerd {
     }
 
     pub fn pull(&self, reference: &str) -> proc::Output {
-        proc::run_ok(self.docker().arg("pull").arg(reference), PULL_TIMEOUT)
+        let mut cmd = self.docker();
+        cmd.arg("pull").arg(reference);
+        let out = proc::run(&mut cmd, PULL_TIMEOUT);
+        assert!(
+            out.ok(),
+            "`docker pull {reference}` failed ({}).\nNote: when the mirror answers with an error, \
+             dockerd falls back to registry-1.docker.io, so the message below may be about \
+             that host; the mirror's log (printed below) has the failed request.\n\
+             stdout:\n{}\nstderr:\n{}",
+            out.status,
+            out.stdout,
+            out.stderr
+        );
+        out
     }
 
     /// `docker images --digests`: (repository, tag, digest) rows.
@@ -311,6 +328,47 @@ impl Skopeo {
             CMD_TIMEOUT,
         );
         out.stdout.into_bytes()
+    }
+
+    /// Writes a registries.conf that mirrors docker.io to `mirror_location` (e.g.
+    /// `127.0.0.1:PORT/docker.io`, the path-prefix style podman/CRI-O/skopeo users configure)
+    /// and returns its path.
+    pub fn write_registries_conf(&self, mirror_location: &str) -> PathBuf {
+        let path = self.tmp.join("registries.conf");
+        std::fs::write(
+            &path,
+            format!(
+                "unqualified-search-registries = []\n\n[[registry]]\nlocation = \"docker.io\"\n\n[[registry.mirror]]\nlocation = \"{mirror_location}\"\ninsecure = true\n"
+            ),
+        )
+        .expect("write registries.conf");
+        path
+    }
+
+    /// `skopeo --registries-conf CONF copy [--all] docker://docker.io/NAME:TAG dir:OUT`: skopeo
+    /// resolves docker.io through the mirror configured there (no `ns`, maybe a path prefix).
+    pub fn copy_via_registries_conf(
+        &self,
+        conf: &Path,
+        reference: &str,
+        out: &Path,
+        all: bool,
+    ) -> proc::Output {
+        let mut c = Command::new(&self.bin);
+        c.arg("--insecure-policy")
+            .arg("--tmpdir")
+            .arg(&self.tmp)
+            .arg("--registries-conf")
+            .arg(conf)
+            .env("REGISTRY_AUTH_FILE", self.tmp.join("auth.json"))
+            .arg("copy");
+        if all {
+            c.arg("--all");
+        }
+        c.arg("--src-no-creds")
+            .arg(format!("docker://{reference}"))
+            .arg(format!("dir:{}", out.display()));
+        proc::run_ok(&mut c, PULL_TIMEOUT)
     }
 
     /// `skopeo copy [--all] --src-tls-verify=false docker://REF dir:OUT`.

@@ -103,9 +103,15 @@ pub fn build_layer(spec: &LayerSpec) -> (Blob, String) {
     }
     let tar_bytes = tar.into_inner().expect("finish layer tar");
     let diff_id = sha256_digest(&tar_bytes);
-    // Random data does not compress; a low level keeps debug-build test time down while
-    // still producing real deflate blocks for the README.
-    let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+    // Random data does not compress: big layers use stored deflate blocks (still a real gzip
+    // stream, and much faster in debug builds); small ones get real compression.
+    let random_bytes: usize = spec.files.iter().sum();
+    let level = if random_bytes > 4 * MIB {
+        Compression::none()
+    } else {
+        Compression::fast()
+    };
+    let mut gz = GzEncoder::new(Vec::new(), level);
     gz.write_all(&tar_bytes).expect("gzip layer");
     let gz_bytes = gz.finish().expect("finish gzip");
     (Blob::new(OCI_LAYER_GZIP, gz_bytes), diff_id)
@@ -262,9 +268,10 @@ fn write_layout(dir: &Path, blobs: &[&Blob], top: &Blob, tag: &str) {
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 
-/// Builds `library/e2e-single:v1` (linux/amd64, three layers, one ~20 MiB) and
+/// Builds `library/e2e-single:v1` (linux/amd64, three layers, one ~20 MiB),
 /// `library/e2e-multi:v1` (an OCI index over linux/amd64 and linux/arm64/v8 that share a base
-/// layer with each other and with e2e-single). Layouts go under `root`.
+/// layer with each other and with e2e-single) and `library/e2e-concurrent:v1` (linux/amd64,
+/// a ~10 MiB layer, nothing shared). Layouts go under `root`.
 pub fn build_test_images(root: &Path) -> Vec<TestImage> {
     let base = build_layer(&LayerSpec {
         seed: 0xBA5E,
@@ -355,5 +362,33 @@ pub fn build_test_images(root: &Path) -> Vec<TestImage> {
         multi.index.as_ref().expect("multi has an index"),
         "v1",
     );
-    vec![single, multi]
+
+    // Pulled by all clients at once, cold, to exercise coalesced fills and the streaming tee.
+    let conc_big = build_layer(&LayerSpec {
+        seed: 0xC0C0,
+        files: &[10 * MIB],
+    });
+    let conc_small = build_layer(&LayerSpec {
+        seed: 0xC0C1,
+        files: &[300 * KIB],
+    });
+    let conc_img = build_platform_image(
+        "linux",
+        "amd64",
+        None,
+        &[conc_small, conc_big],
+        "e2e-concurrent",
+    );
+    let conc_dir = root.join("oci-e2e-concurrent");
+    let mut blobs = vec![&conc_img.manifest, &conc_img.config];
+    blobs.extend(conc_img.layers.iter());
+    write_layout(&conc_dir, &blobs, &conc_img.manifest, "v1");
+    let concurrent = TestImage {
+        repo: "library/e2e-concurrent".into(),
+        tag: "v1".into(),
+        platforms: vec![conc_img],
+        index: None,
+        layout: conc_dir,
+    };
+    vec![single, multi, concurrent]
 }

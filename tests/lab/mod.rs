@@ -19,7 +19,7 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 pub use proc::say;
 
@@ -148,7 +148,7 @@ impl Lab {
             .expect("create lab temp dir");
         let root = dir.path().to_owned();
         say(format!("lab directory {}", root.display()));
-        // Build the images while the daemons start.
+        // Build the images while the daemons start (a few seconds in a debug build).
         let images_thread = {
             let root = root.clone();
             std::thread::spawn(move || {
@@ -187,18 +187,14 @@ impl Lab {
             root,
             started,
         };
-        let tokens = TokenServer::start(&lab.root, TOKEN_TTL_SECS);
+        // Against regcache the registry enforces the 5 s lifetime; dockerd and containerd
+        // talking to it directly (direct mode) assume tokens live at least 60 s.
+        let tokens = TokenServer::start(&lab.root, TOKEN_TTL_SECS, kind == MirrorKind::Regcache);
         lab.push_creds = format!("{}:{}", token::PUSHER, tokens.pusher_password);
         let upstream = Upstream::start(&lab.root, &lab.tools.registry, &lab.tools.nginx, &tokens);
         let registry = upstream.registry_addr;
         lab.tokens = Some(tokens);
         lab.upstream = Some(upstream);
-
-        lab.images = images_thread.join().expect("image build thread panicked");
-        step("push test images upstream with skopeo", || {
-            lab.push_images()
-        });
-        lab.after_push = lab.upstream().mark();
 
         let mirror = Mirror::start(kind, &lab.root, registry);
         let mirror_addr = mirror.addr;
@@ -207,6 +203,13 @@ impl Lab {
         let socket = containerd.socket.clone();
         lab.containerd = Some(containerd);
         lab.dockerd = Some(Dockerd::start(&lab.root, &lab.tools, &socket, mirror_addr));
+
+        lab.images = images_thread.join().expect("image build thread panicked");
+        step("push test images upstream with skopeo", || {
+            lab.push_images()
+        });
+        lab.check_token_expiry();
+        lab.after_push = lab.upstream().mark();
         say(format!(
             "lab up in {:.1}s",
             lab.started.elapsed().as_secs_f64()
@@ -234,6 +237,43 @@ impl Lab {
             );
             say(format!("pushed {dest} = {got}"));
         }
+    }
+
+    /// Proves that the registry enforces the token lifetime the token server advertises:
+    /// a token inside its `expires_in` works, one past it gets 401.
+    fn check_token_expiry(&self) {
+        let registry = self.upstream().registry_addr;
+        let img = &self.images[0];
+        let path = format!("/v2/{}/manifests/{}", img.repo, img.tag);
+        let head = |token: &str| {
+            let auth = format!("Bearer {token}");
+            proc::http_request(
+                registry,
+                "HEAD",
+                &path,
+                &[("Authorization", &auth), ("Accept", images::OCI_MANIFEST)],
+            )
+            .expect("HEAD manifest on the upstream registry")
+            .0
+        };
+        let tokens = self.tokens();
+        let fresh = head(&tokens.mint_pull_token(&img.repo, TOKEN_TTL_SECS as i64));
+        let stale = head(&tokens.mint_pull_token(&img.repo, -2));
+        assert_eq!(
+            (fresh, stale),
+            (200, 401),
+            "registry token check: a live token must work and an expired one must get 401 \
+             (see token::REGISTRY_LEEWAY_SECS); registry log:\n{}",
+            proc::tail(&self.upstream().registry_log, 20)
+        );
+        say(if tokens.enforce_ttl {
+            format!("registry token check ok: issued tokens die {TOKEN_TTL_SECS}s after issue (expires_in {TOKEN_TTL_SECS})")
+        } else {
+            format!(
+                "registry token check ok: issued tokens say expires_in {TOKEN_TTL_SECS} but live {}s (direct mode)",
+                TOKEN_TTL_SECS as i64 + token::REGISTRY_LEEWAY_SECS
+            )
+        });
     }
 
     pub fn root(&self) -> &Path {
@@ -359,14 +399,5 @@ impl Drop for Lab {
             self.started.elapsed().as_secs_f64(),
             if panicking { " (test failed)" } else { "" }
         ));
-    }
-}
-
-/// Waits for a condition, with a description for the failure message.
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !cond() {
-        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -8,8 +8,15 @@
 //! whose PEM is the registry's `rootcertbundle`. distribution 2.8 verifies the x5c chain
 //! against that bundle and then the signature through libtrust, which accepts ES256 for a
 //! P-256 key (and RS256 for RSA keys; ring, rcgen's backend, cannot generate RSA keys).
-//! distribution 2.8 checks `nbf <= now <= exp` with no leeway, so a short TTL really expires
-//! at the registry: a client (or a mirror) that does not refresh its token gets 401.
+//! Expiry: distribution 2.8.2 accepts a token until `exp` + 60 s (its `Leeway` for clock
+//! skew). With `enforce_ttl` (the default against regcache), so that a token really dies `ttl`
+//! seconds after issue at the registry, the `exp` claim is set to `iat + ttl - 60`;
+//! `expires_in` (what clients use, per the token spec) says `ttl`. A client (or a mirror) that
+//! does not refresh its token then gets 401 from the registry. `Lab::start` checks this
+//! against the running registry each time. Without `enforce_ttl`, `exp = iat + ttl` like the
+//! Hub's; that is for direct mode, because dockerd 20.10 treats any token as valid for at
+//! least 60 s (distribution's client `minimumTokenLifetimeSeconds`) and fails a pull whose
+//! token dies earlier.
 //!
 //! Access policy, like the Hub's public images: anyone gets `pull`; `push` (and `delete`) is
 //! granted only with HTTP Basic credentials `pusher:<password>`. Wrong credentials get 401.
@@ -28,6 +35,8 @@ use serde::Serialize;
 pub const SERVICE: &str = "registry.e2e.test";
 pub const ISSUER: &str = "e2e-token-issuer";
 pub const PUSHER: &str = "pusher";
+/// distribution's clock-skew allowance on `exp`/`nbf` (registry/auth/token `Leeway`).
+pub const REGISTRY_LEEWAY_SECS: i64 = 60;
 
 /// One issued token, for the test's own bookkeeping.
 #[derive(Clone, Debug)]
@@ -48,7 +57,9 @@ pub struct TokenServer {
     pub addr: SocketAddr,
     pub cert_pem_path: PathBuf,
     pub ttl_secs: u64,
+    pub enforce_ttl: bool,
     pub pusher_password: String,
+    signer: Arc<Signer>,
     state: Arc<State>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -58,6 +69,8 @@ struct Signer {
     key: jsonwebtoken::EncodingKey,
     x5c: String,
     ttl_secs: u64,
+    /// Extra seconds the registry accepts a token past its `exp` claim.
+    registry_grace: i64,
     pusher_password: String,
     jti: AtomicU64,
 }
@@ -75,17 +88,62 @@ struct Claims {
     iss: String,
     sub: String,
     aud: String,
-    exp: u64,
-    nbf: u64,
-    iat: u64,
+    exp: i64,
+    nbf: i64,
+    iat: i64,
     jti: String,
     access: Vec<Access>,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after epoch")
+        .as_secs() as i64
+}
+
+impl Signer {
+    /// Signs a token whose `exp` claim is `valid_for` seconds from now, minus the registry's
+    /// grace when the TTL is enforced.
+    fn mint(
+        &self,
+        subject: &str,
+        service: &str,
+        access: Vec<Access>,
+        valid_for: i64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.mint_with_exp(subject, service, access, valid_for - self.registry_grace)
+    }
+
+    fn mint_with_exp(
+        &self,
+        subject: &str,
+        service: &str,
+        access: Vec<Access>,
+        exp_in: i64,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        let now = unix_now();
+        let claims = Claims {
+            iss: ISSUER.to_owned(),
+            sub: subject.to_owned(),
+            aud: service.to_owned(),
+            exp: now + exp_in,
+            nbf: now - 1,
+            iat: now,
+            jti: format!("e2e-{}", self.jti.fetch_add(1, Ordering::SeqCst)),
+            access,
+        };
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.typ = Some("JWT".to_owned());
+        header.x5c = Some(vec![self.x5c.clone()]);
+        jsonwebtoken::encode(&header, &claims, &self.key)
+    }
 }
 
 impl TokenServer {
     /// Generates the signing key and certificate (writing the cert PEM into `dir`) and starts
     /// serving on a free loopback port.
-    pub fn start(dir: &Path, ttl_secs: u64) -> TokenServer {
+    pub fn start(dir: &Path, ttl_secs: u64, enforce_ttl: bool) -> TokenServer {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .expect("generate ECDSA P-256 token signing key");
         let mut params = rcgen::CertificateParams::new(vec![ISSUER.to_owned()])
@@ -105,6 +163,7 @@ impl TokenServer {
             key: encoding_key,
             x5c: base64::engine::general_purpose::STANDARD.encode(cert.der().as_ref()),
             ttl_secs,
+            registry_grace: if enforce_ttl { REGISTRY_LEEWAY_SECS } else { 0 },
             pusher_password: pusher_password.clone(),
             jti: AtomicU64::new(1),
         });
@@ -115,7 +174,7 @@ impl TokenServer {
         let stop = Arc::new(AtomicBool::new(false));
         let log_path = dir.join("token.log");
         let thread = {
-            let (state, stop) = (state.clone(), stop.clone());
+            let (signer, state, stop) = (signer.clone(), state.clone(), stop.clone());
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
@@ -129,13 +188,20 @@ impl TokenServer {
             })
         };
         super::proc::say(format!(
-            "token server on http://{addr}/token (ES256, expires_in {ttl_secs}s)"
+            "token server on http://{addr}/token (ES256, expires_in {ttl_secs}s{})",
+            if enforce_ttl {
+                ", enforced at the registry"
+            } else {
+                ""
+            }
         ));
         TokenServer {
             addr,
             cert_pem_path,
             ttl_secs,
+            enforce_ttl,
             pusher_password,
+            signer,
             state,
             stop,
             thread: Some(thread),
@@ -149,6 +215,23 @@ impl TokenServer {
     /// Tokens issued so far.
     pub fn issued(&self) -> Vec<Issued> {
         self.state.issued.lock().expect("token state lock").clone()
+    }
+
+    /// A pull token for `repo` that the registry accepts for `valid_for` more seconds
+    /// (negative: already expired), for the lab's self-check.
+    pub fn mint_pull_token(&self, repo: &str, valid_for: i64) -> String {
+        self.signer
+            .mint_with_exp(
+                "self-check",
+                SERVICE,
+                vec![Access {
+                    kind: "repository".into(),
+                    name: repo.into(),
+                    actions: vec!["pull".into()],
+                }],
+                valid_for - REGISTRY_LEEWAY_SECS,
+            )
+            .expect("mint self-check token")
     }
 
     pub fn rejected(&self) -> u64 {
@@ -313,24 +396,7 @@ fn handle(mut conn: TcpStream, signer: &Signer, state: &State, log_path: &Path) 
         });
     }
 
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after epoch")
-        .as_secs();
-    let claims = Claims {
-        iss: ISSUER.to_owned(),
-        sub: subject.clone(),
-        aud: service.clone(),
-        exp: now + signer.ttl_secs,
-        nbf: now.saturating_sub(1),
-        iat: now,
-        jti: format!("e2e-{}", signer.jti.fetch_add(1, Ordering::SeqCst)),
-        access,
-    };
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.typ = Some("JWT".to_owned());
-    header.x5c = Some(vec![signer.x5c.clone()]);
-    let jwt = match jsonwebtoken::encode(&header, &claims, &signer.key) {
+    let jwt = match signer.mint(&subject, &service, access, signer.ttl_secs as i64) {
         Ok(t) => t,
         Err(e) => {
             log(format!("500 signing failed: {e}"));

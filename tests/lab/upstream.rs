@@ -9,6 +9,9 @@ use std::time::Duration;
 use super::proc::{self, Daemon};
 use super::token::{self, TokenServer};
 
+/// Per-request bandwidth of the CDN stand-in (nginx `limit_rate`): 20 MiB take ~6 s.
+pub const CDN_RATE_LIMIT: &str = "3500k";
+
 pub struct Upstream {
     pub registry_addr: SocketAddr,
     pub cdn_addr: SocketAddr,
@@ -216,6 +219,8 @@ http {{
         location / {{
             # S3-style CDNs reject a second auth mechanism: a leaked registry token is a bug.
             if ($http_authorization) {{ return 400; }}
+            # Slow enough that the ~20 MiB layer takes longer than a token lives.
+            limit_rate {rate};
         }}
     }}
 }}
@@ -224,6 +229,7 @@ http {{
             err = cdn_error_log.display(),
             acc = cdn_access_log.display(),
             root = storage_root.display(),
+            rate = CDN_RATE_LIMIT,
         );
         let conf_path = ngx.join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("write nginx.conf");
@@ -242,6 +248,14 @@ http {{
         cdn.wait_ready(Duration::from_secs(15), || {
             proc::http_status(cdn_addr, "/").is_some()
         });
+        // The leak detector works: a request with Authorization is refused (and logged).
+        let probe = proc::http_request(cdn_addr, "GET", "/", &[("Authorization", "Bearer probe")])
+            .expect("probe the CDN with an Authorization header")
+            .0;
+        assert_eq!(
+            probe, 400,
+            "nginx CDN must answer 400 to requests carrying Authorization"
+        );
 
         // --- distribution 2.8 with token auth and redirecting storage ---
         let reg = dir.join("registry");
