@@ -8,6 +8,10 @@
 //! tag_ttl = "0s"            # how long a tag->digest answer is trusted before revalidation
 //! max_size = "20GiB"        # optional: most bytes the cache may take on disk
 //! min_free = "10%"          # optional: free space to leave on the filesystem ("5GiB" or "10%")
+//! offline = false           # true: serve only from the cache, never contact upstream
+//! revalidate_timeout = "5s" # wait this long for upstream, then serve cached (or fail fast)
+//! idle_timeout = "60s"      # abort a fill that receives nothing for this long
+//! max_upstream_bandwidth = "2MiB/s"   # optional cap for all fills together
 //! default_registry = "docker.io"   # used when a request names no registry
 //! [upstream]                # shorthand for [registries."<default_registry>"]
 //! url = "https://registry-1.docker.io"
@@ -70,6 +74,18 @@ pub struct FileConfig {
     /// `min_free`: free space to leave on the cache filesystem, e.g. `"5GiB"` or `"10%"`.
     #[serde(default, deserialize_with = "de_min_free")]
     pub min_free: Option<MinFree>,
+    /// `offline`: serve only from the cache; never contact an upstream.
+    pub offline: Option<bool>,
+    /// `revalidate_timeout`: how long an upstream may take to answer (headers) before regcache
+    /// serves its cached answer or, for uncached content, a retryable error, e.g. `"5s"`.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub revalidate_timeout: Option<Duration>,
+    /// `idle_timeout`: a fill that receives no bytes for this long is aborted, e.g. `"60s"`.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// `max_upstream_bandwidth`: cap on all fills together, e.g. `"2MiB/s"`.
+    #[serde(default, deserialize_with = "de_rate")]
+    pub max_upstream_bandwidth: Option<u64>,
     /// `default_registry`: the registry a request without `ns` or path prefix means.
     pub default_registry: Option<String>,
     /// `[upstream]`: shorthand for `[registries.<default_registry>]`.
@@ -103,6 +119,28 @@ fn de_min_free<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MinFree>, D::Er
     parse_min_free(&s)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+fn de_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_rate(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// Parses a bandwidth such as `"2MiB/s"` or `"500KB/s"` into bytes per second (the `/s` is
+/// optional).
+///
+/// Errors: a message naming the value and the expected form; zero is refused.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t);
+    let v = parse_size(t)
+        .map_err(|_| format!("{s:?} is not a bandwidth; write e.g. \"2MiB/s\", \"500KB/s\""))?;
+    if v == 0 || v > u32::MAX as u64 {
+        return Err(format!(
+            "{s:?}: a bandwidth must be between 1 B/s and 4 GiB/s"
+        ));
+    }
+    Ok(v)
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -142,7 +180,25 @@ pub struct ServeArgs {
     /// Free space to leave on the cache filesystem, e.g. 5GiB or 10% [default: none].
     #[arg(long, value_name = "SIZE|PERCENT", value_parser = parse_min_free)]
     pub min_free: Option<MinFree>,
+    /// Serve only from the cache; never contact an upstream.
+    #[arg(long)]
+    pub offline: bool,
+    /// How long an upstream may take to answer before the cached answer (or a retryable error)
+    /// is served, e.g. 5s [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub revalidate_timeout: Option<Duration>,
+    /// Abort a fill that receives no bytes for this long, e.g. 60s [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Cap on the upstream bandwidth of all fills together, e.g. 2MiB/s [default: none].
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_upstream_bandwidth: Option<u64>,
 }
+
+/// Default for `revalidate_timeout`.
+pub const DEFAULT_REVALIDATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for `idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Flags of the operator commands (`status`, `verify`, `gc`): where the cache is and its budget.
 #[derive(Debug, Default, Clone, clap::Args)]
@@ -245,6 +301,14 @@ pub struct Config {
     pub tag_ttl: Duration,
     /// Disk budget (`max_size`, `min_free`).
     pub budget: Budget,
+    /// Serve only from the cache.
+    pub offline: bool,
+    /// Bound on waiting for an upstream's answer (headers), for revalidations and fills.
+    pub revalidate_timeout: Duration,
+    /// A fill receiving nothing for this long is aborted.
+    pub idle_timeout: Duration,
+    /// Cap on upstream bytes per second, all fills together.
+    pub max_upstream_bandwidth: Option<u64>,
     /// Registry used when a request names none.
     pub default_registry: String,
     /// Every mirrored registry, the default among them.
@@ -389,6 +453,20 @@ impl Config {
                 max_size: args.max_size.or(file.max_size),
                 min_free: args.min_free.or(file.min_free),
             },
+            offline: args.offline || file.offline.unwrap_or(false),
+            revalidate_timeout: nonzero(
+                "revalidate_timeout",
+                args.revalidate_timeout
+                    .or(file.revalidate_timeout)
+                    .unwrap_or(DEFAULT_REVALIDATE_TIMEOUT),
+            )?,
+            idle_timeout: nonzero(
+                "idle_timeout",
+                args.idle_timeout
+                    .or(file.idle_timeout)
+                    .unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            )?,
+            max_upstream_bandwidth: args.max_upstream_bandwidth.or(file.max_upstream_bandwidth),
             default_registry,
             registries,
         })
@@ -401,6 +479,16 @@ impl Config {
             .find(|r| r.registry == self.default_registry)
             .expect("resolve always configures the default registry")
     }
+}
+
+fn nonzero(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        return Err(ConfigError::Invalid {
+            key,
+            message: "must be longer than 0s".into(),
+        });
+    }
+    Ok(d)
 }
 
 /// `https://registry-1.docker.io` for docker.io, else `https://<name>`.
@@ -615,6 +703,23 @@ mod tests {
         assert_eq!(c.budget.min_free, Some(MinFree::Percent(10.0)));
         let e = parse_file("max_size = \"big\"\n").unwrap_err();
         assert!(e.contains("line 1") && e.contains("size"), "{e}");
+    }
+
+    #[test]
+    fn outage_keys() {
+        let c = resolve("offline = true\nrevalidate_timeout = \"2s\"\nidle_timeout = \"30s\"\nmax_upstream_bandwidth = \"2MiB/s\"\n", &ServeArgs::default()).unwrap();
+        assert!(c.offline);
+        assert_eq!(c.revalidate_timeout, Duration::from_secs(2));
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_upstream_bandwidth, Some(2 << 20));
+        let c = resolve("", &ServeArgs::default()).unwrap();
+        assert!(!c.offline);
+        assert_eq!(c.revalidate_timeout, DEFAULT_REVALIDATE_TIMEOUT);
+        assert!(resolve("idle_timeout = \"0s\"\n", &ServeArgs::default()).is_err());
+        assert!(parse_file("max_upstream_bandwidth = \"fast\"\n")
+            .unwrap_err()
+            .contains("bandwidth"));
+        assert_eq!(parse_rate("500KB").unwrap(), 500_000);
     }
 
     #[test]

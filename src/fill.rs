@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::CONTENT_LENGTH;
@@ -39,6 +40,8 @@ use crate::upstream::{error_chain, Upstream, UpstreamError, BODY_IDLE_TIMEOUT};
 
 /// Bytes read from the temp file per follower step.
 const FOLLOW_CHUNK: usize = 256 * 1024;
+/// Most resume attempts (`Range: bytes=N-`) after the upstream connection drops mid-blob.
+pub const MAX_RESUMES: u32 = 5;
 /// Chunks buffered between the network reader and the disk writer.
 const WRITE_QUEUE: usize = 64;
 /// Most bytes a pass-through fill holds in memory for its followers.
@@ -263,8 +266,51 @@ impl Fill {
 pub struct Fills {
     /// Running fills by digest. Held only briefly (never across I/O).
     map: Mutex<HashMap<Digest, Arc<Fill>>>,
+    /// How fills behave.
+    settings: FillSettings,
+}
+
+/// How fills behave.
+#[derive(Clone, Default)]
+pub struct FillSettings {
     /// The disk budget (which blobs are too large to cache).
-    budget: Budget,
+    pub budget: Budget,
+    /// A fill receiving nothing for this long is aborted (default 60 s when zero).
+    pub idle_timeout: Duration,
+    /// Shared cap on upstream bytes per second, all fills together.
+    pub bandwidth: Option<Arc<Bandwidth>>,
+}
+
+/// A byte-rate limit shared by all fills (a token bucket from the `governor` crate).
+pub struct Bandwidth {
+    /// The bucket: one cell per byte.
+    limiter: governor::DefaultDirectRateLimiter,
+    /// Largest number of bytes asked for at once (the bucket's burst).
+    burst: u32,
+}
+
+impl Bandwidth {
+    /// A limit of `bytes_per_second` (1 ..= u32::MAX).
+    pub fn new(bytes_per_second: u64) -> Bandwidth {
+        let rate = u32::try_from(bytes_per_second.max(1)).unwrap_or(u32::MAX);
+        let burst = (rate / 4).max(16 * 1024).min(rate);
+        let nz = |v: u32| std::num::NonZeroU32::new(v.max(1)).expect("nonzero");
+        let quota = governor::Quota::per_second(nz(rate)).allow_burst(nz(burst));
+        Bandwidth {
+            limiter: governor::RateLimiter::direct(quota),
+            burst,
+        }
+    }
+
+    /// Waits until `n` more bytes may be received.
+    pub async fn consume(&self, mut n: usize) {
+        while n > 0 {
+            let k = n.min(self.burst as usize);
+            let nz = std::num::NonZeroU32::new(k as u32).expect("k > 0");
+            let _ = self.limiter.until_n_ready(nz).await;
+            n -= k;
+        }
+    }
 }
 
 /// What [`Fills::join`] found.
@@ -283,11 +329,14 @@ pub enum Joined {
 }
 
 impl Fills {
-    /// No fills yet; `budget` decides which blobs are too large to cache.
-    pub fn new(budget: Budget) -> Fills {
+    /// No fills yet.
+    pub fn new(mut settings: FillSettings) -> Fills {
+        if settings.idle_timeout.is_zero() {
+            settings.idle_timeout = BODY_IDLE_TIMEOUT;
+        }
         Fills {
             map: Mutex::new(HashMap::new()),
-            budget,
+            settings,
         }
     }
 
@@ -441,7 +490,7 @@ async fn fetch(
         .and_then(|v| v.parse::<u64>().ok());
 
     let too_large = len.and_then(|l| {
-        if !guard.fills.budget.admits(l) {
+        if !guard.fills.settings.budget.admits(l) {
             Some("larger than max_size")
         } else if fs_space(&store).is_some_and(|fs| l > fs.available) {
             Some("larger than the free space on the cache filesystem")
@@ -483,35 +532,48 @@ async fn fetch(
     let (wfill, wfills) = (fill.clone(), guard.fills.clone());
     let writer = tokio::task::spawn_blocking(move || write_loop(sink, chunk_rx, &wfill, &wfills));
 
+    let settings = guard.fills.settings.clone();
+    let idle = settings.idle_timeout;
     let mut body = resp.into_body();
     let mut received: u64 = 0;
-    let mut body_error = None;
-    loop {
-        match tokio::time::timeout(BODY_IDLE_TIMEOUT, body.frame()).await {
-            Err(_) => {
-                body_error = Some(format!("no bytes for {BODY_IDLE_TIMEOUT:?}"));
-                break;
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                body_error = Some(error_chain(&e));
-                break;
-            }
+    let mut resumes = 0;
+    let body_error = loop {
+        let broke = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => break Some(format!("no bytes for {idle:?} (idle_timeout)")),
+            Ok(None) if len.is_some_and(|l| received < l) => "connection closed early".to_string(),
+            Ok(None) => break None,
+            Ok(Some(Err(e))) => error_chain(&e),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     received += data.len() as u64;
                     if len.is_some_and(|l| received > l) {
-                        body_error =
-                            Some("upstream sent more bytes than its Content-Length".into());
-                        break;
+                        break Some("upstream sent more bytes than its Content-Length".into());
+                    }
+                    if let Some(bw) = &settings.bandwidth {
+                        bw.consume(data.len()).await;
                     }
                     if chunk_tx.send(data).await.is_err() {
-                        break; // the writer failed; its error is reported below
+                        break None; // the writer failed; its error is reported below
                     }
                 }
+                continue;
             }
+        };
+        // The connection dropped mid-blob: resume from where it broke.
+        resumes += 1;
+        if resumes > MAX_RESUMES {
+            break Some(format!(
+                "{broke}; gave up after {MAX_RESUMES} resume attempts"
+            ));
         }
-    }
+        let pause = Duration::from_millis(200 << (resumes - 1)).min(Duration::from_secs(5));
+        tracing::warn!(digest = %fill.digest, at = received, attempt = resumes, error = %broke, "upstream download broke off; resuming");
+        tokio::time::sleep(pause).await;
+        match resume(upstream, name, &path, received, len).await {
+            Ok(b) => body = b,
+            Err(why) => break Some(format!("{broke}; cannot resume: {why}")),
+        }
+    };
     drop(chunk_tx);
     let sink = writer.await.map_err(|e| FillError::Disk(e.to_string()))??;
     let written = match &sink {
@@ -570,6 +632,58 @@ async fn fetch(
             Ok((written, false))
         }
     }
+}
+
+/// Asks upstream for the rest of the blob from byte `from` and checks the answer really
+/// continues the same object (206 with a `Content-Range` starting at `from`, of the same total).
+async fn resume(
+    upstream: &Upstream,
+    name: &str,
+    path: &str,
+    from: u64,
+    len: Option<u64>,
+) -> Result<hyper::body::Incoming, String> {
+    let mut h = HeaderMap::new();
+    h.insert(
+        http::header::RANGE,
+        http::HeaderValue::from_str(&format!("bytes={from}-")).expect("ascii"),
+    );
+    let resp = upstream
+        .send(Method::GET, name, path, &h)
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status() != StatusCode::PARTIAL_CONTENT {
+        return Err(format!(
+            "upstream answered {} to a Range request",
+            resp.status()
+        ));
+    }
+    let cr = resp
+        .headers()
+        .get(http::header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let (start, total) =
+        parse_content_range(&cr).ok_or_else(|| format!("bad Content-Range {cr:?}"))?;
+    if start != from || len.is_some_and(|l| total != Some(l)) {
+        return Err(format!(
+            "Content-Range {cr:?} does not continue at byte {from}"
+        ));
+    }
+    Ok(resp.into_body())
+}
+
+/// Parses `bytes a-b/total` (total may be `*`): returns (a, total).
+fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (a, _) = range.split_once('-')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((a.trim().parse().ok()?, total))
 }
 
 /// The writer thread's loop. On a disk write error it deletes the temp file and switches to

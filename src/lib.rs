@@ -5,6 +5,7 @@
 //! - [`config`]: the TOML file, the flags and the embedded defaults.
 //! - [`server`]: the listener, HTTP/1.1 + HTTP/2 serving, the access log, graceful shutdown.
 //! - [`routes`]: the pull API — hit / miss / coalesced / stale decisions per endpoint.
+//! - [`prefetch`]: `regcache prefetch` — warming a cache with whole images ahead of time.
 //! - [`reference`]: repository names, tags, digests and route parsing (spec grammars).
 //! - [`upstream`]: the upstream client — rustls, token auth, redirects without credentials.
 //! - [`store`]: the content-addressed cache on disk (temp file, hash, fsync, rename).
@@ -22,6 +23,7 @@ pub mod error;
 pub mod eviction;
 pub mod fill;
 pub mod mmap;
+pub mod prefetch;
 pub mod reference;
 pub mod routes;
 pub mod server;

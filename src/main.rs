@@ -24,6 +24,8 @@ enum Command {
     /// Re-hash every cached object and remove those that do not match their digest
     /// (exit status 1 when any was removed).
     Verify(CacheArgs),
+    /// Fetch whole images into the cache ahead of time (mirror running or not).
+    Prefetch(regcache::prefetch::PrefetchArgs),
     /// Evict least recently used content now, down to the budget's low watermark.
     Gc {
         #[command(flatten)]
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Prefetch(args) => prefetch(args),
         Command::Status(args) => with_cache(&args, |s| {
             print!("{}", regcache::admin::status(s)?);
             Ok(ExitCode::SUCCESS)
@@ -85,6 +88,33 @@ fn main() -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }),
+    }
+}
+
+fn prefetch(args: regcache::prefetch::PrefetchArgs) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("regcache: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(regcache::prefetch::run(&args)) {
+        Ok(s) => {
+            println!(
+                "prefetched {} images: {} manifests, {} blobs fetched ({}), {} blobs already cached",
+                s.images,
+                s.manifests,
+                s.blobs_fetched,
+                regcache::admin::human(s.bytes_fetched),
+                s.blobs_cached
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("regcache prefetch: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

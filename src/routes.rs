@@ -109,12 +109,29 @@ impl App {
             }
         });
         crate::eviction::spawn(&store, config.budget);
+        App::with_store(config, store)
+    }
+
+    /// Builds the mirror's state over an already opened store (no evictor is started).
+    ///
+    /// Errors: a TLS setup error for a registry.
+    pub fn with_store(config: Config, store: Store) -> std::io::Result<App> {
         let mut registries = BTreeMap::new();
         for r in &config.registries {
-            registries.insert(r.registry.clone(), Arc::new(Upstream::new(r)?));
+            let opts = crate::upstream::UpstreamOptions {
+                timeout: config.revalidate_timeout,
+                offline: config.offline,
+            };
+            registries.insert(r.registry.clone(), Arc::new(Upstream::new(r, opts)?));
         }
         Ok(App {
-            fills: Arc::new(Fills::new(config.budget)),
+            fills: Arc::new(Fills::new(crate::fill::FillSettings {
+                budget: config.budget,
+                idle_timeout: config.idle_timeout,
+                bandwidth: config
+                    .max_upstream_bandwidth
+                    .map(|b| Arc::new(crate::fill::Bandwidth::new(b))),
+            })),
             config,
             store,
             registries,
@@ -607,7 +624,7 @@ async fn manifest_by_tag(
 ) -> Result<(Digest, StoredManifest, CacheResult), ApiError> {
     let ttl = app.config.tag_ttl;
     if let Some((entry, d, m)) = cached_tag(app, up, name, tag)? {
-        if fresh(&entry, ttl) {
+        if fresh(&entry, ttl) || app.config.offline {
             return Ok((d, m, CacheResult::Hit));
         }
     }
@@ -879,6 +896,26 @@ fn upstream_error(e: &UpstreamError, kind: Kind) -> ApiError {
                 err = err.with_header(RETRY_AFTER, ra.clone());
             }
             err
+        }
+        UpstreamError::Offline => {
+            ApiError::unavailable("offline mode: this content is not in the cache")
+        }
+        UpstreamError::BackingOff {
+            retry_after,
+            rate_limited,
+            ..
+        } => {
+            let secs = HeaderValue::from(retry_after.as_secs().max(1));
+            let e = if *rate_limited {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TOOMANYREQUESTS",
+                    format!("{e}; not cached here; retry later"),
+                )
+            } else {
+                ApiError::unavailable(format!("{e}; not cached here; retry later"))
+            };
+            e.with_header(RETRY_AFTER, secs)
         }
         UpstreamError::Protocol(m) => ApiError::new(
             StatusCode::BAD_GATEWAY,

@@ -385,6 +385,20 @@ impl Store {
         }
     }
 
+    /// Opens (creating if needed) a cache that a running mirror may be using too (for
+    /// `regcache prefetch`): `tmp/` is left alone, the index is loaded at once.
+    ///
+    /// Errors: the I/O error if the directories cannot be created or read.
+    pub fn open_shared(root: impl Into<PathBuf>) -> io::Result<(Store, ScanReport)> {
+        let root = root.into();
+        for d in ["blobs", "manifests", "tags", "tmp"] {
+            fs::create_dir_all(root.join(d))?;
+        }
+        let store = Store::empty(root);
+        let report = store.rebuild_index()?;
+        Ok((store, report))
+    }
+
     /// Opens an existing cache for operator commands, which may run beside a serving mirror:
     /// nothing is cleaned or healed (temp files may be fills in progress).
     ///

@@ -26,13 +26,16 @@ use url::Url;
 
 use crate::config::{Credentials, UpstreamConfig};
 
+/// After an upstream timeout, how long requests skip it (cached answers are served meanwhile).
+pub const DOWN_BACKOFF: Duration = Duration::from_secs(10);
+/// `Retry-After` assumed for a 429 that gives none (or gives an HTTP-date).
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Longest `Retry-After` honoured.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// `User-Agent` sent upstream.
 const USER_AGENT_VALUE: &str = concat!("regcache/", env!("CARGO_PKG_VERSION"));
-/// TCP connect timeout.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed for an upstream to send response headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest pause between two body chunks of an upstream response.
+/// Longest pause between two body chunks of a manifest or token answer.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
@@ -64,6 +67,19 @@ pub enum UpstreamError {
     /// Upstream broke the protocol (bad redirect, oversized or malformed answer).
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    /// `offline = true`: regcache does not contact upstreams.
+    #[error("offline mode: upstream is not contacted")]
+    Offline,
+    /// Upstream recently answered 429 (honouring its `Retry-After`) or timed out; nothing is
+    /// sent to it until the back-off ends.
+    #[error("upstream {host} is {} for another {}s", if *.rate_limited { "rate limiting us" } else { "not answering" }, .retry_after.as_secs().max(1))]
+    BackingOff {
+        host: String,
+        /// Time left until requests go upstream again.
+        retry_after: Duration,
+        /// Whether the back-off comes from a 429.
+        rate_limited: bool,
+    },
 }
 
 impl UpstreamError {
@@ -209,6 +225,23 @@ pub struct Upstream {
     client: HttpsClient,
     /// Challenge and tokens.
     auth: Mutex<AuthState>,
+    /// Bound on connecting and receiving response headers (`revalidate_timeout`).
+    timeout: Duration,
+    /// `offline = true`: never send anything.
+    offline: bool,
+    /// Until when requests skip this upstream, and whether because of a 429.
+    backoff: Mutex<Option<(Instant, bool)>>,
+    /// Docker Hub's last `ratelimit-limit` / `ratelimit-remaining` values.
+    rate_limit: Mutex<Option<(String, String)>>,
+}
+
+/// Settings shared by every upstream of a mirror.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamOptions {
+    /// Bound on connecting and receiving response headers.
+    pub timeout: Duration,
+    /// Never contact upstream.
+    pub offline: bool,
 }
 
 impl Upstream {
@@ -217,10 +250,10 @@ impl Upstream {
     ///
     /// Errors: an I/O error when the TLS configuration cannot be built (a bad `ca_file`
     /// certificate).
-    pub fn new(cfg: &UpstreamConfig) -> std::io::Result<Upstream> {
+    pub fn new(cfg: &UpstreamConfig, opts: UpstreamOptions) -> std::io::Result<Upstream> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_connect_timeout(Some(opts.timeout));
         http.set_nodelay(true);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config(&cfg.extra_roots)?)
@@ -237,6 +270,10 @@ impl Upstream {
             credentials: cfg.credentials.clone(),
             client,
             auth: Mutex::new(AuthState::default()),
+            timeout: opts.timeout,
+            offline: opts.offline,
+            backoff: Mutex::new(None),
+            rate_limit: Mutex::new(None),
         })
     }
 
@@ -262,6 +299,12 @@ impl Upstream {
         path_and_query: &str,
         headers: &HeaderMap,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        if self.offline {
+            return Err(UpstreamError::Offline);
+        }
+        if let Some(e) = self.backing_off() {
+            return Err(e);
+        }
         let mut url = self
             .base
             .join(path_and_query)
@@ -338,8 +381,66 @@ impl Upstream {
                 url = next;
                 continue;
             }
+            if status == StatusCode::TOO_MANY_REQUESTS && on_origin {
+                let wait = resp
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs)
+                    .unwrap_or(DEFAULT_RETRY_AFTER)
+                    .min(MAX_RETRY_AFTER);
+                tracing::warn!(upstream = %self.host(), retry_after_s = wait.as_secs(), "upstream rate limit hit (429); serving from cache until Retry-After passes");
+                *self.backoff.lock().expect("backoff lock") = Some((Instant::now() + wait, true));
+            }
+            self.record_rate_limit(resp.headers());
             return Ok(resp);
         }
+    }
+
+    /// The back-off in force, if any, as an error.
+    fn backing_off(&self) -> Option<UpstreamError> {
+        let mut b = self.backoff.lock().expect("backoff lock");
+        match *b {
+            Some((until, rate_limited)) => {
+                let now = Instant::now();
+                if now >= until {
+                    *b = None;
+                    return None;
+                }
+                Some(UpstreamError::BackingOff {
+                    host: self.host(),
+                    retry_after: until - now,
+                    rate_limited,
+                })
+            }
+            None => None,
+        }
+    }
+
+    /// Keeps Docker Hub's `ratelimit-limit` / `ratelimit-remaining` and logs changes.
+    fn record_rate_limit(&self, headers: &HeaderMap) {
+        let get = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (Some(limit), Some(remaining)) = (get("ratelimit-limit"), get("ratelimit-remaining"))
+        else {
+            return;
+        };
+        let mut r = self.rate_limit.lock().expect("rate lock");
+        if r.as_ref() != Some(&(limit.clone(), remaining.clone())) {
+            tracing::info!(upstream = %self.host(), limit = %limit, remaining = %remaining, "upstream rate limit");
+            *r = Some((limit, remaining));
+        }
+    }
+
+    /// Docker Hub's last reported rate limit: (`ratelimit-limit`, `ratelimit-remaining`), e.g.
+    /// `("100;w=21600", "76;w=21600")`.
+    pub fn rate_limit(&self) -> Option<(String, String)> {
+        self.rate_limit.lock().expect("rate lock").clone()
     }
 
     /// Sends `req` with the header timeout, mapping transport errors.
@@ -348,11 +449,16 @@ impl Upstream {
         req: Request<Empty<Bytes>>,
         url: &Url,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(HEADER_TIMEOUT, self.client.request(req)).await {
-            Err(_) => Err(UpstreamError::Timeout {
-                host: host_of(url),
-                after: HEADER_TIMEOUT,
-            }),
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Err(_) => {
+                tracing::warn!(upstream = %host_of(url), after = ?self.timeout, backoff = ?DOWN_BACKOFF, "upstream did not answer; skipping it for a while");
+                *self.backoff.lock().expect("backoff lock") =
+                    Some((Instant::now() + DOWN_BACKOFF, false));
+                Err(UpstreamError::Timeout {
+                    host: host_of(url),
+                    after: self.timeout,
+                })
+            }
             Ok(Err(e)) => Err(UpstreamError::Connect {
                 host: host_of(url),
                 reason: error_chain(&e),

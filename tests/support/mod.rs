@@ -72,6 +72,10 @@ pub struct Counters {
     pub unauthorized: AtomicU64,
     /// tags/list GETs.
     pub tags_list: AtomicU64,
+    /// Body bytes the CDN sent.
+    pub cdn_bytes: AtomicU64,
+    /// Range requests the CDN received.
+    pub cdn_ranges: AtomicU64,
     /// The Authorization header of each token request (None when absent).
     pub token_auth: Mutex<Vec<Option<String>>>,
 }
@@ -93,6 +97,18 @@ pub struct Faults {
     pub throttle: Option<(usize, Duration)>,
     /// CDN: send blobs chunked, without Content-Length.
     pub no_length: bool,
+    /// Registry: accept connections but never answer.
+    pub blackhole: bool,
+    /// Token endpoint: answer with this status instead of a token.
+    pub token_status: Option<u16>,
+    /// CDN: on the first GET of this digest, cut the connection after this many bytes.
+    pub cut_once: Option<(String, usize)>,
+    /// CDN: ignore Range requests (answer 200 with the whole blob).
+    pub no_range: bool,
+    /// CDN: send this many bytes, then stall (no more bytes, connection kept open).
+    pub stall_after: Option<usize>,
+    /// Registry: add Docker Hub's ratelimit headers to manifest answers.
+    pub ratelimit_headers: bool,
 }
 
 #[derive(Default)]
@@ -281,7 +297,15 @@ async fn registry_handler(
 ) -> Response<BoxBody> {
     c.total.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
+    let faults = state.lock().unwrap().faults.clone();
+    if faults.blackhole {
+        std::future::pending::<()>().await;
+    }
     if path == "/token" {
+        if let Some(s) = faults.token_status {
+            c.token_get.fetch_add(1, Ordering::SeqCst);
+            return full(s, "token service trouble");
+        }
         c.token_get.fetch_add(1, Ordering::SeqCst);
         let auth = req
             .headers()
@@ -300,7 +324,6 @@ async fn registry_handler(
             format!("{{\"token\":\"{tok}\",\"expires_in\":{life}}}"),
         );
     }
-    let faults = state.lock().unwrap().faults.clone();
     if let Some(s) = faults.status {
         let mut r = oci_error(s, "UNAVAILABLE");
         if s == 429 {
@@ -392,6 +415,10 @@ async fn registry_handler(
         h.insert("content-type", mt.parse().unwrap());
         h.insert("docker-content-digest", digest.parse().unwrap());
         h.insert("content-length", len.into());
+        if faults.ratelimit_headers {
+            h.insert("ratelimit-limit", "100;w=21600".parse().unwrap());
+            h.insert("ratelimit-remaining", "76;w=21600".parse().unwrap());
+        }
         return r;
     }
     if let Some((_name, digest)) = rest.split_once("/blobs/") {
@@ -444,21 +471,56 @@ async fn cdn_handler(
         v[last] ^= 0xff;
         blob = Bytes::from(v);
     }
+    let total = blob.len();
+    // Range: bytes=N- (what regcache sends to resume).
+    let range_start = req
+        .headers()
+        .get("range")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes="))
+        .and_then(|v| v.strip_suffix('-'))
+        .and_then(|v| v.parse::<usize>().ok());
+    if range_start.is_some() {
+        c.cdn_ranges.fetch_add(1, Ordering::SeqCst);
+    }
+    let (status, start) = match range_start {
+        Some(n) if !faults.no_range && n < total => (206, n),
+        _ => (200, 0),
+    };
+    blob = blob.slice(start..);
     let len = blob.len();
-    let throttle = match (faults.throttle, faults.no_length) {
+    let cut = {
+        let mut st = state.lock().unwrap();
+        match &st.faults.cut_once {
+            Some((d, n)) if *d == digest => {
+                let n = *n;
+                st.faults.cut_once = None;
+                Some(n)
+            }
+            _ => None,
+        }
+    };
+    let limit = cut.or(faults.stall_after).map(|n| n.min(len));
+    let stall = faults.stall_after.is_some();
+    let throttle = match (faults.throttle, faults.no_length || limit.is_some()) {
         (None, true) => Some((64 * 1024, Duration::ZERO)),
         (t, _) => t,
     };
+    let counters = c.clone();
     let body: BoxBody = match throttle {
-        None => Full::new(blob).map_err(|e| match e {}).boxed(),
+        None => {
+            counters.cdn_bytes.fetch_add(len as u64, Ordering::SeqCst);
+            Full::new(blob).map_err(|e| match e {}).boxed()
+        }
         Some((chunk, pause)) => {
             let (tx, rx) = tokio::sync::mpsc::channel::<
                 Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
             >(1);
             tokio::spawn(async move {
+                let stop = limit.unwrap_or(blob.len());
                 let mut pos = 0;
-                while pos < blob.len() {
-                    let end = (pos + chunk).min(blob.len());
+                while pos < stop {
+                    let end = (pos + chunk).min(stop);
                     if tx
                         .send(Ok(Frame::data(blob.slice(pos..end))))
                         .await
@@ -466,16 +528,35 @@ async fn cdn_handler(
                     {
                         return;
                     }
+                    counters
+                        .cdn_bytes
+                        .fetch_add((end - pos) as u64, Ordering::SeqCst);
                     pos = end;
                     tokio::time::sleep(pause).await;
+                }
+                if limit.is_some() {
+                    if stall {
+                        // Keep the connection open, send nothing more.
+                        tx.closed().await;
+                    } else {
+                        let _ = tx.send(Err("cut".into())).await;
+                    }
                 }
             });
             StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
         }
     };
-    let mut r = Response::builder().status(200).body(body).unwrap();
+    let mut r = Response::builder().status(status).body(body).unwrap();
     if !faults.no_length {
         r.headers_mut().insert("content-length", len.into());
+    }
+    if status == 206 {
+        r.headers_mut().insert(
+            "content-range",
+            format!("bytes {start}-{}/{total}", total - 1)
+                .parse()
+                .unwrap(),
+        );
     }
     r
 }

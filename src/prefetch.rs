@@ -1,0 +1,373 @@
+//! `regcache prefetch IMAGE[:TAG|@DIGEST]...`: warms a cache directory (of a running or a
+//! stopped mirror) with whole images — manifests and blobs — for the requested platforms, e.g.
+//! to pre-load an edge box before it ships. It drives the mirror's own request path in-process,
+//! so prefetched content is exactly what a pull would have cached.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::BodyExt;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::{Config, ServeArgs};
+use crate::routes::{App, CacheResult, MANIFEST_TYPES};
+use crate::store::Store;
+
+/// Flags of `regcache prefetch`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PrefetchArgs {
+    /// Images to fetch: `[registry/]name[:tag|@digest]`, e.g. `alpine:3.19`,
+    /// `ghcr.io/org/app@sha256:<64 hex>` (the registry must be configured).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+    /// Platform(s) to fetch from multi-platform images, `os/arch[/variant]` (repeatable)
+    /// [default: linux/<this machine's arch>].
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Vec<String>,
+    /// Fetch every platform of multi-platform images.
+    #[arg(long, conflicts_with = "platform")]
+    pub all_platforms: bool,
+    /// TOML config file (the mirror's; registries, credentials and cache_dir are used).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Cache directory [default: as `regcache serve`].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// URL of the default registry's upstream.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+}
+
+/// A platform filter: `os/arch[/variant]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    /// e.g. `linux`.
+    pub os: String,
+    /// e.g. `amd64` (GOARCH spelling).
+    pub arch: String,
+    /// e.g. `v8`, when given.
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// Parses `os/arch[/variant]`. Errors: a message naming the value.
+    pub fn parse(s: &str) -> Result<Platform, String> {
+        let parts: Vec<&str> = s.split('/').collect();
+        match parts.as_slice() {
+            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+                os: os.to_string(),
+                arch: arch.to_string(),
+                variant: None,
+            }),
+            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => Ok(Platform {
+                os: os.to_string(),
+                arch: arch.to_string(),
+                variant: Some(v.to_string()),
+            }),
+            _ => Err(format!(
+                "platform {s:?} is not os/arch[/variant], e.g. linux/amd64"
+            )),
+        }
+    }
+
+    /// linux/<this machine's architecture in GOARCH spelling>.
+    pub fn host() -> Platform {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "arm" => "arm",
+            "powerpc64" => "ppc64le",
+            "s390x" => "s390x",
+            "riscv64" => "riscv64",
+            other => other,
+        };
+        Platform {
+            os: "linux".into(),
+            arch: arch.into(),
+            variant: None,
+        }
+    }
+
+    fn matches(&self, p: &serde_json::Value) -> bool {
+        p["os"] == self.os.as_str()
+            && p["architecture"] == self.arch.as_str()
+            && self.variant.as_deref().is_none_or(|v| p["variant"] == v)
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An image reference split into registry, repository and reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// Registry name (`docker.io`), or `None` for the default registry.
+    pub registry: Option<String>,
+    /// Repository name (`library/alpine`; a bare docker.io name is completed by the mirror).
+    pub name: String,
+    /// Tag or `sha256:...` digest (`latest` when absent).
+    pub reference: String,
+}
+
+/// Parses `[registry/]name[:tag|@digest]` the way docker does: the first component is a
+/// registry when it contains `.` or `:` or is `localhost`.
+///
+/// Errors: a message naming the reference and what is wrong.
+pub fn parse_image(s: &str) -> Result<ImageRef, String> {
+    let (rest, digest) = match s.split_once('@') {
+        Some((r, d)) => (r, Some(d.to_string())),
+        None => (s, None),
+    };
+    let (rest, tag) = match rest.rsplit_once(':') {
+        Some((r, t)) if !t.contains('/') => (r, Some(t.to_string())),
+        _ => (rest, None),
+    };
+    let (registry, name) = match rest.split_once('/') {
+        Some((first, tail))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            (Some(first.to_string()), tail.to_string())
+        }
+        _ => (None, rest.to_string()),
+    };
+    if !crate::reference::is_valid_name(&name) {
+        return Err(format!("{s:?}: {name:?} is not a repository name"));
+    }
+    let reference = match (digest, tag) {
+        (Some(d), _) => {
+            d.parse::<crate::reference::Digest>()
+                .map_err(|e| format!("{s:?}: {e}"))?;
+            d
+        }
+        (None, Some(t)) if crate::reference::is_valid_tag(&t) => t,
+        (None, Some(t)) => return Err(format!("{s:?}: {t:?} is not a tag")),
+        (None, None) => "latest".into(),
+    };
+    Ok(ImageRef {
+        registry,
+        name,
+        reference,
+    })
+}
+
+/// What a prefetch did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Images requested.
+    pub images: usize,
+    /// Manifests (indexes included) fetched or confirmed.
+    pub manifests: usize,
+    /// Blobs fetched from upstream.
+    pub blobs_fetched: usize,
+    /// Blobs already cached.
+    pub blobs_cached: usize,
+    /// Bytes of blobs fetched.
+    pub bytes_fetched: u64,
+}
+
+/// Runs the prefetch. Prints a progress bar on a terminal.
+///
+/// Errors: a message naming the image and what failed (the first failure stops the run).
+pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
+    let serve = ServeArgs {
+        config: args.config.clone(),
+        cache_dir: args.cache_dir.clone(),
+        upstream: args.upstream.clone(),
+        ..Default::default()
+    };
+    let config = Config::load(&serve).map_err(|e| e.to_string())?;
+    let platforms: Vec<Platform> = if args.platform.is_empty() {
+        vec![Platform::host()]
+    } else {
+        args.platform
+            .iter()
+            .map(|p| Platform::parse(p))
+            .collect::<Result<_, _>>()?
+    };
+    let refs: Vec<ImageRef> = args
+        .images
+        .iter()
+        .map(|i| parse_image(i))
+        .collect::<Result<_, _>>()?;
+    let budget = config.budget;
+    let (store, _) = Store::open_shared(&config.cache_dir)
+        .map_err(|e| format!("cache directory {}: {e}", config.cache_dir.display()))?;
+    let app = Arc::new(App::with_store(config, store.clone()).map_err(|e| e.to_string())?);
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg:30!} {bytes:>10}/{total_bytes:10} {bar:30} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut summary = Summary::default();
+    for r in &refs {
+        summary.images += 1;
+        let registry = r
+            .registry
+            .clone()
+            .unwrap_or_else(|| app.config.default_registry.clone());
+        let ns = format!(
+            "?ns={}",
+            url::form_urlencoded::byte_serialize(registry.as_bytes()).collect::<String>()
+        );
+        let label = format!("{registry}/{}:{}", r.name, r.reference);
+        bar.set_message(label.clone());
+        let (top, _) = get(
+            &app,
+            &format!("/v2/{}/manifests/{}{ns}", r.name, r.reference),
+        )
+        .await
+        .map_err(|e| format!("{label}: {e}"))?;
+        summary.manifests += 1;
+        let top: serde_json::Value = serde_json::from_slice(&top)
+            .map_err(|e| format!("{label}: manifest is not JSON: {e}"))?;
+        let mut images = Vec::new();
+        if let Some(children) = top["manifests"].as_array() {
+            for c in children {
+                let wanted =
+                    args.all_platforms || platforms.iter().any(|p| p.matches(&c["platform"]));
+                // Attestation manifests (platform unknown/unknown) are skipped unless --all-platforms.
+                if !wanted {
+                    continue;
+                }
+                let d = c["digest"]
+                    .as_str()
+                    .ok_or_else(|| format!("{label}: index entry without a digest"))?;
+                let (m, _) = get(&app, &format!("/v2/{}/manifests/{d}{ns}", r.name))
+                    .await
+                    .map_err(|e| format!("{label}: {d}: {e}"))?;
+                summary.manifests += 1;
+                images.push(
+                    serde_json::from_slice::<serde_json::Value>(&m)
+                        .map_err(|e| format!("{label}: {d}: {e}"))?,
+                );
+            }
+            if images.is_empty() {
+                let list: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
+                return Err(format!("{label}: no manifest for platform {} in this index (use --platform or --all-platforms)", list.join(", ")));
+            }
+        } else {
+            images.push(top);
+        }
+        for m in &images {
+            let mut blobs: Vec<(String, u64)> = Vec::new();
+            for b in
+                std::iter::once(&m["config"]).chain(m["layers"].as_array().into_iter().flatten())
+            {
+                if let Some(d) = b["digest"].as_str() {
+                    blobs.push((d.to_string(), b["size"].as_u64().unwrap_or(0)));
+                }
+            }
+            bar.inc_length(blobs.iter().map(|(_, s)| s).sum());
+            for (d, size) in blobs {
+                let (_, result) =
+                    get_counting(&app, &format!("/v2/{}/blobs/{d}{ns}", r.name), &bar)
+                        .await
+                        .map_err(|e| format!("{label}: blob {d}: {e}"))?;
+                if result == CacheResult::Hit {
+                    summary.blobs_cached += 1;
+                } else {
+                    summary.blobs_fetched += 1;
+                    summary.bytes_fetched += size;
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    if !budget.is_unbounded() {
+        let s = store.clone();
+        let _ = tokio::task::spawn_blocking(move || crate::eviction::evict_once(&s, &budget)).await;
+    }
+    Ok(summary)
+}
+
+async fn get(app: &App, path_and_query: &str) -> Result<(Bytes, CacheResult), String> {
+    get_counting(app, path_and_query, &ProgressBar::hidden()).await
+}
+
+/// GETs through the mirror's request path, draining the body (bytes counted on `bar`).
+async fn get_counting(
+    app: &App,
+    path_and_query: &str,
+    bar: &ProgressBar,
+) -> Result<(Bytes, CacheResult), String> {
+    let mut req = Request::builder().method(Method::GET).uri(path_and_query);
+    for t in MANIFEST_TYPES {
+        req = req.header(http::header::ACCEPT, t);
+    }
+    let req = req.body(()).map_err(|e| e.to_string())?;
+    let (resp, result) = crate::routes::handle(app, &req).await;
+    let status = resp.status();
+    let mut body = resp.into_body();
+    let mut kept = Vec::new();
+    let keep = path_and_query.contains("/manifests/");
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("download broke off: {e}"))?;
+        if let Ok(data) = frame.into_data() {
+            if keep || !status.is_success() {
+                kept.extend_from_slice(&data);
+            } else {
+                bar.inc(data.len() as u64);
+            }
+        }
+    }
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<serde_json::Value>(&kept)
+            .ok()
+            .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        return Err(format!("{status} {msg}"));
+    }
+    Ok((Bytes::from(kept), result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_references() {
+        let r = parse_image("alpine").unwrap();
+        assert_eq!(
+            (r.registry, r.name.as_str(), r.reference.as_str()),
+            (None, "alpine", "latest")
+        );
+        let r = parse_image("docker.io/library/alpine:3.19").unwrap();
+        assert_eq!(
+            (r.registry.as_deref(), r.name.as_str(), r.reference.as_str()),
+            (Some("docker.io"), "library/alpine", "3.19")
+        );
+        let r = parse_image("localhost:5000/a/b@sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855").unwrap();
+        assert_eq!(r.registry.as_deref(), Some("localhost:5000"));
+        assert!(r.reference.starts_with("sha256:"));
+        assert!(parse_image("UPPER/case").is_err());
+        assert!(parse_image("a@sha256:zz").is_err());
+    }
+
+    #[test]
+    fn platforms() {
+        let p = Platform::parse("linux/arm64/v8").unwrap();
+        assert!(p.matches(
+            &serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v8"})
+        ));
+        assert!(!p.matches(
+            &serde_json::json!({"os": "linux", "architecture": "arm64", "variant": "v7"})
+        ));
+        assert!(Platform::parse("linux").is_err());
+        assert_eq!(
+            Platform::parse("linux/amd64").unwrap().to_string(),
+            "linux/amd64"
+        );
+    }
+}
