@@ -22,11 +22,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
@@ -38,12 +37,12 @@ use crate::reference::Digest;
 use crate::store::{CommitError, FillFile, Hasher, Store};
 use crate::upstream::{error_chain, Upstream, UpstreamError, BODY_IDLE_TIMEOUT};
 
-/// Bytes read from the temp file per follower step.
-const FOLLOW_CHUNK: usize = 256 * 1024;
+/// Most bytes a follower maps from the temp file per step.
+const FOLLOW_CHUNK: usize = 4 << 20;
 /// Most resume attempts (`Range: bytes=N-`) after the upstream connection drops mid-blob.
 pub const MAX_RESUMES: u32 = 5;
 /// Chunks buffered between the network reader and the disk writer.
-const WRITE_QUEUE: usize = 64;
+const WRITE_QUEUE: usize = 16;
 /// Most bytes a pass-through fill holds in memory for its followers.
 pub const MEM_WINDOW: usize = 4 << 20;
 
@@ -816,10 +815,14 @@ pub async fn follow(
                 _ => {
                     let stop = mem_start.map_or(limit, |m| m.min(limit));
                     match file {
-                        Some(f) => read_at(f, pos, ((stop - pos) as usize).min(want))
-                            .await
-                            .map(Some)
-                            .map_err(Into::into),
+                        // The written prefix of the temp file never changes: map it (and so
+                        // send it with sendfile, like a hit).
+                        Some(f) => {
+                            let n = ((stop - pos) as usize).min(want) as u64;
+                            crate::mmap::map_range(&f, pos, pos + n)
+                                .map(Some)
+                                .map_err(Into::into)
+                        }
                         None => Err("fill has no file".into()),
                     }
                 }
@@ -853,25 +856,4 @@ pub async fn follow(
             return;
         }
     }
-}
-
-async fn read_at(file: Arc<File>, pos: u64, n: usize) -> std::io::Result<Bytes> {
-    tokio::task::spawn_blocking(move || {
-        let mut buf = BytesMut::zeroed(n);
-        let mut got = 0;
-        while got < n {
-            let k = file.read_at(&mut buf[got..], pos + got as u64)?;
-            if k == 0 {
-                break;
-            }
-            got += k;
-        }
-        if got == 0 {
-            return Err(std::io::Error::other("fill file shorter than its progress"));
-        }
-        buf.truncate(got);
-        Ok(buf.freeze())
-    })
-    .await
-    .map_err(std::io::Error::other)?
 }

@@ -1,52 +1,123 @@
-//! Zero-copy hits: committed, immutable cache files mapped into memory window by window and
-//! handed to hyper as `Bytes`, so blob bytes go from the page cache to the socket without a copy
-//! through a user-space buffer. Each window is unmapped as soon as hyper has written it, which
-//! keeps the resident set small however large the blob and however many clients.
+//! Zero-copy hits: blob bytes go from the page cache to the socket without a copy through a
+//! user-space buffer.
 //!
-//! This is the only module with `unsafe`.
+//! Committed (immutable) cache files — and the already-written part of a fill's temp file — are
+//! mapped window by window and handed to hyper as `Bytes`. Every mapping is registered by
+//! address. [`ZeroCopyStream`], the socket type the server gives hyper, looks up each buffer
+//! hyper asks it to write: when the buffer lies inside a registered mapping it calls
+//! `sendfile(2)` on the file at the matching offset instead of `write(2)`, so the kernel moves
+//! page-cache pages to the socket and the mapping itself is never touched (no page faults, no
+//! resident memory). Any other buffer (headers, TLS records, bytes hyper copied) is written
+//! normally — the bytes are the same either way, so correctness never depends on the lookup.
+//!
+//! This is the only module with `unsafe` (the `mmap` call).
 #![allow(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, LazyLock, RwLock};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::body::BoxError;
 
 /// Bytes mapped per window (a multiple of every page size in use).
-pub const WINDOW: u64 = 1 << 20;
+pub const WINDOW: u64 = 4 << 20;
+
+/// Bytes sent with `sendfile(2)` since the start (for tests and metrics).
+static SENDFILE_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Bytes sent with `sendfile(2)` since the process started.
+pub fn sendfile_bytes() -> u64 {
+    SENDFILE_BYTES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A live mapping: its length, the file and the file offset of its first byte.
+struct MapInfo {
+    len: usize,
+    file: Arc<File>,
+    offset: u64,
+}
+
+/// Live mappings by start address.
+static REGISTRY: LazyLock<RwLock<BTreeMap<usize, MapInfo>>> =
+    LazyLock::new(|| RwLock::new(BTreeMap::new()));
+
+/// A mapping that stays registered for as long as it lives.
+struct Registered {
+    map: memmap2::Mmap,
+}
+
+impl AsRef<[u8]> for Registered {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // Unregister before the mapping goes (the field drops after this).
+        REGISTRY
+            .write()
+            .expect("mmap registry")
+            .remove(&(self.map.as_ptr() as usize));
+    }
+}
 
 /// Maps bytes `[start, end)` of `file` read-only and returns them as `Bytes` (which keeps the
 /// mapping alive while any slice of it lives). An empty range gives an empty `Bytes`.
 ///
+/// `file` must be a committed cache file, or a fill's temp file with at least `end` bytes
+/// written (fills only append, so written bytes never change).
+///
 /// Errors: the `mmap(2)` error.
-pub fn map_range(file: &File, start: u64, end: u64) -> io::Result<Bytes> {
+pub fn map_range(file: &Arc<File>, start: u64, end: u64) -> io::Result<Bytes> {
     if end <= start {
         return Ok(Bytes::new());
     }
-    // mmap offsets must be page-aligned; WINDOW-aligning is stricter and cheap.
+    // mmap offsets must be page-aligned.
     let aligned = start - start % 4096;
     let len =
         usize::try_from(end - aligned).map_err(|_| io::Error::other("range too large to map"))?;
-    // SAFETY: regcache maps only committed cache files. A committed file is never written again:
-    // fills write to a temp file and rename it into place, and eviction or healing only unlinks
-    // (open mappings keep the old inode). The one way the bytes could change under us is another
-    // process writing into the cache directory by hand, which the operator docs forbid; the
-    // file's length was checked against its name (and so its digest-verified size) before mapping.
+    // SAFETY: the mapped bytes never change while mapped. Committed files are never written again
+    // (fills write a temp file and rename it into place; eviction and healing only unlink, which
+    // keeps the inode alive for open mappings), and a fill's temp file is only appended to, and
+    // only its already-written prefix is mapped. The length was checked against the file's
+    // (digest-verified) size before mapping, so no access goes past the end of the file. The one
+    // way bytes could change underneath is another process writing into the cache directory by
+    // hand, which the operator docs forbid.
     let map = unsafe {
         memmap2::MmapOptions::new()
             .offset(aligned)
             .len(len)
-            .map(file)?
+            .map(&**file)?
     };
-    let _ = map.advise(memmap2::Advice::Sequential);
     let _ = map.advise(memmap2::Advice::WillNeed);
+    REGISTRY.write().expect("mmap registry").insert(
+        map.as_ptr() as usize,
+        MapInfo {
+            len,
+            file: file.clone(),
+            offset: aligned,
+        },
+    );
     let skip = (start - aligned) as usize;
-    Ok(Bytes::from_owner(map).slice(skip..))
+    Ok(Bytes::from_owner(Registered { map }).slice(skip..))
+}
+
+/// The file and file offset behind `buf`, when `buf` lies entirely inside a live mapping.
+fn lookup(buf: &[u8]) -> Option<(Arc<File>, u64)> {
+    let addr = buf.as_ptr() as usize;
+    let reg = REGISTRY.read().expect("mmap registry");
+    let (start, info) = reg.range(..=addr).next_back()?;
+    let end_in_map = (addr - start).checked_add(buf.len())?;
+    (end_in_map <= info.len).then(|| (info.file.clone(), info.offset + (addr - start) as u64))
 }
 
 /// A response body over bytes `[start, end)` of a committed file, mapped [`WINDOW`] bytes at a
@@ -102,5 +173,129 @@ impl Body for MmapBody {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::with_exact(self.end - self.pos)
+    }
+}
+
+/// A TCP stream whose writes of mapped cache bytes become `sendfile(2)` calls.
+pub struct ZeroCopyStream {
+    inner: TcpStream,
+}
+
+impl ZeroCopyStream {
+    /// Wraps an accepted connection.
+    pub fn new(inner: TcpStream) -> ZeroCopyStream {
+        ZeroCopyStream { inner }
+    }
+
+    fn poll_sendfile(
+        &self,
+        cx: &mut Context<'_>,
+        file: &File,
+        mut offset: u64,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(self.inner.poll_write_ready(cx))?;
+            let sent = self.inner.try_io(Interest::WRITABLE, || {
+                rustix::fs::sendfile(&self.inner, file, Some(&mut offset), len)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                Ok(0) if len > 0 => {
+                    // The file is shorter than its mapping claims: never expected; write no
+                    // wrong bytes, fail the connection.
+                    return Poll::Ready(Err(io::Error::other("sendfile: unexpected end of file")));
+                }
+                Ok(n) => {
+                    SENDFILE_BYTES.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncRead for ZeroCopyStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ZeroCopyStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some((file, offset)) = lookup(buf) {
+            return self.poll_sendfile(cx, &file, offset, buf.len());
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        // Plain buffers before the first mapped one go out with one writev; a mapped one first
+        // in line goes out with sendfile. Partial writes are normal for AsyncWrite.
+        let first_mapped = bufs
+            .iter()
+            .position(|b| !b.is_empty() && lookup(b).is_some());
+        match first_mapped {
+            Some(0) => {
+                let (file, offset) = lookup(&bufs[0]).expect("checked above");
+                self.poll_sendfile(cx, &file, offset, bufs[0].len())
+            }
+            Some(i) => Pin::new(&mut self.inner).poll_write_vectored(cx, &bufs[..i]),
+            None => Pin::new(&mut self.inner).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn mappings_are_found_by_address_until_dropped() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![7u8; 3 * 4096 + 10]).unwrap();
+        let f = Arc::new(f);
+        let b = map_range(&f, 5000, 3 * 4096 + 10).unwrap();
+        assert_eq!(b.len(), 3 * 4096 + 10 - 5000);
+        let (_, off) = lookup(&b).unwrap();
+        assert_eq!(off, 5000);
+        let (_, off) = lookup(&b[100..200]).unwrap();
+        assert_eq!(off, 5100);
+        let copy = b.to_vec();
+        assert!(lookup(&copy).is_none(), "a copy is not a mapping");
+        let ptr = b.as_ptr();
+        drop(b);
+        let reg = REGISTRY.read().unwrap();
+        assert!(reg
+            .range(..=(ptr as usize))
+            .next_back()
+            .is_none_or(|(s, i)| (ptr as usize) >= s + i.len));
     }
 }

@@ -63,7 +63,8 @@ pub async fn run(
                     let app = app.clone();
                     async move { Ok::<_, Infallible>(serve(&app, req).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let io = TokioIo::new(crate::mmap::ZeroCopyStream::new(stream));
+                let conn = builder.serve_connection(io, svc).into_owned();
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {

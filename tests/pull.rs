@@ -448,3 +448,25 @@ async fn restart_keeps_the_cache_and_removes_partial_fills() {
     );
     assert_eq!(n(&up.counters.total), before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_bytes_go_out_with_sendfile_not_through_user_space() {
+    let up = FakeUpstream::start(300).await;
+    let data = random_bytes(3_000_000, 30);
+    let d = up.add_blob(data.clone());
+    let m = Mirror::start(&up.url(), HOUR).await;
+    let url = m.url(&format!("/v2/library/zc/blobs/{d}"));
+    // Miss: followers map the fill's temp file.
+    let before = regcache::mmap::sendfile_bytes();
+    assert_eq!(sha256(get(&url).await.bytes()), d);
+    let miss = regcache::mmap::sendfile_bytes() - before;
+    // Hit: mapped windows of the committed file.
+    let before = regcache::mmap::sendfile_bytes();
+    assert_eq!(sha256(get(&url).await.bytes()), d);
+    let hit = regcache::mmap::sendfile_bytes() - before;
+    assert!(hit >= 3_000_000, "hit: only {hit} bytes via sendfile");
+    assert!(miss >= 2_000_000, "miss: only {miss} bytes via sendfile");
+    // Ranges are exact.
+    let r = request("GET", &url, &[("range", "bytes=4095-4200")]).await;
+    assert_eq!(&r.bytes()[..], &data[4095..=4200]);
+}
