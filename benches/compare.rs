@@ -66,6 +66,10 @@ const WRK_CONNS: usize = 32;
 const WRK_THREADS: usize = 2;
 /// wrk duration, seconds (`BENCH_WRK_SECS`).
 const WRK_SECS: u64 = 10;
+/// Rounds (`BENCH_ROUNDS`): every peer (and the direct floor) is measured once per round, fresh,
+/// in alternating order, so drift in the machine's speed during a run hits all peers alike.
+/// Figures are medians over rounds (peaks: the highest round).
+const ROUNDS: usize = 2;
 /// Manifests pushed (one per blob is the minimum; a few more for a realistic repository).
 const EXTRA_MANIFESTS: usize = 3;
 
@@ -114,6 +118,7 @@ struct Settings {
     regcache_bin: PathBuf,
     keep_work: bool,
     perf: bool,
+    rounds: usize,
 }
 
 fn env_or<T: FromStr>(name: &str, default: T) -> T {
@@ -160,10 +165,12 @@ impl Settings {
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_regcache"))),
             keep_work: std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1"),
             perf: std::env::var("BENCH_PERF").is_ok_and(|v| v == "1"),
+            rounds: env_or("BENCH_ROUNDS", ROUNDS),
         };
         assert!(s.blob_mib >= 1, "BENCH_BLOB_MIB must be at least 1");
         assert!(s.cold_samples >= 1 && s.cold_clients >= 1 && s.warm_clients >= 1);
         assert!(s.hit_repeats >= 1 && s.wrk_conns >= 1 && s.wrk_threads >= 1);
+        assert!(s.rounds >= 1, "BENCH_ROUNDS must be at least 1");
         s
     }
 
@@ -1423,6 +1430,80 @@ fn measure_peer(
 // ------------------------------------------------------------------------------------------
 // Report
 
+/// Combines one peer's rounds: samples are pooled (medians over all of them), per-round figures
+/// take the median over rounds, counts and memory peaks the worst round.
+fn merge(rounds: &[Figures]) -> Figures {
+    let pool = |g: fn(&Figures) -> &Vec<f64>| -> Vec<f64> {
+        rounds.iter().flat_map(|f| g(f).iter().copied()).collect()
+    };
+    let med = |g: fn(&Figures) -> Option<f64>| -> Option<f64> {
+        median(&rounds.iter().filter_map(g).collect::<Vec<_>>())
+    };
+    let worst = |g: fn(&Figures) -> Option<u64>| rounds.iter().filter_map(g).max();
+    let mem = |g: fn(&Figures) -> Option<MemPeak>| -> Option<MemPeak> {
+        rounds.iter().filter_map(g).reduce(|a, b| MemPeak {
+            hwm_mib: a.hwm_mib.max(b.hwm_mib),
+            anon_mib: a.anon_mib.max(b.anon_mib),
+            file_mib: a.file_mib.max(b.file_mib),
+            sampled_rss_mib: a.sampled_rss_mib.max(b.sampled_rss_mib),
+        })
+    };
+    let wrks: Vec<&Wrk> = rounds.iter().filter_map(|f| f.manifest.as_ref()).collect();
+    let wmed =
+        |g: fn(&Wrk) -> f64| median(&wrks.iter().map(|w| g(w)).collect::<Vec<_>>()).unwrap_or(0.0);
+    let manifest = (!wrks.is_empty()).then(|| Wrk {
+        rps: wmed(|w| w.rps),
+        avg_ms: wmed(|w| w.avg_ms),
+        p50_ms: wmed(|w| w.p50_ms),
+        p99_ms: wmed(|w| w.p99_ms),
+        requests: wmed(|w| w.requests as f64) as u64,
+        non_2xx: wrks.iter().map(|w| w.non_2xx).sum(),
+        socket_errors: wrks
+            .iter()
+            .map(|w| w.socket_errors.clone())
+            .filter(|e| !e.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
+        server_cpu_ms_per_k: median(
+            &wrks
+                .iter()
+                .filter_map(|w| w.server_cpu_ms_per_k)
+                .collect::<Vec<_>>(),
+        ),
+    });
+    let cold = pool(|f| &f.cold_single_samples_s);
+    let ttfb = pool(|f| &f.ttfb_samples_ms);
+    let hit = pool(|f| &f.hit_samples_mib_s);
+    Figures {
+        cold_single_s: median(&cold),
+        cold_single_samples_s: cold,
+        ttfb_ms: median(&ttfb),
+        ttfb_samples_ms: ttfb,
+        cold_conc_slowest_s: med(|f| f.cold_conc_slowest_s),
+        cold_conc_fastest_s: med(|f| f.cold_conc_fastest_s),
+        cold_conc_upstream_gets: worst(|f| f.cold_conc_upstream_gets),
+        cold_conc_upstream_heads: worst(|f| f.cold_conc_upstream_heads),
+        cold_conc_mem: mem(|f| f.cold_conc_mem),
+        hit_mib_s: median(&hit),
+        hit_samples_mib_s: hit,
+        hit_cpu_s_per_gib: med(|f| f.hit_cpu_s_per_gib),
+        manifest,
+        warm_conc_mem: mem(|f| f.warm_conc_mem),
+        warm_conc_aggregate_mib_s: med(|f| f.warm_conc_aggregate_mib_s),
+        warm_conc_cpu_s_per_gib: med(|f| f.warm_conc_cpu_s_per_gib),
+        upstream_blob_gets_total: worst(|f| f.upstream_blob_gets_total),
+        errors: rounds
+            .iter()
+            .enumerate()
+            .flat_map(|(i, f)| {
+                f.errors
+                    .iter()
+                    .map(move |e| format!("round {}: {e}", i + 1))
+            })
+            .collect(),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Better {
     Lower,
@@ -1853,7 +1934,8 @@ fn report(s: &Settings, t: &Tools, direct: &Figures, res: &BTreeMap<Peer, Figure
     }
     let _ = writeln!(
         o,
-        "- settings: blob {} MiB, cold single median of {} (distinct cold blobs), {} cold concurrent clients, {} hit GETs, {} warm concurrent clients (round-robin over {} cached blobs), wrk -t{} -c{} -d{}s\n",
+        "- settings: {} round(s), each peer fresh per round, order alternating; blob {} MiB; cold single: {} distinct cold blobs per round (median of all); {} cold concurrent clients; {} hit GETs per round; {} warm concurrent clients (round-robin over {} cached blobs); wrk -t{} -c{} -d{}s. Figures are medians over rounds; upstream GETs and memory peaks are the worst round.\n",
+        s.rounds,
         s.blob_mib,
         s.cold_samples,
         s.cold_clients,
@@ -1918,7 +2000,10 @@ fn report(s: &Settings, t: &Tools, direct: &Figures, res: &BTreeMap<Peer, Figure
         }
         let _ = writeln!(o, "{line}");
     }
-    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "\n\"regcache ÷ X\" is regcache's figure divided by X's; read it with the \"better\" column.\n"
+    );
     for p in &peers {
         let f = &res[p];
         let _ = writeln!(
@@ -1945,6 +2030,35 @@ fn report(s: &Settings, t: &Tools, direct: &Figures, res: &BTreeMap<Peer, Figure
                 None => "n/a",
             };
             let _ = writeln!(o, "| {} | {} | {met} |", t.what, t.measured);
+        }
+    }
+    o
+}
+
+/// Key figures round by round, to show how much they move within one run.
+fn rounds_table(direct: &[Figures], peers: &BTreeMap<Peer, Vec<Figures>>) -> String {
+    let mut o = String::from(
+        "\n### Round by round\n\n| peer | round | cold single s (median) | TTFB ms (median) | cold concurrent slowest s | hit MiB/s (median) | hit CPU s/GiB | manifest GETs/s |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut line = |name: &str, i: usize, f: &Figures| {
+        let _ = writeln!(
+            o,
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            i + 1,
+            fmt_num(f.cold_single_s, 3),
+            fmt_num(f.ttfb_ms, 2),
+            fmt_num(f.cold_conc_slowest_s, 3),
+            fmt_num(f.hit_mib_s, 0),
+            fmt_num(f.hit_cpu_s_per_gib, 3),
+            fmt_num(f.manifest.as_ref().map(|w| w.rps), 0),
+        );
+    };
+    for (i, f) in direct.iter().enumerate() {
+        line("upstream direct", i, f);
+    }
+    for (p, rounds) in peers {
+        for (i, f) in rounds.iter().enumerate() {
+            line(p.name(), i, f);
         }
     }
     o
@@ -1985,22 +2099,43 @@ fn main() {
         .block_on(push_content(&s, up.addr))
         .unwrap_or_else(|e| panic!("pushing test content upstream failed: {e}"));
 
-    say("direct from upstream (the floor)");
-    let direct = measure_direct(&rt, &t, &s, &up, &content, &work);
-    say(format!(
-        "direct: cold {:?} s ttfb {:?} ms hit {:?} MiB/s",
-        direct.cold_single_s, direct.ttfb_ms, direct.hit_mib_s
-    ));
-
-    let mut res = BTreeMap::new();
-    for &p in &s.peers {
-        say(format!("--- {} ---", p.name()));
-        let f = measure_peer(&rt, p, &t, &s, &up, &content, &work, &pgids);
-        res.insert(p, f);
+    let mut direct_rounds = Vec::new();
+    let mut peer_rounds: BTreeMap<Peer, Vec<Figures>> = BTreeMap::new();
+    for round in 0..s.rounds {
+        let mut order = s.peers.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        say(format!(
+            "=== round {}/{}: direct, then {} ===",
+            round + 1,
+            s.rounds,
+            order
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let d = measure_direct(&rt, &t, &s, &up, &content, &work);
+        say(format!(
+            "direct: cold {:?} s ttfb {:?} ms hit {:?} MiB/s",
+            d.cold_single_s, d.ttfb_ms, d.hit_mib_s
+        ));
+        direct_rounds.push(d);
+        for &p in &order {
+            say(format!("--- {} (round {}) ---", p.name(), round + 1));
+            let f = measure_peer(&rt, p, &t, &s, &up, &content, &work, &pgids);
+            peer_rounds.entry(p).or_default().push(f);
+        }
     }
     drop(up);
+    let direct = merge(&direct_rounds);
+    let res: BTreeMap<Peer, Figures> = peer_rounds.iter().map(|(p, r)| (*p, merge(r))).collect();
 
-    let md = report(&s, &t, &direct, &res);
+    let mut md = report(&s, &t, &direct, &res);
+    if s.rounds > 1 {
+        md.push_str(&rounds_table(&direct_rounds, &peer_rounds));
+    }
     println!("\n{md}");
     let md_path = s.out_dir.join("compare.md");
     fs::write(&md_path, &md).expect("write compare.md");
@@ -2008,10 +2143,13 @@ fn main() {
         "settings": {
             "blob_mib": s.blob_mib, "cold_samples": s.cold_samples, "cold_clients": s.cold_clients,
             "warm_clients": s.warm_clients, "hit_repeats": s.hit_repeats, "wrk_conns": s.wrk_conns,
-            "wrk_threads": s.wrk_threads, "wrk_secs": s.wrk_secs,
+            "wrk_threads": s.wrk_threads, "wrk_secs": s.wrk_secs, "rounds": s.rounds,
         },
+        "rounds": s.rounds,
         "direct": direct,
         "peers": res.iter().map(|(p, f)| (p.name(), f)).collect::<BTreeMap<_, _>>(),
+        "direct_rounds": direct_rounds,
+        "peer_rounds": peer_rounds.iter().map(|(p, r)| (p.name(), r)).collect::<BTreeMap<_, _>>(),
     });
     fs::write(
         s.out_dir.join("compare.json"),

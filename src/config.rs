@@ -10,7 +10,7 @@
 //! min_free = "10%"          # optional: free space to leave on the filesystem ("5GiB" or "10%")
 //! offline = false           # true: serve only from the cache, never contact upstream
 //! revalidate_timeout = "5s" # wait this long for upstream, then serve cached (or fail fast)
-//! idle_timeout = "60s"      # abort a fill that receives nothing for this long
+//! idle_timeout = "60s"      # drop and resume a download that receives nothing this long
 //! max_upstream_bandwidth = "2MiB/s"   # optional cap for all fills together
 //! default_registry = "docker.io"   # used when a request names no registry
 //! [upstream]                # shorthand for [registries."<default_registry>"]
@@ -80,7 +80,8 @@ pub struct FileConfig {
     /// serves its cached answer or, for uncached content, a retryable error, e.g. `"5s"`.
     #[serde(default, deserialize_with = "de_duration")]
     pub revalidate_timeout: Option<Duration>,
-    /// `idle_timeout`: a fill that receives no bytes for this long is aborted, e.g. `"60s"`.
+    /// `idle_timeout`: an upstream download that receives no bytes for this long is dropped and
+    /// resumed (at most 5 times, then the fill is aborted), e.g. `"60s"`.
     #[serde(default, deserialize_with = "de_duration")]
     pub idle_timeout: Option<Duration>,
     /// `max_upstream_bandwidth`: cap on all fills together, e.g. `"2MiB/s"`.
@@ -187,7 +188,8 @@ pub struct ServeArgs {
     /// is served, e.g. 5s [default: 5s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub revalidate_timeout: Option<Duration>,
-    /// Abort a fill that receives no bytes for this long, e.g. 60s [default: 60s].
+    /// Drop (and resume, at most 5 times) an upstream download that receives no bytes for this
+    /// long, e.g. 60s [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
     /// Cap on the upstream bandwidth of all fills together, e.g. 2MiB/s [default: none].

@@ -39,7 +39,8 @@ use crate::upstream::{error_chain, Upstream, UpstreamError, BODY_IDLE_TIMEOUT};
 
 /// Most bytes a follower maps from the temp file per step.
 const FOLLOW_CHUNK: usize = 4 << 20;
-/// Most resume attempts (`Range: bytes=N-`) after the upstream connection drops mid-blob.
+/// Most resume attempts (`Range: bytes=N-`) in a row without progress after the upstream
+/// connection drops or stalls mid-blob.
 pub const MAX_RESUMES: u32 = 5;
 /// Chunks buffered between the network reader and the disk writer.
 const WRITE_QUEUE: usize = 16;
@@ -78,6 +79,8 @@ pub enum FillState {
         file: Option<Arc<File>>,
         /// Where pass-through (memory) bytes begin, when the fill is not being cached.
         mem_start: Option<u64>,
+        /// All bytes received and the digest checked (the held-back last byte may go out).
+        verified: bool,
     },
     /// All bytes received and verified: committed when `mem_start` is `None`.
     Done {
@@ -267,6 +270,8 @@ pub struct Fills {
     map: Mutex<HashMap<Digest, Arc<Fill>>>,
     /// How fills behave.
     settings: FillSettings,
+    /// Signalled whenever a fill leaves the map (for draining at shutdown).
+    left: tokio::sync::Notify,
 }
 
 /// How fills behave.
@@ -336,6 +341,21 @@ impl Fills {
         Fills {
             map: Mutex::new(HashMap::new()),
             settings,
+            left: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Waits until no fill is in progress (used to drain at shutdown, so fills that have sent
+    /// their bytes also get committed).
+    pub async fn wait_idle(&self) {
+        loop {
+            let left = self.left.notified();
+            tokio::pin!(left);
+            left.as_mut().enable();
+            if self.is_empty() {
+                return;
+            }
+            left.await;
         }
     }
 
@@ -399,6 +419,8 @@ impl Fills {
         if map.get(&fill.digest).is_some_and(|f| Arc::ptr_eq(f, fill)) {
             map.remove(&fill.digest);
         }
+        drop(map);
+        self.left.notify_waiters();
     }
 }
 
@@ -460,8 +482,8 @@ async fn run_fill(mut guard: FillGuard, upstream: Arc<Upstream>, name: String) {
 enum Sink {
     /// Into the cache's temp file.
     Disk(FillFile),
-    /// Through the in-memory window only (not cached); still hashed.
-    Mem { hasher: Hasher, written: u64 },
+    /// Through the in-memory window only (not cached).
+    Mem { written: u64 },
 }
 
 /// The fill proper. Returns the length and whether it was committed.
@@ -501,10 +523,7 @@ async fn fetch(
         Some(why) => {
             tracing::info!(digest = %fill.digest, bytes = len, "blob is {why}; passing it through uncached");
             guard.fills.detach(&fill);
-            let sink = Sink::Mem {
-                hasher: Hasher::new(fill.digest.algorithm()),
-                written: 0,
-            };
+            let sink = Sink::Mem { written: 0 };
             (sink, None, Some(0))
         }
         None => {
@@ -524,21 +543,36 @@ async fn fetch(
         written: 0,
         file: file.clone(),
         mem_start,
+        verified: false,
     });
 
-    // The writer: a blocking thread that writes (or passes through), hashes, publishes progress.
+    // Two blocking threads run beside the network reads: the writer (disk, or the pass-through
+    // window; it publishes progress) and the hasher.
     let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     let (wfill, wfills) = (fill.clone(), guard.fills.clone());
     let writer = tokio::task::spawn_blocking(move || write_loop(sink, chunk_rx, &wfill, &wfills));
+    let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+    let algorithm = fill.digest.algorithm();
+    let hasher = tokio::task::spawn_blocking(move || {
+        let mut h = Hasher::new(algorithm);
+        while let Some(b) = hash_rx.blocking_recv() {
+            h.update(&b);
+        }
+        h.finish()
+    });
 
     let settings = guard.fills.settings.clone();
     let idle = settings.idle_timeout;
     let mut body = resp.into_body();
     let mut received: u64 = 0;
+    // Resume attempts in a row that brought no new byte; progress resets the count, so a long
+    // download over a flaky link survives any number of separate drops.
     let mut resumes = 0;
+    let mut resumed_at = 0;
     let body_error = loop {
         let broke = match tokio::time::timeout(idle, body.frame()).await {
-            Err(_) => break Some(format!("no bytes for {idle:?} (idle_timeout)")),
+            // A stalled connection is as good as a dropped one: abandon it and resume.
+            Err(_) => format!("no bytes for {idle:?} (idle_timeout)"),
             Ok(None) if len.is_some_and(|l| received < l) => "connection closed early".to_string(),
             Ok(None) => break None,
             Ok(Some(Err(e))) => error_chain(&e),
@@ -551,7 +585,9 @@ async fn fetch(
                     if let Some(bw) = &settings.bandwidth {
                         bw.consume(data.len()).await;
                     }
-                    if chunk_tx.send(data).await.is_err() {
+                    if hash_tx.send(data.clone()).await.is_err()
+                        || chunk_tx.send(data).await.is_err()
+                    {
                         break None; // the writer failed; its error is reported below
                     }
                 }
@@ -559,13 +595,17 @@ async fn fetch(
             }
         };
         // The connection dropped mid-blob: resume from where it broke.
+        if received > resumed_at {
+            resumes = 0;
+        }
+        resumed_at = received;
         resumes += 1;
         if resumes > MAX_RESUMES {
             break Some(format!(
                 "{broke}; gave up after {MAX_RESUMES} resume attempts"
             ));
         }
-        let pause = Duration::from_millis(200 << (resumes - 1)).min(Duration::from_secs(5));
+        let pause = Duration::from_millis(100 << (resumes - 1)).min(Duration::from_secs(2));
         tracing::warn!(digest = %fill.digest, at = received, attempt = resumes, error = %broke, "upstream download broke off; resuming");
         tokio::time::sleep(pause).await;
         match resume(upstream, name, &path, received, len).await {
@@ -574,10 +614,12 @@ async fn fetch(
         }
     };
     drop(chunk_tx);
+    drop(hash_tx);
     let sink = writer.await.map_err(|e| FillError::Disk(e.to_string()))??;
+    let actual = hasher.await.map_err(|e| FillError::Disk(e.to_string()))?;
     let written = match &sink {
         Sink::Disk(f) => f.written(),
-        Sink::Mem { written, .. } => *written,
+        Sink::Mem { written } => *written,
     };
     if let Some(reason) = body_error {
         return Err(FillError::Body { written, reason });
@@ -590,12 +632,21 @@ async fn fetch(
             });
         }
     }
-    let mismatch = |expected: &Digest, actual: Digest| {
-        FillError::Verify(format!("upstream bytes hash to {actual}, not {expected}"))
-    };
+    if actual != fill.digest {
+        return Err(FillError::Verify(format!(
+            "upstream bytes hash to {actual}, not {}",
+            fill.digest
+        )));
+    }
+    // Verified: followers may send the last byte now; syncing and renaming follow.
+    fill.state.send_modify(|s| {
+        if let FillState::Streaming { verified, .. } = s {
+            *verified = true;
+        }
+    });
     match sink {
         Sink::Disk(f) => {
-            let committed = tokio::task::spawn_blocking(move || f.commit())
+            let committed = tokio::task::spawn_blocking(move || f.commit(&actual))
                 .await
                 .map_err(|e| FillError::Disk(e.to_string()))?;
             let total = match committed {
@@ -614,11 +665,7 @@ async fn fetch(
             });
             Ok((total, true))
         }
-        Sink::Mem { hasher, written } => {
-            let actual = hasher.finish();
-            if actual != fill.digest {
-                return Err(mismatch(&fill.digest, actual));
-            }
+        Sink::Mem { written } => {
             let mem_start = match &*fill.state.borrow() {
                 FillState::Streaming { mem_start, .. } => *mem_start,
                 _ => Some(0),
@@ -709,29 +756,23 @@ fn write_loop(
                     Err(e) => {
                         tracing::warn!(digest = %fill.digest, error = %e, written = f.written(),
                             "cache write failed; passing the rest of this blob through uncached");
-                        let Sink::Disk(f) = std::mem::replace(
-                            &mut sink,
-                            Sink::Mem {
-                                hasher: Hasher::new(fill.digest.algorithm()),
-                                written: 0,
-                            },
-                        ) else {
+                        let Sink::Disk(f) = std::mem::replace(&mut sink, Sink::Mem { written: 0 })
+                        else {
                             unreachable!()
                         };
-                        let (hasher, written) = f.abandon();
+                        let written = f.abandon();
                         fills.detach(fill);
                         fill.state.send_modify(|s| {
                             if let FillState::Streaming { mem_start, .. } = s {
                                 *mem_start = Some(written);
                             }
                         });
-                        sink = Sink::Mem { hasher, written };
+                        sink = Sink::Mem { written };
                         next = Some(chunk); // retry this chunk in pass-through
                         continue;
                     }
                 },
-                Sink::Mem { hasher, written } => {
-                    hasher.update(&chunk);
+                Sink::Mem { written } => {
                     let at = *written;
                     *written += chunk.len() as u64;
                     let w = *written;
@@ -741,12 +782,9 @@ fn write_loop(
                     continue;
                 }
             }
-            // Disk: write whatever else is queued before waking followers.
-            next = rx.try_recv().ok();
-            if next.is_none() {
-                if let Sink::Disk(f) = &sink {
-                    publish(f.written());
-                }
+            // Disk: wake followers after every chunk (they may be waiting for the first bytes).
+            if let Sink::Disk(f) = &sink {
+                publish(f.written());
             }
         }
     }
@@ -779,12 +817,14 @@ pub async fn follow(
                 written,
                 file,
                 mem_start,
+                verified,
             } => {
-                // Hold back the object's last byte until it is verified (and committed). With no
+                // Hold back the object's last byte until the digest is verified. With no
                 // Content-Length any byte may be the last, so one is always held back.
-                let avail = match len {
-                    Some(l) => written.min(l.saturating_sub(1)),
-                    None => written.saturating_sub(1),
+                let avail = match (verified, len) {
+                    (true, _) => written,
+                    (false, Some(l)) => written.min(l.saturating_sub(1)),
+                    (false, None) => written.saturating_sub(1),
                 };
                 (avail, file, mem_start, None)
             }

@@ -22,7 +22,7 @@ use crate::routes::{self, App, CacheResult};
 
 /// Time a client has to send a request's headers (slowloris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time in-flight responses get to finish after shutdown is asked for.
+/// Time in-flight responses (and fills) get to finish after shutdown is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `app` on an already bound `listener` until `shutdown` completes, then drains open
@@ -77,7 +77,11 @@ pub async fn run(
     }
     drop(listener);
     tokio::select! {
-        _ = graceful.shutdown() => {}
+        _ = async {
+            graceful.shutdown().await;
+            // Fills whose clients are gone finish and commit rather than being cut.
+            app.fills.wait_idle().await;
+        } => {}
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("shutdown: connections still open after the drain timeout"),
     }
     Ok(())

@@ -201,13 +201,11 @@ pub enum CommitError {
     Io(#[from] io::Error),
 }
 
-/// A temp file receiving a fill, hashed as it is written. Dropping it without
-/// [`FillFile::commit`] deletes the temp file: nothing is committed.
+/// A temp file receiving a fill. Dropping it without [`FillFile::commit`] deletes the temp
+/// file: nothing is committed. Hashing is the caller's (it runs beside the writes).
 pub struct FillFile {
     /// The temp file in `tmp/`, deleted on drop.
     file: tempfile::NamedTempFile,
-    /// Running hash of everything written.
-    hasher: Hasher,
     /// Bytes written so far.
     written: u64,
     /// The digest it must hash to.
@@ -217,11 +215,9 @@ pub struct FillFile {
 }
 
 impl FillFile {
-    /// Appends `data` and hashes it. Errors: the write error (ENOSPC, EIO...); then `data` is
-    /// neither counted nor hashed.
+    /// Appends `data`. Errors: the write error (ENOSPC, EIO...); then `data` is not counted.
     pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.file.as_file_mut().write_all(data)?;
-        self.hasher.update(data);
         self.written += data.len() as u64;
         Ok(())
     }
@@ -237,18 +233,17 @@ impl FillFile {
         File::open(self.file.path())
     }
 
-    /// Gives up on caching: deletes the temp file and returns the running hash and the count of
-    /// bytes written, so the caller can go on hashing what it passes through.
-    pub fn abandon(self) -> (Hasher, u64) {
-        (self.hasher, self.written)
+    /// Gives up on caching: deletes the temp file and returns the count of bytes written.
+    pub fn abandon(self) -> u64 {
+        self.written
     }
 
-    /// Verifies the digest, syncs, renames into place and records the blob in the index.
+    /// Checks `actual` (the digest of everything written) against the fill's digest, syncs,
+    /// renames into place and records the blob in the index.
     ///
     /// Errors: [`CommitError::DigestMismatch`] (temp file deleted, nothing stored) or an I/O error.
-    pub fn commit(self) -> Result<u64, CommitError> {
-        let actual = self.hasher.finish();
-        if actual != self.digest {
+    pub fn commit(self, actual: &Digest) -> Result<u64, CommitError> {
+        if *actual != self.digest {
             return Err(CommitError::DigestMismatch {
                 expected: self.digest.to_string(),
                 actual: actual.to_string(),
@@ -652,7 +647,6 @@ impl Store {
             .tempfile_in(self.inner.root.join("tmp"))?;
         Ok(FillFile {
             file,
-            hasher: Hasher::new(digest.algorithm()),
             written: 0,
             digest: digest.clone(),
             store: self.clone(),
@@ -954,7 +948,11 @@ mod tests {
         let mut f = store.begin_fill(&good).unwrap();
         f.write(b"hel").unwrap();
         f.write(b"lo").unwrap();
-        assert_eq!(f.commit().unwrap(), 5);
+        assert_eq!(
+            f.commit(&Hasher::digest_of(Algorithm::Sha256, b"hello"))
+                .unwrap(),
+            5
+        );
         assert_eq!(fs::read(store.blob_path(&good, 5)).unwrap(), b"hello");
         assert!(store.has_blob(&good));
         assert_eq!(store.usage().objects, 1);
@@ -962,8 +960,9 @@ mod tests {
         let other = Hasher::digest_of(Algorithm::Sha512, b"x");
         let mut f = store.begin_fill(&other).unwrap();
         f.write(b"y").unwrap();
+        let actual = Hasher::digest_of(Algorithm::Sha512, b"y");
         assert!(matches!(
-            f.commit(),
+            f.commit(&actual),
             Err(CommitError::DigestMismatch { .. })
         ));
         assert!(!store.has_blob(&other));
@@ -1014,7 +1013,7 @@ mod tests {
             let d = Hasher::digest_of(Algorithm::Sha256, &data);
             let mut f = store.begin_fill(&d).unwrap();
             f.write(&data).unwrap();
-            f.commit().unwrap();
+            f.commit(&d).unwrap();
             // Oldest first: i=0 used longest ago.
             let t = SystemTime::now() - Duration::from_secs(1000 - i as u64 * 100);
             File::options()
@@ -1056,7 +1055,7 @@ mod tests {
         let d = Hasher::digest_of(Algorithm::Sha256, &data);
         let mut f = store.begin_fill(&d).unwrap();
         f.write(&data).unwrap();
-        f.commit().unwrap();
+        f.commit(&d).unwrap();
         let p = store.blob_path(&d, 5000);
         // Cannot write a committed file in place (regcache never does); simulate damage.
         File::options()

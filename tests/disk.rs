@@ -155,6 +155,7 @@ async fn restart_heals_a_truncated_blob() {
     let m = Mirror::start(&up.url(), HOUR).await;
     let url = m.url(&format!("/v2/library/t/blobs/{}", img.layer_digest));
     assert_eq!(sha256(get(&url).await.bytes()), img.layer_digest);
+    eventually("committed", || m.has_blob(&img.layer_digest)).await;
     let root = m.app.store.root().to_path_buf();
     let dir = m.stop().await;
     // Truncate the committed file behind regcache's back, and leave a partial fill.
@@ -183,6 +184,7 @@ async fn a_blob_damaged_while_serving_is_refetched_not_served() {
     let m = Mirror::start(&up.url(), HOUR).await;
     let url = m.url(&format!("/v2/library/h/blobs/{d}"));
     assert_eq!(sha256(get(&url).await.bytes()), d);
+    eventually("committed", || m.has_blob(&d)).await;
     let hex = d.trim_start_matches("sha256:");
     let path = m
         .app
@@ -197,6 +199,7 @@ async fn a_blob_damaged_while_serving_is_refetched_not_served() {
         .unwrap();
     assert_eq!(sha256(get(&url).await.bytes()), d);
     assert_eq!(n(&up.counters.cdn_get), 2);
+    eventually("re-committed", || path.exists()).await;
     std::fs::remove_file(
         m.app
             .store
@@ -296,7 +299,7 @@ async fn a_full_disk_during_a_fill_still_delivers_the_whole_blob() {
     let small = up.add_blob(random_bytes(100_000, 6));
     let r = get(&m.url(&format!("/v2/library/full/blobs/{small}"))).await;
     assert_eq!(sha256(r.bytes()), small);
-    assert!(m.has_blob(&small));
+    eventually("committed", || m.has_blob(&small)).await;
     drop(m);
 }
 
@@ -310,6 +313,7 @@ async fn operator_commands_status_verify_gc() {
         get(&m.url(&format!("/v2/{name}/manifests/v1"))).await;
         for d in [&img.config_digest, &img.layer_digest] {
             get(&m.url(&format!("/v2/{name}/blobs/{d}"))).await;
+            eventually("committed", || m.has_blob(d)).await;
         }
     }
     let root = m.app.store.root().to_path_buf();

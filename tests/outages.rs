@@ -189,7 +189,7 @@ async fn a_broken_download_is_resumed_with_range() {
     let r = get(&m.url(&format!("/v2/library/res/blobs/{d}"))).await;
     assert_eq!(r.status, 200);
     assert_eq!(sha256(r.bytes()), d, "one uninterrupted, correct stream");
-    assert!(m.has_blob(&d));
+    eventually("committed", || m.has_blob(&d)).await;
     assert_eq!(n(&up.counters.cdn_ranges), 1);
     let sent = n(&up.counters.cdn_bytes);
     assert!(
@@ -263,20 +263,35 @@ async fn concurrent_range_requests_during_a_fill_get_the_right_bytes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_fill_is_aborted_after_the_idle_timeout() {
+async fn a_stalled_download_is_resumed_and_a_dead_one_aborted() {
     let up = FakeUpstream::start(300).await;
-    let d = up.add_blob(random_bytes(1_000_000, 11));
+    let data = random_bytes(1_000_000, 11);
+    let d = up.add_blob(data);
+    let mut a = args(&up, Duration::ZERO);
+    a.idle_timeout = Some(Duration::from_millis(300));
+    let m = Mirror::start_args(a).await;
+    // Stalls once: the stalled connection is dropped after idle_timeout and the rest fetched
+    // with Range; the client sees one uninterrupted stream.
     up.set_faults(Faults {
-        stall_after: Some(200_000),
+        stall_once: Some((d.clone(), 200_000)),
         ..Default::default()
     });
-    let mut a = args(&up, Duration::ZERO);
-    a.idle_timeout = Some(Duration::from_millis(500));
-    let m = Mirror::start_args(a).await;
     let r = bounded(&m.url(&format!("/v2/library/st/blobs/{d}"))).await;
-    assert!(r.body.is_err(), "the stalled stream is cut");
+    assert_eq!(sha256(r.bytes()), d);
+    assert_eq!(n(&up.counters.cdn_ranges), 1);
+    assert!(n(&up.counters.cdn_bytes) < 1_100_000);
+    // Stalls after 200 kB, then every resume stalls at once: after the bounded attempts
+    // without progress the fill is aborted cleanly.
+    let d2 = up.add_blob(random_bytes(1_000_000, 12));
+    up.set_faults(Faults {
+        stall_once: Some((d2.clone(), 200_000)),
+        stall_after: Some(0),
+        ..Default::default()
+    });
+    let r = bounded(&m.url(&format!("/v2/library/st/blobs/{d2}"))).await;
+    assert!(r.body.is_err(), "the dead download's stream is cut");
     eventually("fill aborted", || m.app.fills.is_empty()).await;
-    assert!(!m.has_blob(&d));
+    assert!(!m.has_blob(&d2));
     assert_eq!(m.temp_files(), 0);
 }
 

@@ -57,7 +57,7 @@ async fn pull_then_second_pull_is_served_from_disk() {
         0,
         "Authorization must not follow the redirect"
     );
-    assert!(m.has_blob(&img.layer_digest));
+    eventually("committed", || m.has_blob(&img.layer_digest)).await;
     assert_eq!(m.temp_files(), 0);
 
     // Second pull: manifest by tag within tag_ttl and both blobs: nothing upstream at all.
@@ -136,7 +136,7 @@ async fn concurrent_cold_gets_make_one_upstream_fetch() {
         "one upstream GET for ten clients"
     );
     assert_eq!(n(&up.counters.cdn_get), 1);
-    assert!(m.has_blob(&d));
+    eventually("committed", || m.has_blob(&d)).await;
 }
 
 #[tokio::test]
@@ -433,6 +433,7 @@ async fn restart_keeps_the_cache_and_removes_partial_fills() {
         200
     );
     assert_eq!(get(&m.url("/v2/library/rs/manifests/v1")).await.status, 200);
+    eventually("committed", || m.has_blob(&img.layer_digest)).await;
     let dir = m.stop().await;
     std::fs::write(dir.path().join("tmp/fill-leftover"), b"partial").unwrap();
     let m = Mirror::start_in(&up.url(), HOUR, dir).await;

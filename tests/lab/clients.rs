@@ -15,7 +15,10 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Containerd {
     pub socket: PathBuf,
+    /// Holds `docker.io/hosts.toml` pointing at the mirror.
     pub hosts_dir: PathBuf,
+    /// containerd's own directory (config, root, state, hosts dirs).
+    pub dir: PathBuf,
     pub namespace: String,
     ctr: PathBuf,
     pub daemon: Daemon,
@@ -88,6 +91,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         Containerd {
             socket,
             hosts_dir,
+            dir,
             namespace: "test".into(),
             ctr: tools.ctr.clone(),
             daemon,
@@ -110,6 +114,61 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         }
         c.arg(reference);
         proc::run_ok(&mut c, PULL_TIMEOUT)
+    }
+
+    /// Writes another hosts directory, `<containerd dir>/<name>/<registry>/hosts.toml` for
+    /// each `(registry, mirror)` (registry `_default` applies to every registry without its
+    /// own directory), and returns it.
+    pub fn write_hosts_dir(&self, name: &str, entries: &[(&str, SocketAddr)]) -> PathBuf {
+        let dir = self.dir.join(name);
+        for (registry, mirror) in entries {
+            std::fs::create_dir_all(dir.join(registry)).expect("create hosts dir");
+            std::fs::write(
+                dir.join(registry).join("hosts.toml"),
+                format!("[host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"),
+            )
+            .expect("write hosts.toml");
+        }
+        dir
+    }
+
+    /// `ctr images pull --hosts-dir DIR [--all-platforms | --platform P] REF` with a deadline;
+    /// the caller checks the outcome.
+    pub fn try_pull(
+        &self,
+        hosts_dir: &Path,
+        reference: &str,
+        all_platforms: bool,
+        platform: Option<&str>,
+        timeout: Duration,
+    ) -> proc::Output {
+        let mut c = self.ctr();
+        c.args(["images", "pull", "--hosts-dir"]).arg(hosts_dir);
+        if all_platforms {
+            c.arg("--all-platforms");
+        }
+        if let Some(p) = platform {
+            c.args(["--platform", p]);
+        }
+        c.arg(reference);
+        proc::run(&mut c, timeout)
+    }
+
+    /// Removes every image and all content (so the next pull fetches everything again).
+    pub fn remove_everything(&self) {
+        let refs = proc::run_ok(self.ctr().args(["images", "ls", "-q"]), CMD_TIMEOUT);
+        let refs: Vec<&str> = refs.stdout.split_whitespace().collect();
+        if !refs.is_empty() {
+            proc::run_ok(
+                self.ctr().args(["images", "rm", "--sync"]).args(&refs),
+                CMD_TIMEOUT,
+            );
+        }
+        let left = proc::run_ok(self.ctr().args(["content", "ls", "-q"]), CMD_TIMEOUT);
+        let left: Vec<&str> = left.stdout.split_whitespace().collect();
+        if !left.is_empty() {
+            proc::run_ok(self.ctr().args(["content", "rm"]).args(&left), CMD_TIMEOUT);
+        }
     }
 
     /// Target digest of an image, from `ctr images ls`.
@@ -219,6 +278,24 @@ impl Dockerd {
         docker_command(&self.docker, &self.host, &self.cli_config)
     }
 
+    /// `docker pull REF` with a deadline; the caller checks the outcome.
+    pub fn try_pull(&self, reference: &str, timeout: Duration) -> proc::Output {
+        let mut cmd = self.docker();
+        cmd.arg("pull").arg(reference);
+        proc::run(&mut cmd, timeout)
+    }
+
+    /// `docker rmi -f` of every image there is.
+    pub fn remove_everything(&self) {
+        let ids = proc::run_ok(self.docker().args(["images", "-aq"]), CMD_TIMEOUT);
+        let mut ids: Vec<&str> = ids.stdout.split_whitespace().collect();
+        ids.sort();
+        ids.dedup();
+        if !ids.is_empty() {
+            proc::run_ok(self.docker().args(["rmi", "-f"]).args(&ids), CMD_TIMEOUT);
+        }
+    }
+
     pub fn pull(&self, reference: &str) -> proc::Output {
         let mut cmd = self.docker();
         cmd.arg("pull").arg(reference);
@@ -321,12 +398,19 @@ impl Skopeo {
 
     /// `skopeo inspect --raw` of a remote reference: the manifest bytes as served.
     pub fn inspect_raw(&self, reference: &str) -> Vec<u8> {
-        let out = proc::run_ok(
-            self.cmd()
-                .args(["inspect", "--raw", "--tls-verify=false", "--no-creds"])
-                .arg(format!("docker://{reference}")),
-            CMD_TIMEOUT,
-        );
+        self.inspect_raw_creds(reference, None)
+    }
+
+    /// `skopeo inspect --raw` with `--creds U:P` (or `--no-creds`).
+    pub fn inspect_raw_creds(&self, reference: &str, creds: Option<&str>) -> Vec<u8> {
+        let mut c = self.cmd();
+        c.args(["inspect", "--raw", "--tls-verify=false"]);
+        match creds {
+            Some(cr) => c.args(["--creds", cr]),
+            None => c.arg("--no-creds"),
+        };
+        c.arg(format!("docker://{reference}"));
+        let out = proc::run_ok(&mut c, CMD_TIMEOUT);
         out.stdout.into_bytes()
     }
 
@@ -339,6 +423,20 @@ impl Skopeo {
             &path,
             format!(
                 "unqualified-search-registries = []\n\n[[registry]]\nlocation = \"docker.io\"\n\n[[registry.mirror]]\nlocation = \"{mirror_location}\"\ninsecure = true\n"
+            ),
+        )
+        .expect("write registries.conf");
+        path
+    }
+
+    /// Like [`Skopeo::write_registries_conf`] for another registry (e.g. `ghcr.io` mirrored to
+    /// `127.0.0.1:PORT/ghcr.io`); the file is `registries-<registry>.conf`.
+    pub fn write_registries_conf_for(&self, registry: &str, mirror_location: &str) -> PathBuf {
+        let path = self.tmp.join(format!("registries-{registry}.conf"));
+        std::fs::write(
+            &path,
+            format!(
+                "unqualified-search-registries = []\n\n[[registry]]\nlocation = \"{registry}\"\n\n[[registry.mirror]]\nlocation = \"{mirror_location}\"\ninsecure = true\n"
             ),
         )
         .expect("write registries.conf");
@@ -369,6 +467,17 @@ impl Skopeo {
             .arg(format!("docker://{reference}"))
             .arg(format!("dir:{}", out.display()));
         proc::run_ok(&mut c, PULL_TIMEOUT)
+    }
+
+    /// `skopeo copy --src-tls-verify=false docker://REF dir:OUT` with a deadline; the caller
+    /// checks the outcome.
+    pub fn try_copy_to_dir(&self, reference: &str, out: &Path, timeout: Duration) -> proc::Output {
+        let mut c = self.cmd();
+        c.arg("copy")
+            .args(["--src-tls-verify=false", "--src-no-creds"])
+            .arg(format!("docker://{reference}"))
+            .arg(format!("dir:{}", out.display()));
+        proc::run(&mut c, timeout)
     }
 
     /// `skopeo copy [--all] --src-tls-verify=false docker://REF dir:OUT`.

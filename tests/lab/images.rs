@@ -201,6 +201,30 @@ impl TestImage {
         format!("docker.io/{}:{}", self.repo, self.tag)
     }
 
+    /// Reference in another registry (or behind a mirror's path prefix), e.g.
+    /// `ghcr.io/org/e2e-other:v1`.
+    pub fn reference_in(&self, registry: &str) -> String {
+        format!("{registry}/{}:{}", self.repo, self.tag)
+    }
+
+    /// The blob (config or layer) with this digest.
+    pub fn blob(&self, digest: &str) -> &Blob {
+        self.platforms
+            .iter()
+            .flat_map(|p| std::iter::once(&p.config).chain(p.layers.iter()))
+            .find(|b| b.digest == digest)
+            .unwrap_or_else(|| panic!("{} has no blob {digest}", self.repo))
+    }
+
+    /// The largest layer of the first platform.
+    pub fn biggest_layer(&self) -> &Blob {
+        self.platforms[0]
+            .layers
+            .iter()
+            .max_by_key(|b| b.bytes.len())
+            .expect("image has layers")
+    }
+
     /// The digest a client resolves the tag to (index digest for multi-platform images).
     pub fn digest(&self) -> &str {
         match &self.index {
@@ -391,4 +415,31 @@ pub fn build_test_images(root: &Path) -> Vec<TestImage> {
         layout: conc_dir,
     };
     vec![single, multi, concurrent]
+}
+
+/// `org/e2e-other:v1` (linux/amd64, two layers of ~1.5 MiB in all, nothing shared with the
+/// docker.io images): the image of the second registry (the ghcr.io stand-in).
+pub const OTHER_REPO: &str = "org/e2e-other";
+
+pub fn build_other_image(root: &Path) -> TestImage {
+    let a = build_layer(&LayerSpec {
+        seed: 0x07E1,
+        files: &[900 * KIB],
+    });
+    let b = build_layer(&LayerSpec {
+        seed: 0x07E2,
+        files: &[400 * KIB, 123 * KIB],
+    });
+    let img = build_platform_image("linux", "amd64", None, &[a, b], "e2e-other");
+    let dir = root.join("oci-e2e-other");
+    let mut blobs = vec![&img.manifest, &img.config];
+    blobs.extend(img.layers.iter());
+    write_layout(&dir, &blobs, &img.manifest, "v1");
+    TestImage {
+        repo: OTHER_REPO.into(),
+        tag: "v1".into(),
+        platforms: vec![img],
+        index: None,
+        layout: dir,
+    }
 }

@@ -24,12 +24,89 @@ impl MirrorKind {
     }
 }
 
+/// How to run one `regcache serve`.
+#[derive(Clone, Debug)]
+pub struct RegcacheSpec {
+    /// Name in the lab's messages, e.g. "regcache (mirror)".
+    pub name: String,
+    pub addr: SocketAddr,
+    pub cache_dir: PathBuf,
+    /// `--upstream URL`.
+    pub upstream: Option<String>,
+    /// `--config FILE`.
+    pub config: Option<PathBuf>,
+    /// `--tag-ttl`.
+    pub tag_ttl: String,
+    /// More flags, e.g. `--revalidate-timeout 2s`.
+    pub extra_args: Vec<String>,
+    /// stdout+stderr (appended to across restarts).
+    pub log: PathBuf,
+}
+
+impl RegcacheSpec {
+    /// A spec on a free port with its cache in `dir/<cache>` and its log at `dir/<log>`.
+    pub fn new(name: &str, dir: &Path, cache: &str, log: &str) -> RegcacheSpec {
+        RegcacheSpec {
+            name: name.to_owned(),
+            addr: format!("127.0.0.1:{}", proc::free_port())
+                .parse()
+                .expect("mirror addr"),
+            cache_dir: dir.join(cache),
+            upstream: None,
+            config: None,
+            tag_ttl: "0s".to_owned(),
+            extra_args: Vec::new(),
+            log: dir.join(log),
+        }
+    }
+
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "serve".to_owned(),
+            "--listen".to_owned(),
+            self.addr.to_string(),
+            "--cache-dir".to_owned(),
+            self.cache_dir.display().to_string(),
+            "--tag-ttl".to_owned(),
+            self.tag_ttl.clone(),
+        ];
+        if let Some(u) = &self.upstream {
+            a.push("--upstream".to_owned());
+            a.push(u.clone());
+        }
+        if let Some(c) = &self.config {
+            a.push("--config".to_owned());
+            a.push(c.display().to_string());
+        }
+        a.extend(self.extra_args.iter().cloned());
+        a
+    }
+}
+
+/// The regcache binary under test.
+pub fn regcache_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_regcache")
+}
+
+/// Whether `regcache <subcommand> --help` mentions `needle` (a flag or subcommand name), to
+/// tell "not implemented yet" apart from "broken" in reports.
+pub fn regcache_help_mentions(subcommand: Option<&str>, needle: &str) -> bool {
+    let mut c = Command::new(regcache_bin());
+    if let Some(s) = subcommand {
+        c.arg(s);
+    }
+    c.arg("--help");
+    let out = proc::run(&mut c, Duration::from_secs(10));
+    out.stdout.contains(needle)
+}
+
 pub struct Mirror {
     pub kind: MirrorKind,
     pub addr: SocketAddr,
     pub cache_dir: Option<PathBuf>,
     pub log: Option<PathBuf>,
     pub daemon: Option<Daemon>,
+    pub spec: Option<RegcacheSpec>,
 }
 
 impl Mirror {
@@ -45,45 +122,57 @@ impl Mirror {
                     cache_dir: None,
                     log: None,
                     daemon: None,
+                    spec: None,
                 }
             }
             MirrorKind::Regcache => {
-                let bin = env!("CARGO_BIN_EXE_regcache");
-                let port = proc::free_port();
-                let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("mirror addr");
-                let cache_dir = dir.join("regcache-cache");
-                std::fs::create_dir_all(&cache_dir).expect("create regcache cache dir");
-                let log = dir.join("regcache.log");
-                let mut daemon = Daemon::spawn(
-                    "regcache (mirror)",
-                    Command::new(bin)
-                        .arg("serve")
-                        .arg("--listen")
-                        .arg(addr.to_string())
-                        .arg("--cache-dir")
-                        .arg(&cache_dir)
-                        .arg("--upstream")
-                        .arg(format!("http://{upstream}"))
-                        .arg("--tag-ttl")
-                        .arg("0s")
-                        .env(
-                            "RUST_LOG",
-                            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-                        ),
-                    &log,
-                    Duration::from_secs(10),
-                );
-                daemon.wait_ready(Duration::from_secs(30), || {
-                    proc::http_status(addr, "/v2/") == Some(200)
-                });
-                Mirror {
-                    kind,
-                    addr,
-                    cache_dir: Some(cache_dir),
-                    log: Some(log),
-                    daemon: Some(daemon),
-                }
+                let mut spec =
+                    RegcacheSpec::new("regcache (mirror)", dir, "regcache-cache", "regcache.log");
+                spec.upstream = Some(format!("http://{upstream}"));
+                Mirror::start_regcache(spec)
             }
+        }
+    }
+
+    /// Starts `regcache serve` as the spec says and waits until `/v2/` answers 200.
+    pub fn start_regcache(spec: RegcacheSpec) -> Mirror {
+        std::fs::create_dir_all(&spec.cache_dir).expect("create regcache cache dir");
+        let mut daemon = Daemon::spawn(
+            &spec.name,
+            Command::new(regcache_bin()).args(spec.args()).env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            ),
+            &spec.log,
+            Duration::from_secs(10),
+        );
+        let addr = spec.addr;
+        daemon.wait_ready(Duration::from_secs(30), || {
+            proc::http_status(addr, "/v2/") == Some(200)
+        });
+        Mirror {
+            kind: MirrorKind::Regcache,
+            addr,
+            cache_dir: Some(spec.cache_dir.clone()),
+            log: Some(spec.log.clone()),
+            daemon: Some(daemon),
+            spec: Some(spec),
+        }
+    }
+
+    /// Stops regcache and starts it again on the same address with a changed spec.
+    pub fn restart(&mut self, change: impl FnOnce(&mut RegcacheSpec)) {
+        let mut spec = self.spec.clone().expect("restart needs a regcache mirror");
+        change(&mut spec);
+        spec.addr = self.addr;
+        self.stop();
+        let started = Mirror::start_regcache(spec);
+        *self = started;
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            d.stop();
         }
     }
 
@@ -103,5 +192,107 @@ impl Mirror {
             .as_deref()
             .map(|l| proc::tail(l, n))
             .unwrap_or_default()
+    }
+
+    /// Position in the log, for [`Mirror::access_since`].
+    pub fn log_mark(&self) -> usize {
+        self.log.as_deref().map(proc::line_count).unwrap_or(0)
+    }
+
+    /// Access-log entries (target `regcache::access`) written since `mark`.
+    pub fn access_since(&self, mark: usize) -> Vec<Access> {
+        // Entries are written when a response body is dropped; give them a moment.
+        std::thread::sleep(Duration::from_millis(200));
+        self.log
+            .as_deref()
+            .map(|l| {
+                proc::lines_after(l, mark)
+                    .iter()
+                    .filter_map(|l| Access::parse(l))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Log lines since `mark` that are not access entries (warnings, errors), for reports.
+    pub fn other_lines_since(&self, mark: usize) -> Vec<String> {
+        self.log
+            .as_deref()
+            .map(|l| {
+                proc::lines_after(l, mark)
+                    .into_iter()
+                    .filter(|l| !l.contains("regcache::access"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// One line of regcache's access log:
+/// `... INFO regcache::access: method=GET path=/v2/... status=200 cache="hit" bytes=N complete=true ms=1.2`.
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub cache: String,
+    pub bytes: u64,
+    pub complete: bool,
+    pub ms: f64,
+    pub line: String,
+}
+
+impl Access {
+    pub fn parse(line: &str) -> Option<Access> {
+        let rest = &line[line.find("regcache::access:")? + "regcache::access:".len()..];
+        let field = |key: &str| -> Option<String> {
+            let pat = format!(" {key}=");
+            let i = rest.find(&pat)? + pat.len();
+            let v = &rest[i..];
+            Some(if let Some(q) = v.strip_prefix('"') {
+                q[..q.find('"').unwrap_or(q.len())].to_owned()
+            } else {
+                v.split(' ').next().unwrap_or("").to_owned()
+            })
+        };
+        Some(Access {
+            method: field("method")?,
+            path: field("path")?,
+            status: field("status")?.parse().ok()?,
+            cache: field("cache").unwrap_or_default(),
+            bytes: field("bytes").and_then(|b| b.parse().ok()).unwrap_or(0),
+            complete: field("complete").as_deref() == Some("true"),
+            ms: field("ms").and_then(|b| b.parse().ok()).unwrap_or(0.0),
+            line: line.to_owned(),
+        })
+    }
+
+    pub fn short(&self) -> String {
+        format!(
+            "{} {} -> {} cache={} bytes={} complete={} {:.0}ms",
+            self.method, self.path, self.status, self.cache, self.bytes, self.complete, self.ms
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_access_lines() {
+        let a = Access::parse(r#"2026-11-29T18:29:49.553324Z  INFO regcache::access: method=GET path=/v2/library/x/manifests/v1 status=404 cache="-" bytes=133 complete=true ms=0.205966"#).expect("parse");
+        assert_eq!(
+            (
+                a.method.as_str(),
+                a.path.as_str(),
+                a.status,
+                a.cache.as_str(),
+                a.bytes,
+                a.complete
+            ),
+            ("GET", "/v2/library/x/manifests/v1", 404, "-", 133, true)
+        );
+        assert!(Access::parse("2026 INFO regcache: regcache serving").is_none());
     }
 }

@@ -20,6 +20,9 @@
 //!
 //! Access policy, like the Hub's public images: anyone gets `pull`; `push` (and `delete`) is
 //! granted only with HTTP Basic credentials `pusher:<password>`. Wrong credentials get 401.
+//! With [`TokenOptions::puller`] (a private registry, like a ghcr.io organisation's): `pull`
+//! needs Basic credentials too (the puller's or the pusher's); anonymous requests get a token
+//! granting nothing, so the registry answers 401, as ghcr.io does.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -53,8 +56,28 @@ struct State {
     rejected: AtomicU64,
 }
 
+/// Who the token server serves.
+#[derive(Clone, Debug)]
+pub struct TokenOptions {
+    /// The `service` the registry names in its challenge (and the JWT audience).
+    pub service: String,
+    /// Credentials required for `pull` (None: anyone may pull).
+    pub puller: Option<(String, String)>,
+}
+
+impl Default for TokenOptions {
+    fn default() -> Self {
+        TokenOptions {
+            service: SERVICE.to_owned(),
+            puller: None,
+        }
+    }
+}
+
 pub struct TokenServer {
     pub addr: SocketAddr,
+    pub service: String,
+    pub log_path: PathBuf,
     pub cert_pem_path: PathBuf,
     pub ttl_secs: u64,
     pub enforce_ttl: bool,
@@ -72,6 +95,8 @@ struct Signer {
     /// Extra seconds the registry accepts a token past its `exp` claim.
     registry_grace: i64,
     pusher_password: String,
+    service: String,
+    puller: Option<(String, String)>,
     jti: AtomicU64,
 }
 
@@ -144,6 +169,16 @@ impl TokenServer {
     /// Generates the signing key and certificate (writing the cert PEM into `dir`) and starts
     /// serving on a free loopback port.
     pub fn start(dir: &Path, ttl_secs: u64, enforce_ttl: bool) -> TokenServer {
+        Self::start_with(dir, ttl_secs, enforce_ttl, TokenOptions::default())
+    }
+
+    /// Like [`TokenServer::start`], for another service and access policy.
+    pub fn start_with(
+        dir: &Path,
+        ttl_secs: u64,
+        enforce_ttl: bool,
+        options: TokenOptions,
+    ) -> TokenServer {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .expect("generate ECDSA P-256 token signing key");
         let mut params = rcgen::CertificateParams::new(vec![ISSUER.to_owned()])
@@ -165,6 +200,8 @@ impl TokenServer {
             ttl_secs,
             registry_grace: if enforce_ttl { REGISTRY_LEEWAY_SECS } else { 0 },
             pusher_password: pusher_password.clone(),
+            service: options.service.clone(),
+            puller: options.puller.clone(),
             jti: AtomicU64::new(1),
         });
 
@@ -174,6 +211,7 @@ impl TokenServer {
         let stop = Arc::new(AtomicBool::new(false));
         let log_path = dir.join("token.log");
         let thread = {
+            let log_path = log_path.clone();
             let (signer, state, stop) = (signer.clone(), state.clone(), stop.clone());
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
@@ -188,15 +226,22 @@ impl TokenServer {
             })
         };
         super::proc::say(format!(
-            "token server on http://{addr}/token (ES256, expires_in {ttl_secs}s{})",
+            "token server on http://{addr}/token (service {}, ES256, expires_in {ttl_secs}s{}{})",
+            options.service,
             if enforce_ttl {
                 ", enforced at the registry"
             } else {
                 ""
+            },
+            match &options.puller {
+                Some((user, _)) => format!(", pull only with the credentials of {user:?}"),
+                None => String::new(),
             }
         ));
         TokenServer {
             addr,
+            service: options.service,
+            log_path,
             cert_pem_path,
             ttl_secs,
             enforce_ttl,
@@ -223,7 +268,7 @@ impl TokenServer {
         self.signer
             .mint_with_exp(
                 "self-check",
-                SERVICE,
+                &self.service,
                 vec![Access {
                     kind: "repository".into(),
                     name: repo.into(),
@@ -335,7 +380,7 @@ fn handle(mut conn: TcpStream, signer: &Signer, state: &State, log_path: &Path) 
             _ => {}
         }
     }
-    if service != SERVICE {
+    if service != signer.service {
         log(format!("400 bad service {service:?} {target}"));
         respond(
             &mut conn,
@@ -358,6 +403,14 @@ fn handle(mut conn: TcpStream, signer: &Signer, state: &State, log_path: &Path) 
             .map(|b| String::from_utf8_lossy(&b).into_owned());
         match decoded.as_deref().and_then(|s| s.split_once(':')) {
             Some((PUSHER, pw)) if pw == signer.pusher_password => subject = PUSHER.to_owned(),
+            Some((user, pw))
+                if signer
+                    .puller
+                    .as_ref()
+                    .is_some_and(|(u, p)| u == user && p == pw) =>
+            {
+                subject = user.to_owned()
+            }
             _ => {
                 state.rejected.fetch_add(1, Ordering::SeqCst);
                 log(format!("401 bad credentials {target}"));
@@ -385,7 +438,10 @@ fn handle(mut conn: TcpStream, signer: &Signer, state: &State, log_path: &Path) 
         }
         let granted: Vec<String> = actions
             .split(',')
-            .filter(|a| *a == "pull" || (subject == PUSHER && (*a == "push" || *a == "delete")))
+            .filter(|a| {
+                (*a == "pull" && (signer.puller.is_none() || !subject.is_empty()))
+                    || (subject == PUSHER && (*a == "push" || *a == "delete"))
+            })
             .map(str::to_owned)
             .collect();
         granted_desc.push(format!("{name}:{}", granted.join(",")));

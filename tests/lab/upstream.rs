@@ -1,11 +1,14 @@
 //! The Hub-like upstream: distribution 2.8 (`docker-registry`) with token auth and blob
-//! redirects to an nginx "CDN", plus access-log accounting for both.
+//! redirects to an nginx "CDN", plus access-log accounting for both. Optionally with fault
+//! proxies ([`super::faults`]) in front of both: regcache is then given the registry's proxy
+//! as its upstream, and the registry redirects blob GETs to the CDN's proxy.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use super::faults::FaultProxy;
 use super::proc::{self, Daemon};
 use super::token::{self, TokenServer};
 
@@ -19,7 +22,11 @@ pub struct Upstream {
     pub registry_log: PathBuf,
     pub cdn_access_log: PathBuf,
     pub cdn_error_log: PathBuf,
-    // Field order = drop order: the CDN goes first, then the registry.
+    /// Fault proxy in front of the registry (what regcache is pointed at), if any.
+    pub registry_front: Option<FaultProxy>,
+    /// Fault proxy in front of the CDN (the registry's redirect target), if any.
+    pub cdn_front: Option<FaultProxy>,
+    // Field order = drop order: the proxies, then the CDN, then the registry.
     pub cdn: Daemon,
     pub registry: Daemon,
 }
@@ -179,6 +186,19 @@ fn parse_cdn(line: &str) -> Option<Request> {
 
 impl Upstream {
     pub fn start(dir: &Path, registry_bin: &Path, nginx_bin: &Path, tokens: &TokenServer) -> Self {
+        Self::start_with(dir, registry_bin, nginx_bin, tokens, false)
+    }
+
+    /// Like [`Upstream::start`]; with `fault_proxies`, a [`FaultProxy`] goes in front of the
+    /// registry and one in front of the CDN (the registry's redirect `baseurl`).
+    pub fn start_with(
+        dir: &Path,
+        registry_bin: &Path,
+        nginx_bin: &Path,
+        tokens: &TokenServer,
+        fault_proxies: bool,
+    ) -> Self {
+        std::fs::create_dir_all(dir).expect("create upstream dir");
         let storage_root = dir.join("storage");
         std::fs::create_dir_all(&storage_root).expect("create registry storage root");
         let registry_port = proc::free_port();
@@ -256,6 +276,8 @@ http {{
             probe, 400,
             "nginx CDN must answer 400 to requests carrying Authorization"
         );
+        let cdn_front = fault_proxies.then(|| FaultProxy::start("cdn", cdn_addr, dir));
+        let cdn_public = cdn_front.as_ref().map_or(cdn_addr, |p| p.addr);
 
         // --- distribution 2.8 with token auth and redirecting storage ---
         let reg = dir.join("registry");
@@ -289,12 +311,12 @@ middleware:
   storage:
     - name: redirect
       options:
-        baseurl: http://{cdn_addr}/
+        baseurl: http://{cdn_public}/
 "#,
             root = storage_root.display(),
             secret = std::process::id(),
             realm = tokens.realm(),
-            service = token::SERVICE,
+            service = tokens.service,
             issuer = token::ISSUER,
             bundle = tokens.cert_pem_path.display(),
         );
@@ -313,6 +335,8 @@ middleware:
             "upstream registry http://{registry_addr} (token auth, realm {}), CDN http://{cdn_addr}",
             tokens.realm()
         ));
+        let registry_front =
+            fault_proxies.then(|| FaultProxy::start("registry", registry_addr, dir));
         Upstream {
             registry_addr,
             cdn_addr,
@@ -320,9 +344,37 @@ middleware:
             registry_log,
             cdn_access_log,
             cdn_error_log,
+            registry_front,
+            cdn_front,
             cdn,
             registry,
         }
+    }
+
+    /// The URL regcache should use: the registry's fault proxy, if any, else the registry.
+    pub fn mirror_url(&self) -> String {
+        let addr = self
+            .registry_front
+            .as_ref()
+            .map_or(self.registry_addr, |p| p.addr);
+        format!("http://{addr}")
+    }
+
+    pub fn registry_front(&self) -> &FaultProxy {
+        self.registry_front
+            .as_ref()
+            .expect("lab started with fault proxies")
+    }
+
+    pub fn cdn_front(&self) -> &FaultProxy {
+        self.cdn_front
+            .as_ref()
+            .expect("lab started with fault proxies")
+    }
+
+    /// Both fault proxies (registry first).
+    pub fn fronts(&self) -> [&FaultProxy; 2] {
+        [self.registry_front(), self.cdn_front()]
     }
 
     pub fn mark(&self) -> Mark {

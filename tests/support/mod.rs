@@ -107,6 +107,8 @@ pub struct Faults {
     pub no_range: bool,
     /// CDN: send this many bytes, then stall (no more bytes, connection kept open).
     pub stall_after: Option<usize>,
+    /// CDN: like `stall_after`, on the first GET of this digest only.
+    pub stall_once: Option<(String, usize)>,
     /// Registry: add Docker Hub's ratelimit headers to manifest answers.
     pub ratelimit_headers: bool,
 }
@@ -500,8 +502,20 @@ async fn cdn_handler(
             _ => None,
         }
     };
-    let limit = cut.or(faults.stall_after).map(|n| n.min(len));
-    let stall = faults.stall_after.is_some();
+    let stall_once = {
+        let mut st = state.lock().unwrap();
+        match &st.faults.stall_once {
+            Some((d, n)) if *d == digest => {
+                let n = *n;
+                st.faults.stall_once = None;
+                Some(n)
+            }
+            _ => None,
+        }
+    };
+    let stall_at = stall_once.or(faults.stall_after);
+    let limit = cut.or(stall_at).map(|n| n.min(len));
+    let stall = cut.is_none() && stall_at.is_some();
     let throttle = match (faults.throttle, faults.no_length || limit.is_some()) {
         (None, true) => Some((64 * 1024, Duration::ZERO)),
         (t, _) => t,
