@@ -510,26 +510,33 @@ async fn fetch(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
 
-    let too_large = len.and_then(|l| {
+    let mut uncached = len.and_then(|l| {
         if !guard.fills.settings.budget.admits(l) {
-            Some("larger than max_size")
+            Some("is larger than max_size".to_string())
         } else if fs_space(&store).is_some_and(|fs| l > fs.available) {
-            Some("larger than the free space on the cache filesystem")
+            Some("is larger than the free space on the cache filesystem".to_string())
         } else {
             None
         }
     });
-    let (sink, file, mem_start) = match too_large {
-        Some(why) => {
-            tracing::info!(digest = %fill.digest, bytes = len, "blob is {why}; passing it through uncached");
-            guard.fills.detach(&fill);
-            let sink = Sink::Mem { written: 0 };
-            (sink, None, Some(0))
+    let mut disk = None;
+    if uncached.is_none() {
+        match store.begin_fill(&fill.digest) {
+            Ok(f) => match len.map(|l| f.preallocate(l)) {
+                Some(Err(e)) => uncached = Some(format!("cannot reserve its space ({e})")),
+                _ => disk = Some(f),
+            },
+            Err(e) => uncached = Some(format!("cannot create a temp file ({e})")),
         }
+    }
+    let (sink, file, mem_start) = match disk {
         None => {
-            let f = store
-                .begin_fill(&fill.digest)
-                .map_err(|e| FillError::Disk(e.to_string()))?;
+            let why = uncached.unwrap_or_default();
+            tracing::info!(digest = %fill.digest, bytes = len, "blob {why}; passing it through uncached");
+            guard.fills.detach(&fill);
+            (Sink::Mem { written: 0 }, None, Some(0))
+        }
+        Some(f) => {
             let reader = Arc::new(f.reader().map_err(|e| FillError::Disk(e.to_string()))?);
             if let Some(l) = len {
                 store.reserve(l);

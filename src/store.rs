@@ -227,6 +227,24 @@ impl FillFile {
         self.written
     }
 
+    /// Reserves `len` bytes of disk for the file without changing its size (`fallocate(2)`
+    /// with `FALLOC_FL_KEEP_SIZE`): fewer allocation stalls while writing, and a disk that
+    /// cannot hold the blob says so before any byte is written.
+    ///
+    /// Errors: ENOSPC and other allocation errors; "not supported" counts as success.
+    pub fn preallocate(&self, len: u64) -> io::Result<()> {
+        match rustix::fs::fallocate(
+            self.file.as_file(),
+            rustix::fs::FallocateFlags::KEEP_SIZE,
+            0,
+            len,
+        ) {
+            Ok(()) => Ok(()),
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A second, read-only handle on the temp file, for clients following the fill. It stays
     /// valid after the rename (and after deletion, if the fill fails).
     pub fn reader(&self) -> io::Result<File> {
@@ -275,6 +293,8 @@ struct StoreInner {
     index: Mutex<Index>,
     /// Whether the index has been loaded from disk.
     indexed: std::sync::atomic::AtomicBool,
+    /// Recently read manifests, verified (they never change for a digest).
+    manifests: Mutex<ManifestMemory>,
     /// Called after each commit (wakes the evictor when over budget).
     on_commit: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
@@ -375,6 +395,7 @@ impl Store {
                 root,
                 index: Mutex::new(Index::new()),
                 indexed: std::sync::atomic::AtomicBool::new(false),
+                manifests: Mutex::new(ManifestMemory::default()),
                 on_commit: Mutex::new(None),
             }),
         }
@@ -520,6 +541,13 @@ impl Store {
 
     /// Unlinks an object's file (missing is fine). Open readers keep their bytes.
     pub fn unlink(&self, key: &ObjectKey, entry: &Entry) -> io::Result<()> {
+        if let ObjectKey::Manifest(d) = key {
+            self.inner
+                .manifests
+                .lock()
+                .expect("manifest memory")
+                .remove(d);
+        }
         remove_if_exists(&self.object_path(key, entry))
     }
 
@@ -657,6 +685,31 @@ impl Store {
     /// and reported as not cached. A hit moves it to the front of the LRU order.
     pub fn read_manifest(&self, d: &Digest) -> io::Result<Option<StoredManifest>> {
         let key = ObjectKey::Manifest(d.clone());
+        let remembered = self.inner.manifests.lock().expect("manifest memory").get(d);
+        if let Some(m) = remembered {
+            let known = self
+                .inner
+                .index
+                .lock()
+                .expect("index lock")
+                .lru
+                .get(&key)
+                .copied();
+            if let Some(e) = known {
+                if unix_now().saturating_sub(e.used) >= TOUCH_INTERVAL {
+                    if let Ok(f) = File::open(self.content_path("manifests", d)) {
+                        self.touch(&key, &f, e);
+                    }
+                }
+                return Ok(Some(m));
+            }
+            // Gone from the index (evicted, or removed by an operator): check the disk again.
+            self.inner
+                .manifests
+                .lock()
+                .expect("manifest memory")
+                .remove(d);
+        }
         let path = self.content_path("manifests", d);
         let raw = match fs::read(&path) {
             Ok(r) => r,
@@ -678,6 +731,11 @@ impl Store {
             remove_if_exists(&path)?;
             return Ok(None);
         };
+        self.inner
+            .manifests
+            .lock()
+            .expect("manifest memory")
+            .put(d.clone(), m.clone());
         let known = self
             .inner
             .index
@@ -688,7 +746,7 @@ impl Store {
             .copied();
         match known {
             Some(e) if unix_now().saturating_sub(e.used) >= TOUCH_INTERVAL => {
-                if let Ok(f) = File::options().append(true).open(&path) {
+                if let Ok(f) = File::open(&path) {
                     self.touch(&key, &f, e);
                 }
             }
@@ -803,6 +861,55 @@ impl Store {
         let file = tmp.persist(dest).map_err(|e| e.error)?;
         sync_dir(parent)?;
         file.metadata()
+    }
+}
+
+/// Bytes of manifests kept in memory.
+pub const MANIFEST_MEMORY: usize = 8 << 20;
+
+/// A small LRU of verified manifests, bounded by [`MANIFEST_MEMORY`] bytes.
+struct ManifestMemory {
+    /// Least recently used first.
+    lru: LruCache<Digest, StoredManifest>,
+    /// Sum of the manifests' lengths.
+    bytes: usize,
+}
+
+impl Default for ManifestMemory {
+    fn default() -> Self {
+        ManifestMemory {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+        }
+    }
+}
+
+impl ManifestMemory {
+    fn get(&mut self, d: &Digest) -> Option<StoredManifest> {
+        self.lru.get(d).cloned()
+    }
+
+    fn put(&mut self, d: Digest, m: StoredManifest) {
+        let n = m.bytes.len();
+        if n > MANIFEST_MEMORY / 8 {
+            return;
+        }
+        if let Some(old) = self.lru.put(d, m) {
+            self.bytes -= old.bytes.len();
+        }
+        self.bytes += n;
+        while self.bytes > MANIFEST_MEMORY {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.bytes -= old.bytes.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn remove(&mut self, d: &Digest) {
+        if let Some(old) = self.lru.pop(d) {
+            self.bytes -= old.bytes.len();
+        }
     }
 }
 
@@ -983,9 +1090,15 @@ mod tests {
         assert_eq!(m.media_type, "application/vnd.oci.image.manifest.v1+json");
         assert!(store.write_manifest(&d, "x", b"other").is_err());
 
-        // A damaged manifest is removed, not served.
+        // A damaged manifest is removed, not served (a fresh process has no memory copy).
         let p = store.content_path("manifests", &d);
         fs::write(&p, b"application/json\n{}").unwrap();
+        assert_eq!(
+            &store.read_manifest(&d).unwrap().unwrap().bytes[..],
+            body,
+            "memory copy is verified"
+        );
+        let store = open(dir.path());
         assert!(store.read_manifest(&d).unwrap().is_none());
         assert!(!p.exists());
         assert_eq!(store.usage().objects, 0);
