@@ -11,10 +11,8 @@
 //! - `digest_hash`: `Hasher` throughput over sizes a fill feeds it (16 KiB frames up to 4 MiB),
 //!   sha256 and sha512, reported in bytes/s.
 //! - `range`: `parse_range` + `resolve_range` on the `Range` values clients send.
-//! - `lru_placeholder`: PLACEHOLDER — the `lru` crate's `LruCache<Digest, u64>` at 100k entries
-//!   (get / put / pop_lru). regcache has no eviction index yet; point this group at the real one
-//!   (`regcache::evict::...` or wherever it lands) when it exists, keeping the same operations
-//!   and sizes so the figures stay comparable.
+//! - `eviction_index`: regcache's eviction index (`store::Index`) at 100k objects (touch /
+//!   insert / pop_lru).
 
 use std::hint::black_box;
 use std::str::FromStr;
@@ -130,50 +128,59 @@ fn range(c: &mut Criterion) {
     g.finish();
 }
 
-/// PLACEHOLDER for the eviction index: the `lru` crate, not regcache code. See the module docs.
-fn lru_placeholder(c: &mut Criterion) {
-    use lru::LruCache;
-    use std::num::NonZeroUsize;
+/// The eviction index (`regcache::store::Index`: an `lru::LruCache` plus byte totals) at 100k
+/// objects: a hit, a commit, and an eviction.
+fn lru_index(c: &mut Criterion) {
+    use regcache::store::{Entry, Index, ObjectKey};
 
-    let mut g = c.benchmark_group("lru_placeholder_lru_crate");
-    let keys: Vec<Digest> = (0..LRU_ENTRIES as u64 * 2).map(digest_for).collect();
+    let mut g = c.benchmark_group("eviction_index");
+    let keys: Vec<ObjectKey> = (0..LRU_ENTRIES as u64 * 2)
+        .map(|i| ObjectKey::Blob(digest_for(i)))
+        .collect();
+    let entry = |i: usize| Entry {
+        len: 1000 + i as u64,
+        disk: 4096,
+        used: 0,
+    };
     let full = || {
-        let mut c: LruCache<Digest, u64> =
-            LruCache::new(NonZeroUsize::new(LRU_ENTRIES).expect("nonzero"));
+        let mut ix = Index::new();
         for (i, k) in keys[..LRU_ENTRIES].iter().enumerate() {
-            c.put(k.clone(), i as u64);
+            ix.insert(k.clone(), entry(i));
         }
-        c
+        ix
     };
 
-    // get: a hit on a present key (promotes it to most recent).
-    let mut cache = full();
+    // touch: a hit on a present object (promotes it to most recent).
+    let mut ix = full();
     let mut i = 0usize;
-    g.bench_function("get_hit_100k", |b| {
+    g.bench_function("touch_hit_100k", |b| {
         b.iter(|| {
             i = (i + 7919) % LRU_ENTRIES;
-            black_box(cache.get(&keys[i]).copied())
+            black_box(ix.touch(&keys[i]))
         })
     });
 
-    // put: a new key into a full cache (evicts the least recent); the key clone is included,
-    // as the real index will own its keys.
-    let mut cache = full();
+    // insert: a newly committed object (the key clone included, as a commit owns its key).
+    let mut ix = full();
     let mut j = LRU_ENTRIES;
-    g.bench_function("put_evicting_100k", |b| {
+    g.bench_function("insert_100k", |b| {
         b.iter(|| {
-            j = if j + 1 >= keys.len() { 0 } else { j + 1 };
-            black_box(cache.put(keys[j].clone(), j as u64))
+            j = if j + 1 >= keys.len() {
+                LRU_ENTRIES
+            } else {
+                j + 1
+            };
+            ix.insert(keys[j].clone(), entry(j));
         })
     });
 
-    // pop_lru: evict the oldest entry, then insert it back as the newest, so the cache stays at
-    // 100k entries (a full rebuild per iteration would swamp the timing).
-    let mut cache = full();
-    g.bench_function("pop_lru_then_reinsert_100k", |b| {
+    // pop_lru: evict the oldest, then insert it back as the newest, so the index stays at
+    // 100k objects.
+    let mut ix = full();
+    g.bench_function("evict_then_reinsert_100k", |b| {
         b.iter(|| {
-            let (k, v) = cache.pop_lru().expect("cache is full");
-            black_box(cache.put(k, v))
+            let (k, e) = ix.pop_lru().expect("index is full");
+            ix.insert(k, e);
         })
     });
     g.finish();
@@ -185,6 +192,6 @@ criterion_group!(
     digest_parse,
     digest_hash,
     range,
-    lru_placeholder
+    lru_index
 );
 criterion_main!(benches);

@@ -522,10 +522,7 @@ async fn fetch(
     let mut disk = None;
     if uncached.is_none() {
         match store.begin_fill(&fill.digest) {
-            Ok(f) => match len.map(|l| f.preallocate(l)) {
-                Some(Err(e)) => uncached = Some(format!("cannot reserve its space ({e})")),
-                _ => disk = Some(f),
-            },
+            Ok(f) => disk = Some(f),
             Err(e) => uncached = Some(format!("cannot create a temp file ({e})")),
         }
     }
@@ -557,7 +554,8 @@ async fn fetch(
     // window; it publishes progress) and the hasher.
     let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     let (wfill, wfills) = (fill.clone(), guard.fills.clone());
-    let writer = tokio::task::spawn_blocking(move || write_loop(sink, chunk_rx, &wfill, &wfills));
+    let writer =
+        tokio::task::spawn_blocking(move || write_loop(sink, len, chunk_rx, &wfill, &wfills));
     let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     let algorithm = fill.digest.algorithm();
     let hasher = tokio::task::spawn_blocking(move || {
@@ -743,6 +741,7 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
 /// pass-through for the rest of the blob.
 fn write_loop(
     mut sink: Sink,
+    len: Option<u64>,
     mut rx: mpsc::Receiver<Bytes>,
     fill: &Arc<Fill>,
     fills: &Fills,
@@ -754,48 +753,50 @@ fn write_loop(
             }
         })
     };
-    while let Some(first) = rx.blocking_recv() {
-        let mut next = Some(first);
-        while let Some(chunk) = next.take() {
-            match &mut sink {
-                Sink::Disk(f) => match f.write(&chunk) {
-                    Ok(()) => {}
-                    Err(e) => {
-                        tracing::warn!(digest = %fill.digest, error = %e, written = f.written(),
-                            "cache write failed; passing the rest of this blob through uncached");
-                        let Sink::Disk(f) = std::mem::replace(&mut sink, Sink::Mem { written: 0 })
-                        else {
-                            unreachable!()
-                        };
-                        let written = f.abandon();
-                        fills.detach(fill);
-                        fill.state.send_modify(|s| {
-                            if let FillState::Streaming { mem_start, .. } = s {
-                                *mem_start = Some(written);
-                            }
-                        });
-                        sink = Sink::Mem { written };
-                        next = Some(chunk); // retry this chunk in pass-through
-                        continue;
-                    }
-                },
-                Sink::Mem { written } => {
-                    let at = *written;
-                    *written += chunk.len() as u64;
-                    let w = *written;
-                    fill.push_mem(at, chunk);
-                    publish(w);
-                    fill.wait_room();
+    // Reserve the blob's space first (here, off the path of the response headers).
+    if let (Sink::Disk(f), Some(l)) = (&sink, len) {
+        if let Err(e) = f.preallocate(l) {
+            to_pass_through(&mut sink, fill, fills, &e);
+        }
+    }
+    while let Some(chunk) = rx.blocking_recv() {
+        if let Sink::Disk(f) = &mut sink {
+            match f.write(&chunk) {
+                Ok(()) => {
+                    // Wake followers after every chunk (they may be waiting for the first bytes).
+                    publish(f.written());
                     continue;
                 }
+                Err(e) => to_pass_through(&mut sink, fill, fills, &e), // this chunk goes below
             }
-            // Disk: wake followers after every chunk (they may be waiting for the first bytes).
-            if let Sink::Disk(f) = &sink {
-                publish(f.written());
-            }
+        }
+        if let Sink::Mem { written } = &mut sink {
+            let at = *written;
+            *written += chunk.len() as u64;
+            let w = *written;
+            fill.push_mem(at, chunk);
+            publish(w);
+            fill.wait_room();
         }
     }
     Ok(sink)
+}
+
+/// A disk error: delete the temp file and pass the rest of the blob through uncached.
+fn to_pass_through(sink: &mut Sink, fill: &Arc<Fill>, fills: &Fills, e: &std::io::Error) {
+    let Sink::Disk(f) = std::mem::replace(sink, Sink::Mem { written: 0 }) else {
+        return;
+    };
+    let written = f.abandon();
+    tracing::warn!(digest = %fill.digest, error = %e, written,
+        "cache write failed; passing the rest of this blob through uncached");
+    fills.detach(fill);
+    fill.state.send_modify(|s| {
+        if let FillState::Streaming { mem_start, .. } = s {
+            *mem_start = Some(written);
+        }
+    });
+    *sink = Sink::Mem { written };
 }
 
 /// Streams bytes `[start, end)` of the fill into `tx` (end `None` = to the end of the object),

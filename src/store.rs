@@ -156,8 +156,15 @@ pub struct Index {
     reserved: u64,
 }
 
+impl Default for Index {
+    fn default() -> Self {
+        Index::new()
+    }
+}
+
 impl Index {
-    fn new() -> Index {
+    /// An empty index.
+    pub fn new() -> Index {
         Index {
             lru: LruCache::unbounded(),
             total: 0,
@@ -165,17 +172,46 @@ impl Index {
         }
     }
 
-    fn insert(&mut self, key: ObjectKey, e: Entry) {
+    /// Adds (or replaces) an object as the most recently used.
+    pub fn insert(&mut self, key: ObjectKey, e: Entry) {
         if let Some(old) = self.lru.put(key, e) {
             self.total -= old.disk;
         }
         self.total += e.disk;
     }
 
-    fn remove(&mut self, key: &ObjectKey) -> Option<Entry> {
+    /// Forgets an object.
+    pub fn remove(&mut self, key: &ObjectKey) -> Option<Entry> {
         let e = self.lru.pop(key)?;
         self.total -= e.disk;
         Some(e)
+    }
+
+    /// A hit: the object's entry, now the most recently used.
+    pub fn touch(&mut self, key: &ObjectKey) -> Option<Entry> {
+        self.lru.get(key).copied()
+    }
+
+    /// Removes and returns the least recently used object.
+    pub fn pop_lru(&mut self) -> Option<(ObjectKey, Entry)> {
+        let (k, e) = self.lru.pop_lru()?;
+        self.total -= e.disk;
+        Some((k, e))
+    }
+
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        self.lru.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.lru.is_empty()
+    }
+
+    /// Bytes on disk taken by all objects.
+    pub fn total(&self) -> u64 {
+        self.total
     }
 }
 
