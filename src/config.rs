@@ -233,19 +233,7 @@ impl CacheSettings {
     ///
     /// Errors: [`ConfigError`] for an unreadable or invalid file.
     pub fn load(args: &CacheArgs) -> Result<CacheSettings, ConfigError> {
-        let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                parse_file(&text).map_err(|message| ConfigError::Parse {
-                    path: path.clone(),
-                    message,
-                })?
-            }
-            None => FileConfig::default(),
-        };
+        let file = read_file(args.config.as_deref())?;
         Ok(CacheSettings {
             cache_dir: args
                 .cache_dir
@@ -323,19 +311,7 @@ impl Config {
     ///
     /// Errors: [`ConfigError`] naming the file, key and problem.
     pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let file = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                parse_file(&text).map_err(|message| ConfigError::Parse {
-                    path: path.clone(),
-                    message,
-                })?
-            }
-            None => FileConfig::default(),
-        };
+        let file = read_file(args.config.as_deref())?;
         Config::resolve(file, args, &default_cache_dir(), |p| {
             std::fs::read_to_string(p)
         })
@@ -512,6 +488,23 @@ fn parse_pem_certs(pem: &str) -> Result<Vec<Vec<u8>>, String> {
         return Err("holds no PEM certificate (-----BEGIN CERTIFICATE-----)".into());
     }
     Ok(certs.into_iter().map(|c| c.to_vec()).collect())
+}
+
+/// Reads and parses the config file, if one is named (no file: all defaults).
+///
+/// Errors: [`ConfigError::Read`] or [`ConfigError::Parse`] naming the file.
+pub fn read_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_file(&text).map_err(|message| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message,
+    })
 }
 
 /// Parses the config file text. Errors carry toml's message, which names the key, line and column.

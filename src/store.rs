@@ -554,6 +554,11 @@ impl Store {
         self.committed();
     }
 
+    /// The object's entry, now the most recently used.
+    fn index_touch(&self, key: &ObjectKey) -> Option<Entry> {
+        self.inner.index.lock().expect("index lock").touch(key)
+    }
+
     fn index_remove(&self, key: &ObjectKey) {
         self.inner.index.lock().expect("index lock").remove(key);
     }
@@ -611,14 +616,7 @@ impl Store {
     /// Errors: I/O errors other than "not found".
     pub fn open_blob(&self, d: &Digest) -> io::Result<Option<(File, u64)>> {
         let key = ObjectKey::Blob(d.clone());
-        let known = self
-            .inner
-            .index
-            .lock()
-            .expect("index lock")
-            .lru
-            .get(&key)
-            .copied();
+        let known = self.index_touch(&key);
         let len = match known {
             Some(e) => e.len,
             // Not indexed: another process (prefetch) may have committed it.
@@ -772,14 +770,7 @@ impl Store {
             .lock()
             .expect("manifest memory")
             .put(d.clone(), m.clone());
-        let known = self
-            .inner
-            .index
-            .lock()
-            .expect("index lock")
-            .lru
-            .get(&key)
-            .copied();
+        let known = self.index_touch(&key);
         match known {
             Some(e) if unix_now().saturating_sub(e.used) >= TOUCH_INTERVAL => {
                 if let Ok(f) = File::open(&path) {
