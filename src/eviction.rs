@@ -172,6 +172,7 @@ pub fn evict_once(store: &Store, budget: &Budget) -> EvictReport {
     if !manifests.is_empty() {
         report.tags = store.drop_tags_pointing_at(&manifests);
     }
+    store.record_evicted(report.objects as u64, report.bytes);
     tracing::info!(
         objects = report.objects,
         bytes = report.bytes,

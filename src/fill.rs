@@ -22,6 +22,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -272,6 +273,33 @@ pub struct Fills {
     settings: FillSettings,
     /// Signalled whenever a fill leaves the map (for draining at shutdown).
     left: tokio::sync::Notify,
+    /// Outcome counters (for `/metrics`).
+    stats: StatCounters,
+}
+
+/// Outcome counters of fills.
+#[derive(Default)]
+struct StatCounters {
+    committed: AtomicU64,
+    uncached: AtomicU64,
+    failed: AtomicU64,
+    resumes: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// A snapshot of the fill counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FillStats {
+    /// Fills verified and committed.
+    pub committed: u64,
+    /// Fills passed through uncached.
+    pub uncached: u64,
+    /// Fills that failed.
+    pub failed: u64,
+    /// Resumes after broken or stalled upstream downloads.
+    pub resumes: u64,
+    /// Blob bytes received from upstreams.
+    pub bytes: u64,
 }
 
 /// How fills behave.
@@ -342,6 +370,19 @@ impl Fills {
             map: Mutex::new(HashMap::new()),
             settings,
             left: tokio::sync::Notify::new(),
+            stats: StatCounters::default(),
+        }
+    }
+
+    /// The fill counters.
+    pub fn stats(&self) -> FillStats {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        FillStats {
+            committed: g(&self.stats.committed),
+            uncached: g(&self.stats.uncached),
+            failed: g(&self.stats.failed),
+            resumes: g(&self.stats.resumes),
+            bytes: g(&self.stats.bytes),
         }
     }
 
@@ -456,7 +497,14 @@ async fn run_fill(mut guard: FillGuard, upstream: Arc<Upstream>, name: String) {
     let fill = guard.fill.clone();
     let digest = fill.digest.clone();
     let started = std::time::Instant::now();
-    match fetch(&mut guard, &upstream, &name).await {
+    let stats = &guard.fills.clone().stats;
+    let outcome = fetch(&mut guard, &upstream, &name).await;
+    match &outcome {
+        Ok((_, true)) => stats.committed.fetch_add(1, Ordering::Relaxed),
+        Ok((_, false)) => stats.uncached.fetch_add(1, Ordering::Relaxed),
+        Err(_) => stats.failed.fetch_add(1, Ordering::Relaxed),
+    };
+    match outcome {
         Ok((len, true)) => {
             tracing::info!(%digest, bytes = len, ms = started.elapsed().as_millis() as u64, "fill committed")
         }
@@ -584,6 +632,11 @@ async fn fetch(
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     received += data.len() as u64;
+                    guard
+                        .fills
+                        .stats
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                     if len.is_some_and(|l| received > l) {
                         break Some("upstream sent more bytes than its Content-Length".into());
                     }
@@ -605,6 +658,7 @@ async fn fetch(
         }
         resumed_at = received;
         resumes += 1;
+        guard.fills.stats.resumes.fetch_add(1, Ordering::Relaxed);
         if resumes > MAX_RESUMES {
             break Some(format!(
                 "{broke}; gave up after {MAX_RESUMES} resume attempts"
@@ -753,18 +807,19 @@ fn write_loop(
             }
         })
     };
-    // Reserve the blob's space first (here, off the path of the response headers).
-    if let (Sink::Disk(f), Some(l)) = (&sink, len) {
-        if let Err(e) = f.preallocate(l) {
-            to_pass_through(&mut sink, fill, fills, &e);
-        }
-    }
+    // The blob's space is reserved once the first bytes are out (off the time to first byte).
+    let mut preallocate = len;
     while let Some(chunk) = rx.blocking_recv() {
         if let Sink::Disk(f) = &mut sink {
             match f.write(&chunk) {
                 Ok(()) => {
                     // Wake followers after every chunk (they may be waiting for the first bytes).
                     publish(f.written());
+                    if let Some(l) = preallocate.take() {
+                        if let Err(e) = f.preallocate(l) {
+                            to_pass_through(&mut sink, fill, fills, &e);
+                        }
+                    }
                     continue;
                 }
                 Err(e) => to_pass_through(&mut sink, fill, fills, &e), // this chunk goes below

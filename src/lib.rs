@@ -11,6 +11,7 @@
 //! - [`store`]: the content-addressed cache on disk (temp file, hash, fsync, rename).
 //! - [`eviction`]: the disk budget (`max_size`, `min_free`) and LRU eviction off the request path.
 //! - [`fill`]: fills and the streaming tee — one upstream fetch per digest, many followers.
+//! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`mmap`]: zero-copy hits (the one `unsafe` module).
 //! - [`body`]: response body types.
 //! - [`error`]: OCI error responses.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod eviction;
 pub mod fill;
+pub mod metrics;
 pub mod mmap;
 pub mod prefetch;
 pub mod reference;

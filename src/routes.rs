@@ -80,6 +80,8 @@ pub struct App {
     pub registries: BTreeMap<String, Arc<Upstream>>,
     /// Per-key locks coalescing manifest fetches and tag revalidations.
     manifest_locks: KeyedLocks,
+    /// Requests and bytes by cache result (for `/metrics`).
+    pub counters: crate::metrics::RequestCounters,
 }
 
 impl App {
@@ -136,6 +138,7 @@ impl App {
             store,
             registries,
             manifest_locks: KeyedLocks::default(),
+            counters: Default::default(),
         })
     }
 
@@ -178,6 +181,22 @@ async fn route<B>(
         return Err(ApiError::unsupported_method(method));
     }
     let head = method == Method::HEAD;
+    if req.uri().path() == "/metrics" {
+        let text = crate::metrics::render(app);
+        let r = Response::builder()
+            .header(
+                CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .header(CONTENT_LENGTH, text.len())
+            .body(if head {
+                body::empty()
+            } else {
+                body::full(text)
+            })
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        return Ok((r, CacheResult::None));
+    }
     let query = Query::parse(req.uri().query());
     let (prefix, path) = app.strip_registry_prefix(req.uri().path());
     let registry = match (prefix, &query.ns) {

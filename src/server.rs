@@ -61,7 +61,7 @@ pub async fn run(
                 let app = app.clone();
                 let svc = service_fn(move |req| {
                     let app = app.clone();
-                    async move { Ok::<_, Infallible>(serve(&app, req).await) }
+                    async move { Ok::<_, Infallible>(serve(app, req).await) }
                 });
                 let io = TokioIo::new(crate::mmap::ZeroCopyStream::new(stream));
                 let conn = builder.serve_connection(io, svc).into_owned();
@@ -87,9 +87,9 @@ pub async fn run(
     Ok(())
 }
 
-async fn serve(app: &App, req: Request<Incoming>) -> Response<LoggedBody> {
+async fn serve(app: Arc<App>, req: Request<Incoming>) -> Response<LoggedBody> {
     let started = Instant::now();
-    let (resp, cache) = routes::handle(app, &req).await;
+    let (resp, cache) = routes::handle(&app, &req).await;
     let (parts, body) = resp.into_parts();
     let expected = body.size_hint().exact();
     let log = AccessLog {
@@ -98,6 +98,7 @@ async fn serve(app: &App, req: Request<Incoming>) -> Response<LoggedBody> {
         status: parts.status.as_u16(),
         cache,
         started,
+        app,
     };
     Response::from_parts(
         parts,
@@ -123,6 +124,8 @@ struct AccessLog {
     cache: CacheResult,
     /// When the request arrived.
     started: Instant,
+    /// Where the request counters live.
+    app: Arc<App>,
 }
 
 /// A response body that writes the request's access-log line when it is done (or dropped
@@ -174,6 +177,7 @@ impl Drop for LoggedBody {
     fn drop(&mut self) {
         let l = &self.log;
         let complete = self.finished || self.expected == Some(self.bytes);
+        l.app.counters.record(l.cache, self.bytes);
         tracing::info!(
             target: "regcache::access",
             method = %l.method,

@@ -331,6 +331,8 @@ struct StoreInner {
     indexed: std::sync::atomic::AtomicBool,
     /// Recently read manifests, verified (they never change for a digest).
     manifests: Mutex<ManifestMemory>,
+    /// Objects and bytes removed by eviction (for `/metrics`).
+    evicted: (std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64),
     /// Called after each commit (wakes the evictor when over budget).
     on_commit: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
@@ -432,6 +434,7 @@ impl Store {
                 index: Mutex::new(Index::new()),
                 indexed: std::sync::atomic::AtomicBool::new(false),
                 manifests: Mutex::new(ManifestMemory::default()),
+                evicted: Default::default(),
                 on_commit: Mutex::new(None),
             }),
         }
@@ -520,6 +523,22 @@ impl Store {
             reserved: ix.reserved,
             objects: ix.lru.len(),
         }
+    }
+
+    /// Records an eviction pass: objects removed and bytes freed.
+    pub fn record_evicted(&self, objects: u64, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.inner.evicted.0.fetch_add(objects, Relaxed);
+        self.inner.evicted.1.fetch_add(bytes, Relaxed);
+    }
+
+    /// Objects removed and bytes freed by eviction since the start.
+    pub fn evictions(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.inner.evicted.0.load(Relaxed),
+            self.inner.evicted.1.load(Relaxed),
+        )
     }
 
     /// Counts `bytes` against the budget until [`Store::unreserve`] (a fill in progress).

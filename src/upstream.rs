@@ -233,6 +233,8 @@ pub struct Upstream {
     backoff: Mutex<Option<(Instant, bool)>>,
     /// Docker Hub's last `ratelimit-limit` / `ratelimit-remaining` values.
     rate_limit: Mutex<Option<(String, String)>>,
+    /// Requests sent (for `/metrics`).
+    sent: std::sync::atomic::AtomicU64,
 }
 
 /// Settings shared by every upstream of a mirror.
@@ -274,6 +276,7 @@ impl Upstream {
             offline: opts.offline,
             backoff: Mutex::new(None),
             rate_limit: Mutex::new(None),
+            sent: Default::default(),
         })
     }
 
@@ -437,6 +440,11 @@ impl Upstream {
         }
     }
 
+    /// Requests sent to this upstream since the start (redirects and token fetches included).
+    pub fn requests_sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Docker Hub's last reported rate limit: (`ratelimit-limit`, `ratelimit-remaining`), e.g.
     /// `("100;w=21600", "76;w=21600")`.
     pub fn rate_limit(&self) -> Option<(String, String)> {
@@ -449,6 +457,7 @@ impl Upstream {
         req: Request<Empty<Bytes>>,
         url: &Url,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => {
                 tracing::warn!(upstream = %host_of(url), after = ?self.timeout, backoff = ?DOWN_BACKOFF, "upstream did not answer; skipping it for a while");

@@ -471,3 +471,40 @@ async fn blob_bytes_go_out_with_sendfile_not_through_user_space() {
     let r = request("GET", &url, &[("range", "bytes=4095-4200")]).await;
     assert_eq!(&r.bytes()[..], &data[4095..=4200]);
 }
+
+#[tokio::test]
+async fn metrics_count_hits_misses_and_upstream_requests() {
+    let up = FakeUpstream::start(300).await;
+    let img = up.add_image("library/met", "v1", 10_000, 40);
+    let m = Mirror::start(&up.url(), HOUR).await;
+    let blob = m.url(&format!("/v2/library/met/blobs/{}", img.layer_digest));
+    assert_eq!(get(&blob).await.status, 200);
+    eventually("committed", || m.has_blob(&img.layer_digest)).await;
+    assert_eq!(get(&blob).await.status, 200);
+    let r = get(&m.url("/metrics")).await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .header("content-type")
+        .starts_with("application/openmetrics-text"));
+    let text = String::from_utf8(r.bytes().to_vec()).unwrap();
+    let value = |line: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line))
+            .unwrap_or_else(|| panic!("no {line} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("regcache_requests_total{cache=\"hit\"}"), 1.0);
+    assert_eq!(value("regcache_requests_total{cache=\"miss\"}"), 1.0);
+    assert_eq!(
+        value("regcache_served_bytes_total{cache=\"hit\"}"),
+        10_000.0
+    );
+    assert_eq!(value("regcache_fills_committed_total"), 1.0);
+    assert_eq!(value("regcache_cache_objects"), 1.0);
+    assert!(value("regcache_upstream_requests_total{registry=\"docker.io\"}") >= 2.0);
+    assert!(text.ends_with("# EOF\n"));
+}
