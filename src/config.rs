@@ -12,6 +12,8 @@
 //! revalidate_timeout = "5s" # wait this long for upstream, then serve cached (or fail fast)
 //! idle_timeout = "60s"      # drop and resume a download that receives nothing this long
 //! max_upstream_bandwidth = "2MiB/s"   # optional cap for all fills together
+//! tls_cert = "/etc/regcache/regcache.crt"  # optional: serve HTTPS (with tls_key)
+//! tls_key = "/etc/regcache/regcache.key"
 //! default_registry = "docker.io"   # used when a request names no registry
 //! [upstream]                # shorthand for [registries."<default_registry>"]
 //! url = "https://registry-1.docker.io"
@@ -87,6 +89,10 @@ pub struct FileConfig {
     /// `max_upstream_bandwidth`: cap on all fills together, e.g. `"2MiB/s"`.
     #[serde(default, deserialize_with = "de_rate")]
     pub max_upstream_bandwidth: Option<u64>,
+    /// `tls_cert`: PEM certificate chain; with `tls_key`, the listener speaks HTTPS.
+    pub tls_cert: Option<PathBuf>,
+    /// `tls_key`: PEM private key for `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     /// `default_registry`: the registry a request without `ns` or path prefix means.
     pub default_registry: Option<String>,
     /// `[upstream]`: shorthand for `[registries.<default_registry>]`.
@@ -195,6 +201,12 @@ pub struct ServeArgs {
     /// Cap on the upstream bandwidth of all fills together, e.g. 2MiB/s [default: none].
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub max_upstream_bandwidth: Option<u64>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Default for `revalidate_timeout`.
@@ -299,6 +311,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Cap on upstream bytes per second, all fills together.
     pub max_upstream_bandwidth: Option<u64>,
+    /// Certificate and key files: the listener speaks HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// Registry used when a request names none.
     pub default_registry: String,
     /// Every mirrored registry, the default among them.
@@ -445,6 +459,19 @@ impl Config {
                     .unwrap_or(DEFAULT_IDLE_TIMEOUT),
             )?,
             max_upstream_bandwidth: args.max_upstream_bandwidth.or(file.max_upstream_bandwidth),
+            tls: match (
+                args.tls_cert.clone().or(file.tls_cert),
+                args.tls_key.clone().or(file.tls_key),
+            ) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        key: "tls_cert",
+                        message: "tls_cert and tls_key must be given together".into(),
+                    })
+                }
+            },
             default_registry,
             registries,
         })

@@ -7,6 +7,7 @@
 //! - [`routes`]: the pull API — hit / miss / coalesced / stale decisions per endpoint.
 //! - [`prefetch`]: `regcache prefetch` — warming a cache with whole images ahead of time.
 //! - [`reference`]: repository names, tags, digests and route parsing (spec grammars).
+//! - [`tls`]: HTTPS for the listener; `regcache gen-cert`.
 //! - [`upstream`]: the upstream client — rustls, token auth, redirects without credentials.
 //! - [`store`]: the content-addressed cache on disk (temp file, hash, fsync, rename).
 //! - [`eviction`]: the disk budget (`max_size`, `min_free`) and LRU eviction off the request path.
@@ -30,4 +31,5 @@ pub mod reference;
 pub mod routes;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod upstream;

@@ -26,6 +26,15 @@ enum Command {
     Verify(CacheArgs),
     /// Fetch whole images into the cache ahead of time (mirror running or not).
     Prefetch(regcache::prefetch::PrefetchArgs),
+    /// Write a self-signed certificate and key for serving HTTPS (an edge box serving a site).
+    GenCert {
+        /// Name (or IP address) clients use to reach the mirror; repeatable.
+        #[arg(long = "hostname", value_name = "NAME", required = true)]
+        hostnames: Vec<String>,
+        /// Directory to write regcache.crt and regcache.key into.
+        #[arg(long, value_name = "DIR", default_value = "certs")]
+        out_dir: std::path::PathBuf,
+    },
     /// Evict least recently used content now, down to the budget's low watermark.
     Gc {
         #[command(flatten)]
@@ -54,6 +63,27 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Prefetch(args) => prefetch(args),
+        Command::GenCert { hostnames, out_dir } => {
+            match regcache::tls::generate(&hostnames, &out_dir) {
+                Ok((cert, key)) => {
+                    let host = &hostnames[0];
+                    println!(
+                        "wrote {} and {} (key mode 0600)",
+                        cert.display(),
+                        key.display()
+                    );
+                    println!("serve:      regcache serve --listen 0.0.0.0:5000 --tls-cert {} --tls-key {}", cert.display(), key.display());
+                    println!("docker:     copy {} to /etc/docker/certs.d/{host}:5000/ca.crt on each client;", cert.display());
+                    println!("            daemon.json: {{\"registry-mirrors\": [\"https://{host}:5000\"]}}");
+                    println!("containerd: hosts.toml: [host.\"https://{host}:5000\"] capabilities = [\"pull\", \"resolve\"], ca = \"/path/to/regcache.crt\"");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("regcache gen-cert: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Status(args) => with_cache(&args, |s| {
             print!("{}", regcache::admin::status(s)?);
             Ok(ExitCode::SUCCESS)

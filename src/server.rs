@@ -26,15 +26,21 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `app` on an already bound `listener` until `shutdown` completes, then drains open
-/// connections for up to [`DRAIN_TIMEOUT`]. Accept errors never stop the loop (it backs off when
-/// out of file descriptors).
+/// connections (and fills) for up to [`DRAIN_TIMEOUT`]. Speaks HTTPS when the config names a
+/// certificate. Accept errors never stop the loop (it backs off when out of file descriptors).
 ///
-/// Errors: none today; the `Result` leaves room for fatal listener errors.
+/// Errors: the TLS certificate or key cannot be loaded.
 pub async fn run(
     listener: TcpListener,
     app: Arc<App>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let tls = match &app.config.tls {
+        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(
+            crate::tls::server_config(cert, key).map_err(std::io::Error::other)?,
+        )),
+        None => None,
+    };
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -58,19 +64,23 @@ pub async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let app = app.clone();
-                let svc = service_fn(move |req| {
-                    let app = app.clone();
-                    async move { Ok::<_, Infallible>(serve(app, req).await) }
-                });
-                let io = TokioIo::new(crate::mmap::ZeroCopyStream::new(stream));
-                let conn = builder.serve_connection(io, svc).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
+                match tls.clone() {
+                    None => {
+                        let io = crate::mmap::ZeroCopyStream::new(stream);
+                        tokio::spawn(serve_connection(io, app, builder, watcher));
                     }
-                });
+                    Some(acceptor) => {
+                        // The handshake runs in the connection's task, bounded like header reads.
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(io)) => serve_connection(io, app, builder, watcher).await,
+                                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!("TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             _ = &mut shutdown => break,
         }
@@ -85,6 +95,25 @@ pub async fn run(
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("shutdown: connections still open after the drain timeout"),
     }
     Ok(())
+}
+
+/// Serves one connection (HTTP/1.1 or HTTP/2) until it closes or shutdown drains it.
+async fn serve_connection<I>(
+    io: I,
+    app: Arc<App>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(serve(app, req).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
 }
 
 async fn serve(app: Arc<App>, req: Request<Incoming>) -> Response<LoggedBody> {

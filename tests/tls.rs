@@ -1,0 +1,98 @@
+//! HTTPS on the listener: HTTP/2 and HTTP/1.1 over rustls, misses and hits.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use regcache::config::ServeArgs;
+use support::*;
+
+fn client(
+    cert_pem: &str,
+    h2: bool,
+) -> Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<Bytes>,
+> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let b = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(cfg)
+        .https_only();
+    let conn = if h2 {
+        b.enable_http2().build()
+    } else {
+        b.enable_http1().build()
+    };
+    let mut cb = Client::builder(TokioExecutor::new());
+    cb.http2_only(h2);
+    cb.build(conn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_listener_serves_h2_and_http1() {
+    let up = FakeUpstream::start(300).await;
+    let data = random_bytes(2_000_000, 50);
+    let d = up.add_blob(data);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = regcache::tls::generate(&["localhost".into()], dir.path()).unwrap();
+    let m = Mirror::start_args(ServeArgs {
+        upstream: Some(up.url()),
+        tag_ttl: Some(Duration::ZERO),
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key),
+        ..Default::default()
+    })
+    .await;
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let base = format!("https://localhost:{}", m.addr.port());
+    for h2 in [true, false] {
+        let c = client(&pem, h2);
+        let r = c.get(format!("{base}/v2/").parse().unwrap()).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.version(),
+            if h2 {
+                http::Version::HTTP_2
+            } else {
+                http::Version::HTTP_11
+            }
+        );
+        // First round: a miss through the tee; second: a hit.
+        let r = c
+            .get(format!("{base}/v2/library/tls/blobs/{d}").parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(sha256(&body), d, "h2={h2}");
+    }
+    // Plain HTTP to the HTTPS port is not answered as HTTP.
+    let plain = tokio::time::timeout(Duration::from_secs(5), async {
+        let c: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        c.get(
+            format!("http://127.0.0.1:{}/v2/", m.addr.port())
+                .parse()
+                .unwrap(),
+        )
+        .await
+    })
+    .await
+    .expect("no hang");
+    assert!(plain.is_err() || plain.unwrap().status() != 200);
+}
