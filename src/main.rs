@@ -210,7 +210,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             upstream = %app.default_upstream().host(),
             registries = %app.registries.keys().cloned().collect::<Vec<_>>().join(","),
             cache_dir = %app.store.root().display(),
-            tag_ttl = ?app.config.tag_ttl,
+            tag_ttl = %humantime::format_duration(app.config.tag_ttl),
             "regcache serving"
         );
         match regcache::server::run(listener, app, shutdown_signal()).await {

@@ -6,8 +6,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::text::encode;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
 use crate::routes::{App, CacheResult};
@@ -40,27 +41,41 @@ impl RequestCounters {
     }
 }
 
+/// A metric family labelled by `(name, value)` pairs, filled at scrape time.
+type Labelled = Family<Vec<(&'static str, String)>, Counter>;
+
 /// The metrics text for `app`, in the OpenMetrics text format.
 pub fn render(app: &App) -> String {
     let mut reg = Registry::with_prefix("regcache");
+    let requests = Labelled::default();
+    let served = Labelled::default();
     for (i, r) in RESULTS.iter().enumerate() {
-        let label = if *r == CacheResult::None {
-            "none"
-        } else {
-            r.as_str()
-        };
-        let sub = reg.sub_registry_with_label(("cache".into(), label.into()));
-        sub.register(
-            "requests",
-            "Requests answered, by how the cache answered them",
-            ConstCounter::new(app.counters.requests[i].load(Ordering::Relaxed)),
-        );
-        sub.register(
-            "served_bytes",
-            "Response body bytes sent to clients",
-            ConstCounter::new(app.counters.bytes[i].load(Ordering::Relaxed)),
-        );
+        let label = vec![(
+            "cache",
+            if *r == CacheResult::None {
+                "none"
+            } else {
+                r.as_str()
+            }
+            .to_string(),
+        )];
+        requests
+            .get_or_create(&label)
+            .inc_by(app.counters.requests[i].load(Ordering::Relaxed));
+        served
+            .get_or_create(&label)
+            .inc_by(app.counters.bytes[i].load(Ordering::Relaxed));
     }
+    reg.register(
+        "requests",
+        "Requests answered, by how the cache answered them",
+        requests,
+    );
+    reg.register(
+        "served_bytes",
+        "Response body bytes sent to clients",
+        served,
+    );
     let usage = app.store.usage();
     reg.register(
         "cache_bytes",
@@ -126,25 +141,29 @@ pub fn render(app: &App) -> String {
         "Bytes sent with sendfile(2), without a user-space copy",
         ConstCounter::new(crate::mmap::sendfile_bytes()),
     );
+    let upstream = Labelled::default();
+    let remaining = Family::<Vec<(&'static str, String)>, Gauge>::default();
     for (name, up) in &app.registries {
-        let sub = reg.sub_registry_with_label(("registry".into(), name.clone().into()));
-        sub.register(
-            "upstream_requests",
-            "Requests sent to the upstream (redirects and token fetches included)",
-            ConstCounter::new(up.requests_sent()),
-        );
+        let label = vec![("registry", name.clone())];
+        upstream.get_or_create(&label).inc_by(up.requests_sent());
         if let Some(rem) = up.rate_limit().and_then(|(_, r)| {
             r.split(';')
                 .next()
                 .and_then(|v| v.trim().parse::<i64>().ok())
         }) {
-            sub.register(
-                "upstream_ratelimit_remaining",
-                "Docker Hub's last ratelimit-remaining",
-                ConstGauge::new(rem),
-            );
+            remaining.get_or_create(&label).set(rem);
         }
     }
+    reg.register(
+        "upstream_requests",
+        "Requests sent to each upstream registry (redirects and token fetches included)",
+        upstream,
+    );
+    reg.register(
+        "upstream_ratelimit_remaining",
+        "Docker Hub's last ratelimit-remaining, per registry (present once reported)",
+        remaining,
+    );
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
     out

@@ -199,6 +199,23 @@ async fn route<B>(
     }
     let query = Query::parse(req.uri().query());
     let (prefix, path) = app.strip_registry_prefix(req.uri().path());
+    if prefix.is_none() {
+        if let Some(host) = hostlike_prefix(&path) {
+            // Docker Hub repository names never start with a host name: this is a path-prefix
+            // request for a registry that is not configured. Nothing goes upstream.
+            if app.config.default_registry == crate::config::DEFAULT_REGISTRY {
+                return Err(ApiError::name_unknown(format!(
+                    "registry {:?} is not mirrored here (configured: {})",
+                    host.chars().take(100).collect::<String>(),
+                    app.registries
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+        }
+    }
     let registry = match (prefix, &query.ns) {
         (Some(p), Some(ns)) if p != ns => {
             return Err(ApiError::new(
@@ -256,6 +273,15 @@ async fn route<B>(
             pass_through(up, &name, &format!("/v2/{name}/referrers/{digest}"), head).await
         }
     }
+}
+
+/// The first path component after `/v2/` when it looks like a registry host (has a `.` or a
+/// `:`, or is `localhost`) and more path follows.
+fn hostlike_prefix(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v2/")?;
+    let (first, tail) = rest.split_once('/')?;
+    (!tail.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost"))
+        .then_some(first)
 }
 
 /// Docker Hub spells official images `library/<name>`; a bare name gets the prefix so all

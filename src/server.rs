@@ -215,7 +215,7 @@ impl Drop for LoggedBody {
             cache = l.cache.as_str(),
             bytes = self.bytes,
             complete,
-            ms = l.started.elapsed().as_secs_f64() * 1000.0,
+            ms = (l.started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0,
         );
     }
 }

@@ -248,7 +248,7 @@ impl Drop for SmallFs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_during_a_fill_still_delivers_the_whole_blob() {
     if !is_root() {
-        println!("SKIP a_full_disk_during_a_fill_still_delivers_the_whole_blob: needs root to mount a small tmpfs (run `sudo scripts/test-all`)");
+        println!("SKIP a_full_disk_during_a_fill_still_delivers_the_whole_blob: needs root to mount a small tmpfs (run `scripts/test-all` as root)");
         return;
     }
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();

@@ -507,4 +507,10 @@ async fn metrics_count_hits_misses_and_upstream_requests() {
     assert_eq!(value("regcache_cache_objects"), 1.0);
     assert!(value("regcache_upstream_requests_total{registry=\"docker.io\"}") >= 2.0);
     assert!(text.ends_with("# EOF\n"));
+    // OpenMetrics: each family is described once.
+    let mut types: Vec<&str> = text.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let n = types.len();
+    types.sort();
+    types.dedup();
+    assert_eq!(types.len(), n, "a metric family is declared twice:\n{text}");
 }

@@ -81,6 +81,12 @@ async fn unknown_registries_cause_no_outbound_connection() {
         assert_eq!(r.status, 404, "{path}");
         assert_eq!(r.json()["errors"][0]["code"], "NAME_UNKNOWN", "{path}");
     }
+    // A path prefix naming an unconfigured registry is refused too, not sent to Docker Hub.
+    for path in ["/v2/quay.io/org/app/manifests/v1", "/v2/localhost:5000/app/blobs/sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"] {
+        let r = get(&m.url(path)).await;
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(r.json()["errors"][0]["code"], "NAME_UNKNOWN", "{path}");
+    }
     assert_eq!(n(&hub.counters.total) + n(&ghcr.counters.total), 0);
 }
 

@@ -144,13 +144,13 @@ fn preflight_inner(test: &str, needs_regcache: bool) -> Option<Tools> {
     }
     if !is_root() {
         return skip(
-            "not running as root (dockerd and containerd need it); run `sudo scripts/test-all`"
+            "not running as root (dockerd and containerd need it); run `scripts/test-all` as root"
                 .into(),
         );
     }
     let find = |bin: &str, package: &str| -> Result<PathBuf, String> {
         proc::which(bin).ok_or_else(|| {
-            format!("{bin} not found (Debian package {package}); run `sudo scripts/test-all` to install it")
+            format!("{bin} not found (Debian package {package}); run `scripts/test-all` as root to install it")
         })
     };
     // Prefer Debian's docker CLI, which matches Debian's dockerd, over any other on PATH.
