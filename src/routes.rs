@@ -280,8 +280,8 @@ async fn route<B>(
 fn hostlike_prefix(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/v2/")?;
     let (first, tail) = rest.split_once('/')?;
-    (!tail.is_empty() && (first.contains('.') || first.contains(':') || first == "localhost"))
-        .then_some(first)
+    let hostlike = first.contains('.') || first.contains(':') || first == "localhost";
+    (!tail.is_empty() && hostlike && crate::config::is_registry_name(first)).then_some(first)
 }
 
 /// Docker Hub spells official images `library/<name>`; a bare name gets the prefix so all
