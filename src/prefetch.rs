@@ -221,11 +221,16 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
             "?ns={}",
             url::form_urlencoded::byte_serialize(registry.as_bytes()).collect::<String>()
         );
-        let label = format!("{registry}/{}:{}", r.name, r.reference);
+        let name = if registry == crate::config::DEFAULT_REGISTRY && !r.name.contains('/') {
+            format!("library/{}", r.name)
+        } else {
+            r.name.clone()
+        };
+        let label = format!("{registry}/{name}:{}", r.reference);
         bar.set_message(label.clone());
         let (top, _) = get(
             &app,
-            &format!("/v2/{}/manifests/{}{ns}", r.name, r.reference),
+            &format!("/v2/{name}/manifests/{}{ns}", r.reference),
         )
         .await
         .map_err(|e| format!("{label}: {e}"))?;
@@ -244,7 +249,7 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
                 let d = c["digest"]
                     .as_str()
                     .ok_or_else(|| format!("{label}: index entry without a digest"))?;
-                let (m, _) = get(&app, &format!("/v2/{}/manifests/{d}{ns}", r.name))
+                let (m, _) = get(&app, &format!("/v2/{name}/manifests/{d}{ns}"))
                     .await
                     .map_err(|e| format!("{label}: {d}: {e}"))?;
                 summary.manifests += 1;
@@ -272,7 +277,7 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
             bar.inc_length(blobs.iter().map(|(_, s)| s).sum());
             for (d, size) in blobs {
                 let (_, result) =
-                    get_counting(&app, &format!("/v2/{}/blobs/{d}{ns}", r.name), &bar)
+                    get_counting(&app, &format!("/v2/{name}/blobs/{d}{ns}"), &bar)
                         .await
                         .map_err(|e| format!("{label}: blob {d}: {e}"))?;
                 if result == CacheResult::Hit {
