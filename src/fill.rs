@@ -862,6 +862,7 @@ pub async fn follow(
     reader: Reader,
     start: u64,
     end: Option<u64>,
+    zero_copy: bool,
     tx: mpsc::Sender<Result<Bytes, BoxError>>,
 ) {
     let mut rx = fill.subscribe();
@@ -900,7 +901,7 @@ pub async fn follow(
         // Committed: the rest comes from mmap windows of the immutable file.
         if let (Some(len), None, Some(file)) = (done, mem_start, &file) {
             let end = end.unwrap_or(len).min(len);
-            let mut body = crate::mmap::MmapBody::new(file.clone(), pos, end);
+            let mut body = crate::mmap::MmapBody::new(file.clone(), pos, end, zero_copy);
             drop(reader);
             while let Some(frame) = body.frame().await {
                 let item = frame.map(|f| f.into_data().unwrap_or_default());
@@ -922,7 +923,7 @@ pub async fn follow(
                         // send it with sendfile, like a hit).
                         Some(f) => {
                             let n = ((stop - pos) as usize).min(want) as u64;
-                            crate::mmap::map_range(&f, pos, pos + n)
+                            crate::mmap::chunk(&f, pos, pos + n, zero_copy)
                                 .map(Some)
                                 .map_err(Into::into)
                         }

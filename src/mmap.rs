@@ -111,6 +111,32 @@ pub fn map_range(file: &Arc<File>, start: u64, end: u64) -> io::Result<Bytes> {
     Ok(Bytes::from_owner(Registered { map }).slice(skip..))
 }
 
+/// Reads bytes `[start, end)` of `file` into a buffer (`pread`). For connections where the bytes
+/// would be copied in user space anyway (TLS, HTTP/2 framing): a file truncated or unreadable
+/// under us then gives an I/O error for that response instead of a SIGBUS for the process.
+///
+/// Errors: the read error, or `UnexpectedEof` when the file is shorter than `end`.
+pub fn read_range(file: &File, start: u64, end: u64) -> io::Result<Bytes> {
+    use std::os::unix::fs::FileExt;
+    let n = usize::try_from(end.saturating_sub(start))
+        .map_err(|_| io::Error::other("range too large"))?;
+    let mut buf = bytes::BytesMut::zeroed(n);
+    file.read_exact_at(&mut buf, start)?;
+    Ok(buf.freeze())
+}
+
+/// Bytes `[start, end)` of `file` for a response: a registered mapping (sent with `sendfile`)
+/// when `zero_copy`, else a `pread` copy.
+///
+/// Errors: the `mmap(2)` or read error.
+pub fn chunk(file: &Arc<File>, start: u64, end: u64, zero_copy: bool) -> io::Result<Bytes> {
+    if zero_copy {
+        map_range(file, start, end)
+    } else {
+        read_range(file, start, end)
+    }
+}
+
 /// The file and file offset behind `buf`, when `buf` lies entirely inside a live mapping.
 fn lookup(buf: &[u8]) -> Option<(Arc<File>, u64)> {
     let addr = buf.as_ptr() as usize;
@@ -120,8 +146,11 @@ fn lookup(buf: &[u8]) -> Option<(Arc<File>, u64)> {
     (end_in_map <= info.len).then(|| (info.file.clone(), info.offset + (addr - start) as u64))
 }
 
-/// A response body over bytes `[start, end)` of a committed file, mapped [`WINDOW`] bytes at a
-/// time.
+/// Bytes read per step when not zero-copy.
+const READ_CHUNK: u64 = 256 * 1024;
+
+/// A response body over bytes `[start, end)` of a committed file: mapped [`WINDOW`] bytes at a
+/// time (zero-copy), or read [`READ_CHUNK`] bytes at a time.
 pub struct MmapBody {
     /// The committed file.
     file: Arc<File>,
@@ -129,15 +158,18 @@ pub struct MmapBody {
     pos: u64,
     /// One past the last byte to send.
     end: u64,
+    /// Whether the connection sends mapped bytes with `sendfile` (plain TCP, HTTP/1).
+    zero_copy: bool,
 }
 
 impl MmapBody {
     /// A body of bytes `[start, end)` of `file`.
-    pub fn new(file: Arc<File>, start: u64, end: u64) -> MmapBody {
+    pub fn new(file: Arc<File>, start: u64, end: u64, zero_copy: bool) -> MmapBody {
         MmapBody {
             file,
             pos: start,
             end,
+            zero_copy,
         }
     }
 }
@@ -153,9 +185,10 @@ impl Body for MmapBody {
         if self.pos >= self.end {
             return Poll::Ready(None);
         }
-        let next = ((self.pos / WINDOW) + 1) * WINDOW;
+        let step = if self.zero_copy { WINDOW } else { READ_CHUNK };
+        let next = ((self.pos / step) + 1) * step;
         let stop = next.min(self.end);
-        match map_range(&self.file, self.pos, stop) {
+        match chunk(&self.file, self.pos, stop, self.zero_copy) {
             Ok(b) => {
                 self.pos = stop;
                 Poll::Ready(Some(Ok(Frame::data(b))))
@@ -175,6 +208,11 @@ impl Body for MmapBody {
         SizeHint::with_exact(self.end - self.pos)
     }
 }
+
+/// Marks a request that arrived on a [`ZeroCopyStream`] (a request extension): mapped bytes
+/// of its response go out with `sendfile` when the protocol is HTTP/1 (HTTP/2 frames are copied).
+#[derive(Debug, Clone, Copy)]
+pub struct ZeroCopyConnection;
 
 /// A TCP stream whose writes of mapped cache bytes become `sendfile(2)` calls.
 pub struct ZeroCopyStream {

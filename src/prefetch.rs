@@ -228,12 +228,9 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
         };
         let label = format!("{registry}/{name}:{}", r.reference);
         bar.set_message(label.clone());
-        let (top, _) = get(
-            &app,
-            &format!("/v2/{name}/manifests/{}{ns}", r.reference),
-        )
-        .await
-        .map_err(|e| format!("{label}: {e}"))?;
+        let (top, _) = get(&app, &format!("/v2/{name}/manifests/{}{ns}", r.reference))
+            .await
+            .map_err(|e| format!("{label}: {e}"))?;
         summary.manifests += 1;
         let top: serde_json::Value = serde_json::from_slice(&top)
             .map_err(|e| format!("{label}: manifest is not JSON: {e}"))?;
@@ -276,10 +273,9 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
             }
             bar.inc_length(blobs.iter().map(|(_, s)| s).sum());
             for (d, size) in blobs {
-                let (_, result) =
-                    get_counting(&app, &format!("/v2/{name}/blobs/{d}{ns}"), &bar)
-                        .await
-                        .map_err(|e| format!("{label}: blob {d}: {e}"))?;
+                let (_, result) = get_counting(&app, &format!("/v2/{name}/blobs/{d}{ns}"), &bar)
+                    .await
+                    .map_err(|e| format!("{label}: blob {d}: {e}"))?;
                 if result == CacheResult::Hit {
                     summary.blobs_cached += 1;
                 } else {

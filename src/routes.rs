@@ -249,7 +249,15 @@ async fn route<B>(
         }
         Route::Blob { name, digest } => {
             let name = canonical_name(up.registry(), name);
-            blob(app, up, &name, &digest, req.headers(), head).await
+            // Mapped bytes are sent with sendfile only on plain-TCP HTTP/1 connections; anywhere
+            // they would be copied in user space they are read instead (a file truncated under
+            // us must fail one response, not fault the process).
+            let zero_copy = req
+                .extensions()
+                .get::<crate::mmap::ZeroCopyConnection>()
+                .is_some()
+                && req.version() <= http::Version::HTTP_11;
+            blob(app, up, &name, &digest, req.headers(), head, zero_copy).await
         }
         Route::TagsList { name } => {
             let name = canonical_name(up.registry(), name);
@@ -344,8 +352,9 @@ async fn blob(
     digest: &Digest,
     headers: &HeaderMap,
     head: bool,
+    zero_copy: bool,
 ) -> Result<(Response<ResponseBody>, CacheResult), ApiError> {
-    if let Some(r) = blob_hit(app, digest, headers, head)? {
+    if let Some(r) = blob_hit(app, digest, headers, head, zero_copy)? {
         return Ok((r, CacheResult::Hit));
     }
     if head {
@@ -353,7 +362,7 @@ async fn blob(
     }
     let (fill, reader, leader) = match app.fills.join(&app.store, up, name, digest) {
         Joined::Hit => {
-            return blob_hit(app, digest, headers, head)?
+            return blob_hit(app, digest, headers, head, zero_copy)?
                 .map(|r| (r, CacheResult::Hit))
                 .ok_or_else(|| ApiError::internal("blob vanished from the cache"));
         }
@@ -392,7 +401,7 @@ async fn blob(
         (None, l) => l,
     };
     let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(fill::follow(fill, reader, start, end, tx));
+    tokio::spawn(fill::follow(fill, reader, start, end, zero_copy, tx));
     let mut b = blob_headers(Response::builder().status(status), digest);
     if let Some(n) = body_len {
         b = b.header(CONTENT_LENGTH, n);
@@ -420,6 +429,7 @@ fn blob_hit(
     digest: &Digest,
     headers: &HeaderMap,
     head: bool,
+    zero_copy: bool,
 ) -> Result<Option<Response<ResponseBody>>, ApiError> {
     let Some((file, len)) = app
         .store
@@ -441,7 +451,7 @@ fn blob_hit(
     let body = if head {
         body::empty()
     } else {
-        crate::mmap::MmapBody::new(Arc::new(file), a, b).boxed_unsync()
+        crate::mmap::MmapBody::new(Arc::new(file), a, b, zero_copy).boxed_unsync()
     };
     builder
         .body(body)

@@ -67,14 +67,23 @@ pub async fn run(
                 let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
                 match tls.clone() {
                     None => {
-                        let io = crate::mmap::ZeroCopyStream::new(stream);
-                        tokio::spawn(serve_connection(io, app, builder, watcher));
+                        tokio::spawn(async move {
+                            // A connection that sends nothing is closed (the protocol detection
+                            // of the auto builder has no timeout of its own).
+                            let mut first = [0u8; 1];
+                            match tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await {
+                                Ok(Ok(n)) if n > 0 => {}
+                                _ => return,
+                            }
+                            let io = crate::mmap::ZeroCopyStream::new(stream);
+                            serve_connection(io, app, builder, watcher, true).await
+                        });
                     }
                     Some(acceptor) => {
                         // The handshake runs in the connection's task, bounded like header reads.
                         tokio::spawn(async move {
                             match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(io)) => serve_connection(io, app, builder, watcher).await,
+                                Ok(Ok(io)) => serve_connection(io, app, builder, watcher, false).await,
                                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!("TLS handshake timed out"),
                             }
@@ -103,11 +112,15 @@ async fn serve_connection<I>(
     app: Arc<App>,
     builder: auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
+    zero_copy: bool,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: Request<Incoming>| {
         let app = app.clone();
+        if zero_copy {
+            req.extensions_mut().insert(crate::mmap::ZeroCopyConnection);
+        }
         async move { Ok::<_, Infallible>(serve(app, req).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();

@@ -96,3 +96,77 @@ async fn https_listener_serves_h2_and_http1() {
     .expect("no hang");
     assert!(plain.is_err() || plain.unwrap().status() != 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_truncated_under_a_tls_download_fails_that_download_only() {
+    let up = FakeUpstream::start(300).await;
+    let data = random_bytes(8_000_000, 51);
+    let d = up.add_blob(data);
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = regcache::tls::generate(&["localhost".into()], dir.path()).unwrap();
+    let m = Mirror::start_args(ServeArgs {
+        upstream: Some(up.url()),
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key),
+        ..Default::default()
+    })
+    .await;
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let url = format!(
+        "https://localhost:{}/v2/library/tr/blobs/{d}",
+        m.addr.port()
+    );
+    let c = client(&pem, false);
+    let body = c
+        .get(url.parse().unwrap())
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(sha256(&body), d);
+    eventually("committed", || m.has_blob(&d)).await;
+    // Start a hit, read a little, truncate the file behind regcache's back, read on.
+    let mut b = c.get(url.parse().unwrap()).await.unwrap().into_body();
+    let _ = b.frame().await;
+    let hex = d.trim_start_matches("sha256:");
+    let path = m
+        .app
+        .store
+        .root()
+        .join(format!("blobs/sha256/{}/{hex}.8000000", &hex[..2]));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(1000)
+        .unwrap();
+    let mut got = 0usize;
+    let mut broke = false;
+    while let Some(f) = b.frame().await {
+        match f {
+            Ok(f) => got += f.into_data().map(|d| d.len()).unwrap_or(0),
+            Err(_) => {
+                broke = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        broke || got < 8_000_000,
+        "a truncated file must not yield a complete body"
+    );
+    // The process is alive, heals the blob and serves it again.
+    let body = c
+        .get(url.parse().unwrap())
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(sha256(&body), d);
+}
