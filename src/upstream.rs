@@ -41,6 +41,8 @@ pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_REDIRECTS: usize = 5;
 /// Largest token-endpoint answer read, in bytes.
 const MAX_TOKEN_RESPONSE: usize = 1 << 20;
+/// Most tokens cached per upstream.
+const MAX_TOKENS: usize = 1024;
 /// Token lifetime assumed when the token server gives no `expires_in` (token spec: 60 s).
 const DEFAULT_TOKEN_LIFETIME: u64 = 60;
 
@@ -314,6 +316,8 @@ impl Upstream {
             .map_err(|e| UpstreamError::Protocol(format!("bad path: {e}")))?;
         let scope = format!("repository:{name}:pull");
         let mut auth_retries = 0;
+        // The last token-flow failure: reported instead of the upstream's bare 401.
+        let mut auth_error: Option<UpstreamError> = None;
         let mut redirects = 0;
         let mut method = method;
         loop {
@@ -326,8 +330,19 @@ impl Upstream {
                 req = req.header(k, v);
             }
             if on_origin {
-                if let Some(h) = self.authorization(&scope).await? {
-                    req = req.header(AUTHORIZATION, h);
+                match self.authorization(&scope).await {
+                    Ok(Some(h)) => req = req.header(AUTHORIZATION, h),
+                    Ok(None) => {}
+                    // The stored challenge leads nowhere (realm down, bad realm): forget it and
+                    // ask without a token, so the upstream's answer brings a fresh challenge.
+                    // One bad challenge must not block every repository until a restart.
+                    Err(e) if auth_retries < 2 => {
+                        tracing::debug!(error = %e, "token fetch failed; retrying the challenge");
+                        self.auth.lock().expect("auth lock").challenge = None;
+                        auth_retries += 1;
+                        auth_error = Some(e);
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             let req = req
@@ -335,6 +350,11 @@ impl Upstream {
                 .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
             let resp = self.request(req, &url).await?;
             let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED && on_origin && auth_retries >= 2 {
+                if let Some(e) = auth_error.take() {
+                    return Err(e);
+                }
+            }
             if status == StatusCode::UNAUTHORIZED && on_origin && auth_retries < 2 {
                 let challenge = resp
                     .headers()
@@ -560,17 +580,39 @@ impl Upstream {
             .or(ans.access_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| UpstreamError::Auth("token endpoint answer has no token".into()))?;
-        let lifetime = ans.expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME).max(1);
+        // Bounded: a token endpoint's `expires_in` is trusted up to a day.
+        let lifetime = ans
+            .expires_in
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME)
+            .clamp(1, 86_400);
         // Refresh before expiry: a fifth of the lifetime early, at most 30 s early.
         let margin = Duration::from_millis((lifetime * 1000 / 5).min(30_000));
         let refresh_at = fetched_at + Duration::from_secs(lifetime) - margin;
-        self.auth.lock().expect("auth lock").tokens.insert(
-            key,
-            CachedToken {
-                token: token.clone(),
-                refresh_at,
-            },
-        );
+        {
+            let mut st = self.auth.lock().expect("auth lock");
+            // Bounded: expired tokens go, and past MAX_TOKENS the one due soonest goes too (any
+            // client can ask for many repository names, each its own scope).
+            let now = Instant::now();
+            st.tokens.retain(|_, t| t.refresh_at > now);
+            while st.tokens.len() >= MAX_TOKENS {
+                let Some(k) = st
+                    .tokens
+                    .iter()
+                    .min_by_key(|(_, t)| t.refresh_at)
+                    .map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                st.tokens.remove(&k);
+            }
+            st.tokens.insert(
+                key,
+                CachedToken {
+                    token: token.clone(),
+                    refresh_at,
+                },
+            );
+        }
         Ok(token)
     }
 }

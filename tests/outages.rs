@@ -481,3 +481,40 @@ async fn prefetch_then_offline_pull() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no manifest for platform windows/amd64"));
 }
+
+#[tokio::test]
+async fn one_bad_challenge_does_not_block_the_upstream() {
+    let up = FakeUpstream::start(300).await;
+    up.add_image("library/a", "v1", 1000, 60);
+    let b = up.add_image("library/b", "v1", 1000, 61);
+    let m = Mirror::start_args(args(&up, Duration::ZERO)).await;
+    // The upstream briefly names a realm that leads nowhere.
+    up.set_faults(Faults {
+        realm: Some("file:///etc/passwd".into()),
+        ..Default::default()
+    });
+    let r = get(&m.url("/v2/library/a/manifests/v1")).await;
+    assert_eq!(r.status, 503, "uncached, auth impossible: retryable error");
+    up.set_faults(Faults::default());
+    // Another repository, no restart: works again.
+    let r = get(&m.url("/v2/library/b/manifests/v1")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("docker-content-digest"), b.manifest_digest);
+}
+
+#[tokio::test]
+async fn absurd_token_lifetimes_are_bounded() {
+    let up = FakeUpstream::start(300).await;
+    let img = up.add_image("library/exp", "v1", 1000, 62);
+    up.set_faults(Faults {
+        token_expires_in: Some(u64::MAX),
+        ..Default::default()
+    });
+    let m = Mirror::start_args(args(&up, Duration::ZERO)).await;
+    let r = get(&m.url(&format!("/v2/library/exp/blobs/{}", img.layer_digest))).await;
+    assert_eq!(sha256(r.bytes()), img.layer_digest);
+    assert_eq!(
+        get(&m.url("/v2/library/exp/manifests/v1")).await.status,
+        200
+    );
+}

@@ -111,6 +111,10 @@ pub struct Faults {
     pub stall_once: Option<(String, usize)>,
     /// Registry: add Docker Hub's ratelimit headers to manifest answers.
     pub ratelimit_headers: bool,
+    /// Registry: the realm its 401 challenges name (default: its own /token).
+    pub realm: Option<String>,
+    /// Token endpoint: the `expires_in` it answers (default: the upstream's token lifetime).
+    pub token_expires_in: Option<u64>,
 }
 
 #[derive(Default)]
@@ -353,7 +357,11 @@ async fn registry_handler(
         r.headers_mut().insert(
             "www-authenticate",
             format!(
-                "Bearer realm=\"http://{me}/token\",service=\"fake\",scope=\"repository:x:pull\""
+                "Bearer realm=\"{}\",service=\"fake\",scope=\"repository:x:pull\"",
+                faults
+                    .realm
+                    .clone()
+                    .unwrap_or_else(|| format!("http://{me}/token"))
             )
             .parse()
             .unwrap(),
