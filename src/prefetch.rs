@@ -243,9 +243,12 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
                 if !wanted {
                     continue;
                 }
-                let d = c["digest"]
+                // Digests from upstream JSON are validated before they go into a path.
+                let d: crate::reference::Digest = c["digest"]
                     .as_str()
-                    .ok_or_else(|| format!("{label}: index entry without a digest"))?;
+                    .ok_or_else(|| format!("{label}: index entry without a digest"))?
+                    .parse()
+                    .map_err(|e| format!("{label}: index entry: {e}"))?;
                 let (m, _) = get(&app, &format!("/v2/{name}/manifests/{d}{ns}"))
                     .await
                     .map_err(|e| format!("{label}: {d}: {e}"))?;
@@ -268,6 +271,9 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
                 std::iter::once(&m["config"]).chain(m["layers"].as_array().into_iter().flatten())
             {
                 if let Some(d) = b["digest"].as_str() {
+                    let d: crate::reference::Digest = d
+                        .parse()
+                        .map_err(|e| format!("{label}: manifest entry: {e}"))?;
                     blobs.push((d.to_string(), b["size"].as_u64().unwrap_or(0)));
                 }
             }

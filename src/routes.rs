@@ -838,17 +838,26 @@ async fn fetch_manifest(
             )));
         }
     }
+    // A manifest is a JSON object; anything else (a captive portal's HTML, a proxy's error
+    // page) is an upstream fault — never cached, and a cached answer is served instead.
+    let json: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|_| UpstreamError::Protocol(format!("manifest {name}:{reference} is not JSON")))?;
+    if !json.is_object() {
+        return Err(UpstreamError::Protocol(format!(
+            "manifest {name}:{reference} is not a JSON object"
+        )));
+    }
     let media_type = match content_type {
-        Some(ct)
-            if crate::store::is_storable_media_type(&ct) && ct != "application/octet-stream" =>
-        {
-            ct
-        }
-        _ => media_type_field(&bytes).ok_or_else(|| {
-            UpstreamError::Protocol(format!(
-                "manifest {name}:{reference} has no usable media type"
-            ))
-        })?,
+        Some(ct) if is_manifest_content_type(&ct) => ct,
+        _ => json["mediaType"]
+            .as_str()
+            .filter(|t| crate::store::is_storable_media_type(t) && is_manifest_content_type(t))
+            .map(str::to_string)
+            .ok_or_else(|| {
+                UpstreamError::Protocol(format!(
+                    "manifest {name}:{reference} has no usable media type"
+                ))
+            })?,
     };
     if let Err(e) = app.store.write_manifest(&digest, &media_type, &bytes) {
         tracing::warn!(%digest, error = %e, "cannot store manifest; serving it uncached");
@@ -856,16 +865,18 @@ async fn fetch_manifest(
     Ok((digest, StoredManifest { media_type, bytes }))
 }
 
-/// The `mediaType` field of a manifest's JSON, if present and storable.
-fn media_type_field(bytes: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct M {
-        #[serde(rename = "mediaType")]
-        media_type: Option<String>,
-    }
-    let m: M = serde_json::from_slice(bytes).ok()?;
-    m.media_type
-        .filter(|t| crate::store::is_storable_media_type(t))
+/// Whether `ct` can be a manifest's media type: storable on one line, and a JSON type
+/// (`application/…+json` or `application/json`), never `text/html` or `application/octet-stream`.
+fn is_manifest_content_type(ct: &str) -> bool {
+    let base = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    crate::store::is_storable_media_type(ct)
+        && base.starts_with("application/")
+        && (base.ends_with("+json") || base == "application/json")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -947,8 +958,15 @@ fn upstream_error(e: &UpstreamError, kind: Kind) -> ApiError {
                 s if s.is_server_error() => ApiError::unavailable(format!("upstream answered {s}; retry later")),
                 s => ApiError::new(StatusCode::BAD_GATEWAY, "UNKNOWN", format!("upstream answered {s}")),
             };
-            if let Some(ra) = retry_after {
-                err = err.with_header(RETRY_AFTER, ra.clone());
+            // Pass Retry-After on only as sane delta-seconds (≤ 1 h); otherwise say 60.
+            if retry_after.is_some() || *status == StatusCode::TOO_MANY_REQUESTS {
+                let secs = retry_after
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .filter(|s| *s <= 3600)
+                    .unwrap_or(60);
+                err = err.with_header(RETRY_AFTER, HeaderValue::from(secs));
             }
             err
         }

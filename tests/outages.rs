@@ -518,3 +518,24 @@ async fn absurd_token_lifetimes_are_bounded() {
         200
     );
 }
+
+#[tokio::test]
+async fn html_from_a_captive_portal_is_never_cached_as_a_manifest() {
+    let up = FakeUpstream::start(300).await;
+    let img = up.add_image("library/cp", "v1", 1000, 63);
+    up.add_image("library/cold", "v1", 1000, 64);
+    let m = Mirror::start_args(args(&up, Duration::ZERO)).await;
+    assert_eq!(get(&m.url("/v2/library/cp/manifests/v1")).await.status, 200);
+    up.set_faults(Faults {
+        html_manifests: true,
+        ..Default::default()
+    });
+    let r = get(&m.url("/v2/library/cp/manifests/v1")).await;
+    assert_eq!(r.status, 200, "the cached answer is served");
+    assert_eq!(r.header("docker-content-digest"), img.manifest_digest);
+    let r = get(&m.url("/v2/library/cold/manifests/v1")).await;
+    assert!(r.status == 502 || r.status == 503, "got {}", r.status);
+    up.set_faults(Faults::default());
+    let r = get(&m.url("/v2/library/cp/manifests/v1")).await;
+    assert_eq!(r.header("docker-content-digest"), img.manifest_digest);
+}

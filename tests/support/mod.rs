@@ -115,6 +115,8 @@ pub struct Faults {
     pub realm: Option<String>,
     /// Token endpoint: the `expires_in` it answers (default: the upstream's token lifetime).
     pub token_expires_in: Option<u64>,
+    /// Registry: answer manifest GETs and HEADs with a 200 HTML page (a captive portal).
+    pub html_manifests: bool,
 }
 
 #[derive(Default)]
@@ -396,6 +398,15 @@ async fn registry_handler(
             c.manifest_head.fetch_add(1, Ordering::SeqCst);
         } else {
             c.manifest_get.fetch_add(1, Ordering::SeqCst);
+        }
+        if faults.html_manifests {
+            let mut r = full(
+                200,
+                "<html><body>Please log in to the guest network</body></html>",
+            );
+            r.headers_mut()
+                .insert("content-type", "text/html".parse().unwrap());
+            return r;
         }
         let st = state.lock().unwrap();
         let digest = if reference.contains(':') {
