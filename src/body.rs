@@ -1,6 +1,7 @@
 //! Response bodies: whole buffers (hits from an mmap, manifests, errors) and channel-fed streams
 //! (fills), boxed into one type for the router.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -74,5 +75,62 @@ impl Body for ChannelBody {
             Some(r) => SizeHint::with_exact(r),
             None => SizeHint::default(),
         }
+    }
+}
+
+/// A body that fails when its inner body yields nothing for `idle` (a stalled upstream must not
+/// hold a client forever).
+pub struct IdleTimeout<B> {
+    inner: B,
+    idle: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> IdleTimeout<B> {
+    /// Wraps `inner`, failing after `idle` without a frame.
+    pub fn new(inner: B, idle: std::time::Duration) -> IdleTimeout<B> {
+        IdleTimeout {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(f) => {
+                let deadline = tokio::time::Instant::now() + self.idle;
+                self.timer.as_mut().reset(deadline);
+                Poll::Ready(f.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(format!(
+                    "upstream sent nothing for {:?}",
+                    self.idle
+                )
+                .into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -203,6 +203,11 @@ impl Fill {
         }
     }
 
+    /// Whether any follower is still registered.
+    fn has_readers(&self) -> bool {
+        !self.tail.lock().expect("tail lock").readers.is_empty()
+    }
+
     /// Appends a pass-through chunk at `offset`.
     fn push_mem(&self, offset: u64, chunk: Bytes) {
         let mut t = self.tail.lock().expect("tail lock");
@@ -602,8 +607,10 @@ async fn fetch(
     // window; it publishes progress) and the hasher.
     let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     let (wfill, wfills) = (fill.clone(), guard.fills.clone());
-    let writer =
-        tokio::task::spawn_blocking(move || write_loop(sink, len, chunk_rx, &wfill, &wfills));
+    let max_size = guard.fills.settings.budget.max_size;
+    let writer = tokio::task::spawn_blocking(move || {
+        write_loop(sink, len, max_size, chunk_rx, &wfill, &wfills)
+    });
     let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     let algorithm = fill.digest.algorithm();
     let hasher = tokio::task::spawn_blocking(move || {
@@ -796,6 +803,7 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
 fn write_loop(
     mut sink: Sink,
     len: Option<u64>,
+    max_size: Option<u64>,
     mut rx: mpsc::Receiver<Bytes>,
     fill: &Arc<Fill>,
     fills: &Fills,
@@ -812,6 +820,15 @@ fn write_loop(
     while let Some(chunk) = rx.blocking_recv() {
         if let Sink::Disk(f) = &mut sink {
             match f.write(&chunk) {
+                Ok(()) if max_size.is_some_and(|m| f.written() > m) => {
+                    // No Content-Length, and it has outgrown the budget: stop caching.
+                    let e = std::io::Error::other("blob is larger than max_size");
+                    let w = f.written();
+                    to_pass_through(&mut sink, fill, fills, &e);
+                    // The chunk is on disk already; followers read it from the file.
+                    publish(w);
+                    continue;
+                }
                 Ok(()) => {
                     // Wake followers after every chunk (they may be waiting for the first bytes).
                     publish(f.written());
@@ -826,6 +843,13 @@ fn write_loop(
             }
         }
         if let Sink::Mem { written } = &mut sink {
+            if !fill.has_readers() {
+                // Uncached and nobody reading: nothing to gain from the rest of the download.
+                return Err(FillError::Body {
+                    written: *written,
+                    reason: "every client left an uncached (pass-through) download".into(),
+                });
+            }
             let at = *written;
             *written += chunk.len() as u64;
             let w = *written;
@@ -843,8 +867,8 @@ fn to_pass_through(sink: &mut Sink, fill: &Arc<Fill>, fills: &Fills, e: &std::io
         return;
     };
     let written = f.abandon();
-    tracing::warn!(digest = %fill.digest, error = %e, written,
-        "cache write failed; passing the rest of this blob through uncached");
+    tracing::warn!(digest = %fill.digest, reason = %e, written,
+        "not caching this blob; passing the rest of it through uncached");
     fills.detach(fill);
     fill.state.send_modify(|s| {
         if let FillState::Streaming { mem_start, .. } = s {

@@ -274,11 +274,18 @@ async fn route<B>(
                     sep = '&';
                 }
             }
-            pass_through(up, &name, &path, head).await
+            pass_through(app.config.idle_timeout, up, &name, &path, head).await
         }
         Route::Referrers { name, digest } => {
             let name = canonical_name(up.registry(), name);
-            pass_through(up, &name, &format!("/v2/{name}/referrers/{digest}"), head).await
+            pass_through(
+                app.config.idle_timeout,
+                up,
+                &name,
+                &format!("/v2/{name}/referrers/{digest}"),
+                head,
+            )
+            .await
         }
     }
 }
@@ -883,6 +890,7 @@ fn is_manifest_content_type(ct: &str) -> bool {
 // Pass-through (tags/list, referrers)
 
 async fn pass_through(
+    idle: Duration,
     up: &Arc<Upstream>,
     name: &str,
     path: &str,
@@ -905,10 +913,7 @@ async fn pass_through(
             b = b.header(h, v);
         }
     }
-    let body = resp
-        .into_body()
-        .map_err(|e| -> crate::body::BoxError { Box::new(e) })
-        .boxed_unsync();
+    let body = crate::body::IdleTimeout::new(resp.into_body(), idle).boxed_unsync();
     let r = b
         .body(body)
         .map_err(|e| ApiError::internal(e.to_string()))?;

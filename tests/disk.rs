@@ -462,3 +462,27 @@ async fn kill_9_in_the_middle_of_a_fill_then_restart_and_pull() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn a_blob_without_length_that_outgrows_the_budget_is_not_cached() {
+    let up = FakeUpstream::start(300).await;
+    let small = up.add_blob(random_bytes(100_000, 70));
+    let big = up.add_blob(random_bytes(3_000_000, 71));
+    up.set_faults(Faults {
+        no_length: true,
+        ..Default::default()
+    });
+    let m = Mirror::start_args(budget_args(&up.url(), 1_000_000)).await;
+    let r = get(&m.url(&format!("/v2/library/nl/blobs/{small}"))).await;
+    assert_eq!(sha256(r.bytes()), small);
+    eventually("small committed", || m.has_blob(&small)).await;
+    let r = get(&m.url(&format!("/v2/library/nl/blobs/{big}"))).await;
+    assert_eq!(sha256(r.bytes()), big, "the whole blob, passed through");
+    eventually("fill ended", || m.app.fills.is_empty()).await;
+    assert!(!m.has_blob(&big));
+    assert!(
+        m.has_blob(&small),
+        "the budget was never blown by the big one"
+    );
+    eventually("temp space released", || m.temp_files() == 0).await;
+}

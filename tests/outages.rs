@@ -539,3 +539,18 @@ async fn html_from_a_captive_portal_is_never_cached_as_a_manifest() {
     let r = get(&m.url("/v2/library/cp/manifests/v1")).await;
     assert_eq!(r.header("docker-content-digest"), img.manifest_digest);
 }
+
+#[tokio::test]
+async fn a_stalled_pass_through_answer_is_cut_after_the_idle_timeout() {
+    let up = FakeUpstream::start(300).await;
+    up.add_image("library/tl", "v1", 100, 65);
+    up.set_faults(Faults {
+        stall_tags: true,
+        ..Default::default()
+    });
+    let mut a = args(&up, Duration::ZERO);
+    a.idle_timeout = Some(Duration::from_millis(500));
+    let m = Mirror::start_args(a).await;
+    let r = bounded(&m.url("/v2/library/tl/tags/list")).await;
+    assert!(r.body.is_err(), "cut, not hung");
+}

@@ -117,6 +117,8 @@ pub struct Faults {
     pub token_expires_in: Option<u64>,
     /// Registry: answer manifest GETs and HEADs with a 200 HTML page (a captive portal).
     pub html_manifests: bool,
+    /// Registry: tags/list sends a few bytes, then stalls with the connection open.
+    pub stall_tags: bool,
 }
 
 #[derive(Default)]
@@ -377,6 +379,19 @@ async fn registry_handler(
     let head = req.method() == Method::HEAD;
     if let Some(name) = rest.strip_suffix("/tags/list") {
         c.tags_list.fetch_add(1, Ordering::SeqCst);
+        if faults.stall_tags {
+            let (tx, rx) = tokio::sync::mpsc::channel::<
+                Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+            >(1);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"{\"name\":"))))
+                    .await;
+                tx.closed().await;
+            });
+            let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+            return Response::builder().status(200).body(body).unwrap();
+        }
         let st = state.lock().unwrap();
         let mut tags: Vec<&String> = st
             .tags
