@@ -383,12 +383,19 @@ impl Store {
             fs::create_dir_all(root.join(d))?;
         }
         let tmp = root.join("tmp");
-        let mut removed = 0;
-        if tmp.exists() {
-            removed = fs::read_dir(&tmp)?.count();
-            fs::remove_dir_all(&tmp)?;
-        }
         fs::create_dir_all(&tmp)?;
+        // Leftovers of interrupted fills go. A temp file still locked belongs to a live process
+        // (a `regcache prefetch` working on this cache) and stays.
+        let mut removed = 0;
+        for ent in fs::read_dir(&tmp)? {
+            let path = ent?.path();
+            let unlocked = File::open(&path)
+                .map(|f| f.try_lock().is_ok())
+                .unwrap_or(true);
+            if unlocked && fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
         Ok((Store::empty(root), removed))
     }
 
@@ -726,6 +733,8 @@ impl Store {
         let file = tempfile::Builder::new()
             .prefix("fill-")
             .tempfile_in(self.inner.root.join("tmp"))?;
+        // Held while the fill lives: a starting mirror leaves locked temp files alone.
+        let _ = file.as_file().try_lock();
         Ok(FillFile {
             file,
             written: 0,
@@ -902,6 +911,7 @@ impl Store {
         let mut tmp = tempfile::Builder::new()
             .prefix("w-")
             .tempfile_in(self.inner.root.join("tmp"))?;
+        let _ = tmp.as_file().try_lock();
         tmp.write_all(content)?;
         tmp.as_file().sync_data()?;
         let file = tmp.persist(dest).map_err(|e| e.error)?;
@@ -1204,6 +1214,21 @@ mod tests {
             ObjectKey::Blob(digests[0].0.clone()),
             "least recently used first"
         );
+    }
+
+    #[test]
+    fn startup_keeps_temp_files_of_live_fills() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let d = Hasher::digest_of(Algorithm::Sha256, b"in progress");
+        let mut live = store.begin_fill(&d).unwrap();
+        live.write(b"in prog").unwrap();
+        fs::write(dir.path().join("tmp/fill-crashed"), b"left by a crash").unwrap();
+        let (_again, removed) = Store::open_unindexed(dir.path()).unwrap();
+        assert_eq!(removed, 1, "only the unlocked leftover goes");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
+        live.write(b"ress").unwrap();
+        assert!(live.commit(&d).is_ok(), "the live fill is intact");
     }
 
     #[test]
