@@ -199,7 +199,7 @@ async fn a_blob_damaged_while_serving_is_refetched_not_served() {
         .unwrap();
     assert_eq!(sha256(get(&url).await.bytes()), d);
     assert_eq!(n(&up.counters.cdn_get), 2);
-    eventually("re-committed", || path.exists()).await;
+    eventually("re-committed", || path.exists() && m.app.fills.is_empty()).await;
     std::fs::remove_file(
         m.app
             .store
