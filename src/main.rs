@@ -7,6 +7,22 @@ use clap::{Parser, Subcommand};
 use regcache::config::{CacheArgs, CacheSettings, Config, ServeArgs};
 use regcache::routes::App;
 
+/// `println!` that ignores a closed stdout (`regcache status | head` must not panic on EPIPE).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// A pull-through cache (mirror) for container registries.
 #[derive(Parser)]
 #[command(version, about)]
@@ -67,15 +83,15 @@ fn main() -> ExitCode {
             match regcache::tls::generate(&hostnames, &out_dir) {
                 Ok((cert, key)) => {
                     let host = &hostnames[0];
-                    println!(
+                    say!(
                         "wrote {} and {} (key mode 0600)",
                         cert.display(),
                         key.display()
                     );
-                    println!("serve:      regcache serve --listen 0.0.0.0:5000 --tls-cert {} --tls-key {}", cert.display(), key.display());
-                    println!("docker:     copy {} to /etc/docker/certs.d/{host}:5000/ca.crt on each client;", cert.display());
-                    println!("            daemon.json: {{\"registry-mirrors\": [\"https://{host}:5000\"]}}");
-                    println!("containerd: hosts.toml: [host.\"https://{host}:5000\"] capabilities = [\"pull\", \"resolve\"], ca = \"/path/to/regcache.crt\"");
+                    say!("serve:      regcache serve --listen 0.0.0.0:5000 --tls-cert {} --tls-key {}", cert.display(), key.display());
+                    say!("docker:     copy {} to /etc/docker/certs.d/{host}:5000/ca.crt on each client;", cert.display());
+                    say!("            daemon.json: {{\"registry-mirrors\": [\"https://{host}:5000\"]}}");
+                    say!("containerd: hosts.toml: [host.\"https://{host}:5000\"] capabilities = [\"pull\", \"resolve\"], ca = \"/path/to/regcache.crt\"");
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -85,15 +101,15 @@ fn main() -> ExitCode {
             }
         }
         Command::Status(args) => with_cache(&args, |s| {
-            print!("{}", regcache::admin::status(s)?);
+            say_raw!("{}", regcache::admin::status(s)?);
             Ok(ExitCode::SUCCESS)
         }),
         Command::Verify(args) => with_cache(&args, |s| {
             let r = regcache::admin::verify(s)?;
             for d in &r.removed {
-                println!("removed {d}: its bytes do not match its digest");
+                say!("removed {d}: its bytes do not match its digest");
             }
-            println!(
+            say!(
                 "checked {} objects ({}): {} removed",
                 r.checked,
                 regcache::admin::human(r.bytes),
@@ -107,15 +123,15 @@ fn main() -> ExitCode {
         }),
         Command::Gc { cache, dry_run } => with_cache(&cache, |s| {
             if s.budget.is_unbounded() {
-                println!("no max_size or min_free configured: nothing to evict (use --max-size or --min-free)");
+                say!("no max_size or min_free configured: nothing to evict (use --max-size or --min-free)");
                 return Ok(ExitCode::SUCCESS);
             }
             let (r, lines) = regcache::admin::gc(s, dry_run)?;
             for l in lines {
-                println!("{l}");
+                say!("{l}");
             }
             let verb = if dry_run { "would remove" } else { "removed" };
-            println!(
+            say!(
                 "{verb} {} objects ({}), {} tags",
                 r.objects,
                 regcache::admin::human(r.bytes),
@@ -136,7 +152,7 @@ fn prefetch(args: regcache::prefetch::PrefetchArgs) -> ExitCode {
     };
     match rt.block_on(regcache::prefetch::run(&args)) {
         Ok(s) => {
-            println!(
+            say!(
                 "prefetched {} images: {} manifests, {} blobs fetched ({}), {} blobs already cached",
                 s.images,
                 s.manifests,

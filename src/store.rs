@@ -658,6 +658,13 @@ impl Store {
                 self.index_remove(&key);
                 return Ok(None);
             }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                // Unreadable (an operator's chmod, a broken mount): a miss, re-fetched and
+                // committed over it, rather than an error for every pull.
+                tracing::warn!(digest = %d, error = %e, "cached blob is unreadable; treating it as a miss");
+                self.index_remove(&key);
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         };
         let meta = file.metadata()?;
