@@ -502,7 +502,8 @@ async fn run_fill(mut guard: FillGuard, upstream: Arc<Upstream>, name: String) {
     let fill = guard.fill.clone();
     let digest = fill.digest.clone();
     let started = std::time::Instant::now();
-    let stats = &guard.fills.clone().stats;
+    let fills = guard.fills.clone();
+    let stats = &fills.stats;
     let outcome = fetch(&mut guard, &upstream, &name).await;
     match &outcome {
         Ok((_, true)) => stats.committed.fetch_add(1, Ordering::Relaxed),

@@ -204,15 +204,7 @@ async fn route<B>(
             // Docker Hub repository names never start with a host name: this is a path-prefix
             // request for a registry that is not configured. Nothing goes upstream.
             if app.config.default_registry == crate::config::DEFAULT_REGISTRY {
-                return Err(ApiError::name_unknown(format!(
-                    "registry {:?} is not mirrored here (configured: {})",
-                    host.chars().take(100).collect::<String>(),
-                    app.registries
-                        .keys()
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
+                return Err(not_mirrored(app, host));
             }
         }
     }
@@ -230,15 +222,7 @@ async fn route<B>(
     };
     // `ns` and path prefixes are keys into the configured registries, never hosts to dial.
     let Some(up) = app.registries.get(registry) else {
-        return Err(ApiError::name_unknown(format!(
-            "registry {:?} is not mirrored here (configured: {})",
-            registry.chars().take(100).collect::<String>(),
-            app.registries
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
+        return Err(not_mirrored(app, registry));
     };
     let route = Route::parse(&path)?;
     match route {
@@ -288,6 +272,16 @@ async fn route<B>(
             .await
         }
     }
+}
+
+/// 404 NAME_UNKNOWN for a registry (from `ns=` or a path prefix) that is not configured.
+fn not_mirrored(app: &App, registry: &str) -> ApiError {
+    let configured: Vec<&str> = app.registries.keys().map(String::as_str).collect();
+    ApiError::name_unknown(format!(
+        "registry {:?} is not mirrored here (configured: {})",
+        registry.chars().take(100).collect::<String>(),
+        configured.join(", ")
+    ))
 }
 
 /// The first path component after `/v2/` when it looks like a registry host (has a `.` or a

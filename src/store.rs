@@ -701,6 +701,16 @@ impl Store {
         }
     }
 
+    /// [`Store::touch`] for an object not open yet: the file is opened only when a touch is due.
+    fn touch_path(&self, key: &ObjectKey, path: &Path, e: Entry) {
+        if unix_now().saturating_sub(e.used) < TOUCH_INTERVAL {
+            return;
+        }
+        if let Ok(f) = File::open(path) {
+            self.touch(key, &f, e);
+        }
+    }
+
     /// Looks on disk for a blob the index does not know; returns its length.
     fn probe_blob(&self, d: &Digest) -> io::Result<Option<u64>> {
         let base = self.content_path("blobs", d);
@@ -755,21 +765,10 @@ impl Store {
     pub fn read_manifest(&self, d: &Digest) -> io::Result<Option<StoredManifest>> {
         let key = ObjectKey::Manifest(d.clone());
         let remembered = self.inner.manifests.lock().expect("manifest memory").get(d);
+        let path = self.content_path("manifests", d);
         if let Some(m) = remembered {
-            let known = self
-                .inner
-                .index
-                .lock()
-                .expect("index lock")
-                .lru
-                .get(&key)
-                .copied();
-            if let Some(e) = known {
-                if unix_now().saturating_sub(e.used) >= TOUCH_INTERVAL {
-                    if let Ok(f) = File::open(self.content_path("manifests", d)) {
-                        self.touch(&key, &f, e);
-                    }
-                }
+            if let Some(e) = self.index_touch(&key) {
+                self.touch_path(&key, &path, e);
                 return Ok(Some(m));
             }
             // Gone from the index (evicted, or removed by an operator): check the disk again.
@@ -779,7 +778,6 @@ impl Store {
                 .expect("manifest memory")
                 .remove(d);
         }
-        let path = self.content_path("manifests", d);
         let raw = match fs::read(&path) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -807,12 +805,7 @@ impl Store {
             .put(d.clone(), m.clone());
         let known = self.index_touch(&key);
         match known {
-            Some(e) if unix_now().saturating_sub(e.used) >= TOUCH_INTERVAL => {
-                if let Ok(f) = File::open(&path) {
-                    self.touch(&key, &f, e);
-                }
-            }
-            Some(_) => {}
+            Some(e) => self.touch_path(&key, &path, e),
             None => {
                 if let Ok(meta) = fs::metadata(&path) {
                     self.index_insert(key, &meta, m.bytes.len() as u64);
