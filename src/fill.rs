@@ -82,6 +82,10 @@ pub enum FillState {
         mem_start: Option<u64>,
         /// All bytes received and the digest checked (the held-back last byte may go out).
         verified: bool,
+        /// The body's first chunk (bytes `[0, head.len())`), kept in memory from its arrival
+        /// until the writer has it in the temp file: followers send it at once instead of
+        /// waiting for the first disk write (time to first byte). `None` for pass-through.
+        head: Option<Bytes>,
     },
     /// All bytes received and verified: committed when `mem_start` is `None`.
     Done {
@@ -602,6 +606,7 @@ async fn fetch(
         file: file.clone(),
         mem_start,
         verified: false,
+        head: None,
     });
 
     // Two blocking threads run beside the network reads: the writer (disk, or the pass-through
@@ -650,6 +655,15 @@ async fn fetch(
                     }
                     if let Some(bw) = &settings.bandwidth {
                         bw.consume(data.len()).await;
+                    }
+                    if received == data.len() as u64 && !data.is_empty() && file.is_some() {
+                        // The first chunk: followers may send it before it reaches the disk.
+                        let first = data.clone();
+                        fill.state.send_modify(|s| {
+                            if let FillState::Streaming { head, .. } = s {
+                                *head = Some(first);
+                            }
+                        });
                     }
                     if hash_tx.send(data.clone()).await.is_err()
                         || chunk_tx.send(data).await.is_err()
@@ -811,8 +825,12 @@ fn write_loop(
 ) -> Result<Sink, FillError> {
     let publish = |w: u64| {
         fill.state.send_modify(|s| {
-            if let FillState::Streaming { written, .. } = s {
+            if let FillState::Streaming { written, head, .. } = s {
                 *written = w;
+                // On disk now: the file serves it (and the memory goes).
+                if head.as_ref().is_some_and(|h| h.len() as u64 <= w) {
+                    *head = None;
+                }
             }
         })
     };
@@ -895,8 +913,8 @@ pub async fn follow(
     reader.advance(pos);
     loop {
         let state = rx.borrow_and_update().clone();
-        let (avail, file, mem_start, done) = match state {
-            FillState::Connecting => (0, None, None, None),
+        let (avail, file, mem_start, done, head) = match state {
+            FillState::Connecting => (0, None, None, None, None),
             FillState::Failed(e) => {
                 let _ = tx.send(Err(format!("fill failed: {e}").into())).await;
                 return;
@@ -907,21 +925,25 @@ pub async fn follow(
                 file,
                 mem_start,
                 verified,
+                head,
             } => {
+                // The first chunk may still be in memory only.
+                let head = head.filter(|_| mem_start.is_none());
+                let have = written.max(head.as_ref().map_or(0, |h| h.len() as u64));
                 // Hold back the object's last byte until the digest is verified. With no
                 // Content-Length any byte may be the last, so one is always held back.
                 let avail = match (verified, len) {
-                    (true, _) => written,
-                    (false, Some(l)) => written.min(l.saturating_sub(1)),
-                    (false, None) => written.saturating_sub(1),
+                    (true, _) => have,
+                    (false, Some(l)) => have.min(l.saturating_sub(1)),
+                    (false, None) => have.saturating_sub(1),
                 };
-                (avail, file, mem_start, None)
+                (avail, file, mem_start, None, head)
             }
             FillState::Done {
                 len,
                 file,
                 mem_start,
-            } => (len, file, mem_start, Some(len)),
+            } => (len, file, mem_start, Some(len), None),
         };
         // Committed: the rest comes from mmap windows of the immutable file.
         if let (Some(len), None, Some(file)) = (done, mem_start, &file) {
@@ -939,8 +961,12 @@ pub async fn follow(
         let limit = end.map_or(avail, |e| e.min(avail));
         if pos < limit {
             let want = (limit - pos).min(FOLLOW_CHUNK as u64) as usize;
-            let chunk = match mem_start {
-                Some(m) if pos >= m => fill.read_mem(reader.id, pos, want),
+            let chunk = match (&head, mem_start) {
+                (Some(h), _) if pos < h.len() as u64 => {
+                    let to = (pos + want as u64).min(h.len() as u64);
+                    Ok(Some(h.slice(pos as usize..to as usize)))
+                }
+                (_, Some(m)) if pos >= m => fill.read_mem(reader.id, pos, want),
                 _ => {
                     let stop = mem_start.map_or(limit, |m| m.min(limit));
                     match file {
@@ -984,5 +1010,66 @@ pub async fn follow(
             let _ = tx.send(Err("fill ended without a result".into())).await;
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn streaming(len: u64, written: u64, head: &'static [u8]) -> FillState {
+        FillState::Streaming {
+            len: Some(len),
+            written,
+            file: None,
+            mem_start: None,
+            verified: false,
+            head: Some(Bytes::from_static(head)),
+        }
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Result<Bytes, BoxError>>) -> Option<Bytes> {
+        match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            Ok(Some(Ok(b))) => Some(b),
+            Ok(Some(Err(e))) => panic!("follower failed: {e}"),
+            Ok(None) | Err(_) => None,
+        }
+    }
+
+    /// The first chunk goes out from memory before any byte is on disk (time to first byte),
+    /// and nothing past it is sent until the writer has more.
+    #[tokio::test]
+    async fn first_chunk_is_served_before_it_reaches_the_disk() {
+        let digest: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let fill = Arc::new(Fill::new(digest));
+        fill.state.send_replace(streaming(10, 0, b"0123"));
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = tokio::spawn(follow(fill.clone(), fill.reader(), 0, None, false, tx));
+        assert_eq!(next(&mut rx).await.as_deref(), Some(&b"0123"[..]));
+        assert_eq!(next(&mut rx).await, None, "nothing beyond the head yet");
+        task.abort();
+    }
+
+    /// A blob that fits in its first chunk still holds its last byte back until verified.
+    #[tokio::test]
+    async fn head_holds_back_the_last_byte_until_verified() {
+        let digest: Digest = format!("sha256:{}", "cd".repeat(32)).parse().unwrap();
+        let fill = Arc::new(Fill::new(digest));
+        fill.state.send_replace(streaming(4, 0, b"0123"));
+        let (tx, mut rx) = mpsc::channel(4);
+        let task = tokio::spawn(follow(fill.clone(), fill.reader(), 0, None, false, tx));
+        assert_eq!(next(&mut rx).await.as_deref(), Some(&b"012"[..]));
+        assert_eq!(
+            next(&mut rx).await,
+            None,
+            "the last byte waits for verification"
+        );
+        fill.state.send_modify(|s| {
+            if let FillState::Streaming { verified, .. } = s {
+                *verified = true;
+            }
+        });
+        assert_eq!(next(&mut rx).await.as_deref(), Some(&b"3"[..]));
+        task.abort();
     }
 }
