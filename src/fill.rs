@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, watch};
 use crate::body::BoxError;
 use crate::eviction::{fs_space, Budget};
 use crate::reference::Digest;
+use crate::serial::{Serial, Step};
 use crate::store::{CommitError, FillFile, Hasher, Store};
 use crate::upstream::{error_chain, Upstream, UpstreamError, BODY_IDLE_TIMEOUT};
 
@@ -609,23 +610,21 @@ async fn fetch(
         head: None,
     });
 
-    // Two blocking threads run beside the network reads: the writer (disk, or the pass-through
-    // window; it publishes progress) and the hasher.
-    let (chunk_tx, chunk_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-    let (wfill, wfills) = (fill.clone(), guard.fills.clone());
-    let max_size = guard.fills.settings.budget.max_size;
-    let writer = tokio::task::spawn_blocking(move || {
-        write_loop(sink, len, max_size, chunk_rx, &wfill, &wfills)
-    });
-    let (hash_tx, mut hash_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-    let algorithm = fill.digest.algorithm();
-    let hasher = tokio::task::spawn_blocking(move || {
-        let mut h = Hasher::new(algorithm);
-        while let Some(b) = hash_rx.blocking_recv() {
-            h.update(&b);
-        }
-        h.finish()
-    });
+    // Two queues on the blocking pool run beside the network reads: the writer (disk, or the
+    // pass-through window; it publishes progress) and the hasher. Each holds a pool thread only
+    // while it has chunks, so slow fills don't tie up the pool.
+    let writer = Serial::new(
+        Writer {
+            sink,
+            preallocate: len,
+            max_size: guard.fills.settings.budget.max_size,
+            fill: fill.clone(),
+            fills: guard.fills.clone(),
+            error: None,
+        },
+        WRITE_QUEUE,
+    );
+    let hasher = Serial::new(Hashing(Hasher::new(fill.digest.algorithm())), WRITE_QUEUE);
 
     let settings = guard.fills.settings.clone();
     let idle = settings.idle_timeout;
@@ -665,9 +664,7 @@ async fn fetch(
                             }
                         });
                     }
-                    if hash_tx.send(data.clone()).await.is_err()
-                        || chunk_tx.send(data).await.is_err()
-                    {
+                    if !hasher.push(data.clone()).await || !writer.push(data).await {
                         break None; // the writer failed; its error is reported below
                     }
                 }
@@ -694,10 +691,20 @@ async fn fetch(
             Err(why) => break Some(format!("{broke}; cannot resume: {why}")),
         }
     };
-    drop(chunk_tx);
-    drop(hash_tx);
-    let sink = writer.await.map_err(|e| FillError::Disk(e.to_string()))??;
-    let actual = hasher.await.map_err(|e| FillError::Disk(e.to_string()))?;
+    let mut writer = writer
+        .finish()
+        .await
+        .map_err(|e| FillError::Disk(format!("cache writer: {e}")))?;
+    if let Some(e) = writer.error.take() {
+        return Err(e);
+    }
+    let sink = writer.sink;
+    let actual = hasher
+        .finish()
+        .await
+        .map_err(|e| FillError::Disk(format!("hasher: {e}")))?
+        .0
+        .finish();
     let written = match &sink {
         Sink::Disk(f) => f.written(),
         Sink::Mem { written } => *written,
@@ -813,18 +820,33 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     Some((a.trim().parse().ok()?, total))
 }
 
-/// The writer thread's loop. On a disk write error it deletes the temp file and switches to
-/// pass-through for the rest of the blob.
-fn write_loop(
-    mut sink: Sink,
-    len: Option<u64>,
+/// Hashes a fill's bytes (a [`Serial`] step).
+struct Hashing(Hasher);
+
+impl Step for Hashing {
+    fn step(&mut self, chunk: Bytes) -> bool {
+        self.0.update(&chunk);
+        true
+    }
+}
+
+/// Writes a fill's bytes and publishes its progress (a [`Serial`] step). On a disk write error
+/// it deletes the temp file and switches to pass-through for the rest of the blob.
+struct Writer {
+    sink: Sink,
+    /// The blob's length to reserve on disk once the first bytes are out (off the time to
+    /// first byte).
+    preallocate: Option<u64>,
     max_size: Option<u64>,
-    mut rx: mpsc::Receiver<Bytes>,
-    fill: &Arc<Fill>,
-    fills: &Fills,
-) -> Result<Sink, FillError> {
-    let publish = |w: u64| {
-        fill.state.send_modify(|s| {
+    fill: Arc<Fill>,
+    fills: Arc<Fills>,
+    /// Why the fill must stop (set when a step returns `false`).
+    error: Option<FillError>,
+}
+
+impl Writer {
+    fn publish(&self, w: u64) {
+        self.fill.state.send_modify(|s| {
             if let FillState::Streaming { written, head, .. } = s {
                 *written = w;
                 // On disk now: the file serves it (and the memory goes).
@@ -833,51 +855,57 @@ fn write_loop(
                 }
             }
         })
-    };
-    // The blob's space is reserved once the first bytes are out (off the time to first byte).
-    let mut preallocate = len;
-    while let Some(chunk) = rx.blocking_recv() {
-        if let Sink::Disk(f) = &mut sink {
+    }
+}
+
+impl Step for Writer {
+    fn step(&mut self, chunk: Bytes) -> bool {
+        let (fill, fills) = (&self.fill, &self.fills);
+        if let Sink::Disk(f) = &mut self.sink {
             match f.write(&chunk) {
-                Ok(()) if max_size.is_some_and(|m| f.written() > m) => {
+                Ok(()) if self.max_size.is_some_and(|m| f.written() > m) => {
                     // No Content-Length, and it has outgrown the budget: stop caching.
                     let e = std::io::Error::other("blob is larger than max_size");
                     let w = f.written();
-                    to_pass_through(&mut sink, fill, fills, &e);
+                    to_pass_through(&mut self.sink, fill, fills, &e);
                     // The chunk is on disk already; followers read it from the file.
-                    publish(w);
-                    continue;
+                    self.publish(w);
+                    return true;
                 }
                 Ok(()) => {
                     // Wake followers after every chunk (they may be waiting for the first bytes).
-                    publish(f.written());
-                    if let Some(l) = preallocate.take() {
-                        if let Err(e) = f.preallocate(l) {
-                            to_pass_through(&mut sink, fill, fills, &e);
+                    let w = f.written();
+                    self.publish(w);
+                    if let Some(l) = self.preallocate.take() {
+                        if let Sink::Disk(f) = &self.sink {
+                            if let Err(e) = f.preallocate(l) {
+                                to_pass_through(&mut self.sink, fill, fills, &e);
+                            }
                         }
                     }
-                    continue;
+                    return true;
                 }
-                Err(e) => to_pass_through(&mut sink, fill, fills, &e), // this chunk goes below
+                Err(e) => to_pass_through(&mut self.sink, fill, fills, &e), // this chunk goes below
             }
         }
-        if let Sink::Mem { written } = &mut sink {
+        if let Sink::Mem { written } = &mut self.sink {
             if !fill.has_readers() {
                 // Uncached and nobody reading: nothing to gain from the rest of the download.
-                return Err(FillError::Body {
+                self.error = Some(FillError::Body {
                     written: *written,
                     reason: "every client left an uncached (pass-through) download".into(),
                 });
+                return false;
             }
             let at = *written;
             *written += chunk.len() as u64;
             let w = *written;
             fill.push_mem(at, chunk);
-            publish(w);
+            self.publish(w);
             fill.wait_room();
         }
+        true
     }
-    Ok(sink)
 }
 
 /// A disk error: delete the temp file and pass the rest of the blob through uncached.

@@ -12,6 +12,7 @@
 //! - [`store`]: the content-addressed cache on disk (temp file, hash, fsync, rename).
 //! - [`eviction`]: the disk budget (`max_size`, `min_free`) and LRU eviction off the request path.
 //! - [`fill`]: fills and the streaming tee — one upstream fetch per digest, many followers.
+//! - [`serial`]: in-order chunk queues on the blocking pool (a fill's disk writer and hasher).
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`.
 //! - [`mmap`]: zero-copy hits (the one `unsafe` module).
 //! - [`body`]: response body types.
@@ -29,6 +30,7 @@ pub mod mmap;
 pub mod prefetch;
 pub mod reference;
 pub mod routes;
+pub mod serial;
 pub mod server;
 pub mod store;
 pub mod tls;
