@@ -7,12 +7,6 @@ use clap::{Parser, Subcommand};
 use regcache::config::{CacheArgs, CacheSettings, Config, ServeArgs};
 use regcache::routes::App;
 
-/// mimalloc keeps freed memory for reuse: the upstream read buffers of a fill (hundreds of
-/// KiB each, allocated per read) would otherwise be fresh `mmap`ed pages every time, each one
-/// faulted in and zeroed by the kernel (~15% of a cold fill's CPU with glibc malloc).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// `println!` that ignores a closed stdout (`regcache status | head` must not panic on EPIPE).
 macro_rules! say {
     ($($arg:tt)*) => {{
