@@ -10,7 +10,11 @@
 //! Figures, per peer (see BENCHMARKS.md for how to read them):
 //! - cold single: one GET of a cold `BENCH_BLOB_MIB` blob (median of `BENCH_COLD_SAMPLES`
 //!   distinct cold blobs), and the same GET direct from the upstream as the floor;
-//! - TTFB: time to the first body byte of those cold GETs (connect included);
+//! - TTFB (paired): for each of `BENCH_TTFB_SAMPLES` small cold blobs (`BENCH_TTFB_BLOB_KIB`
+//!   KiB), a discarded GET straight at the upstream (warms its page cache), a GET straight at the
+//!   upstream and a GET through the peer, back to back; time to the first body byte (connect
+//!   included) of the last two, and the median of their per-pair differences. The TTFB of the
+//!   cold single GETs above is kept as a secondary figure (`cold_single_ttfb_*`);
 //! - cold concurrent: `BENCH_COLD_CLIENTS` clients GET one cold blob at once: the slowest
 //!   client's time and the blob GETs the upstream's access log shows;
 //! - hit: `BENCH_HIT_REPEATS` sequential warm GETs: median throughput, and the server's CPU
@@ -54,6 +58,11 @@ const BLOB_MIB: u64 = 256;
 /// Cold single GETs per peer, each of a distinct cold blob; the median is reported
 /// (`BENCH_COLD_SAMPLES`).
 const COLD_SAMPLES: usize = 5;
+/// Paired TTFB samples per peer per round, each of a distinct small cold blob
+/// (`BENCH_TTFB_SAMPLES`).
+const TTFB_SAMPLES: usize = 30;
+/// Size of each paired-TTFB blob, KiB (`BENCH_TTFB_BLOB_KIB`).
+const TTFB_BLOB_KIB: u64 = 1024;
 /// Clients in the cold concurrent figure (`BENCH_COLD_CLIENTS`).
 const COLD_CLIENTS: usize = 10;
 /// Clients in the warm concurrent (memory) figure (`BENCH_WARM_CLIENTS`).
@@ -107,6 +116,8 @@ impl Peer {
 struct Settings {
     blob_mib: u64,
     cold_samples: usize,
+    ttfb_samples: usize,
+    ttfb_blob_kib: u64,
     cold_clients: usize,
     warm_clients: usize,
     hit_repeats: usize,
@@ -150,6 +161,8 @@ impl Settings {
         let s = Settings {
             blob_mib: env_or("BENCH_BLOB_MIB", BLOB_MIB),
             cold_samples: env_or("BENCH_COLD_SAMPLES", COLD_SAMPLES),
+            ttfb_samples: env_or("BENCH_TTFB_SAMPLES", TTFB_SAMPLES),
+            ttfb_blob_kib: env_or("BENCH_TTFB_BLOB_KIB", TTFB_BLOB_KIB),
             cold_clients: env_or("BENCH_COLD_CLIENTS", COLD_CLIENTS),
             warm_clients: env_or("BENCH_WARM_CLIENTS", WARM_CLIENTS),
             hit_repeats: env_or("BENCH_HIT_REPEATS", HIT_REPEATS),
@@ -168,6 +181,10 @@ impl Settings {
             rounds: env_or("BENCH_ROUNDS", ROUNDS),
         };
         assert!(s.blob_mib >= 1, "BENCH_BLOB_MIB must be at least 1");
+        assert!(
+            s.ttfb_blob_kib >= 1,
+            "BENCH_TTFB_BLOB_KIB must be at least 1"
+        );
         assert!(s.cold_samples >= 1 && s.cold_clients >= 1 && s.warm_clients >= 1);
         assert!(s.hit_repeats >= 1 && s.wrk_conns >= 1 && s.wrk_threads >= 1);
         assert!(s.rounds >= 1, "BENCH_ROUNDS must be at least 1");
@@ -176,6 +193,10 @@ impl Settings {
 
     fn blob_len(&self) -> u64 {
         self.blob_mib << 20
+    }
+
+    fn ttfb_blob_len(&self) -> u64 {
+        self.ttfb_blob_kib << 10
     }
 }
 
@@ -348,8 +369,15 @@ impl Drop for PerfRecord {
 /// Flushes dirty pages (earlier pushes and fills) so each cold measurement starts from the same
 /// writeback state.
 fn settle() {
-    let _ = Command::new("sync").status();
+    sync();
     std::thread::sleep(Duration::from_millis(200));
+}
+
+/// `sync(1)`; returns how long it took.
+fn sync() -> Duration {
+    let t0 = Instant::now();
+    let _ = Command::new("sync").status();
+    t0.elapsed()
 }
 
 /// A free loopback port (bound then released; the daemon binds it right after).
@@ -707,6 +735,8 @@ struct Content {
     /// Blob digests; blobs[0..cold_samples] are the cold-single blobs, the last one the
     /// cold-concurrent blob.
     blobs: Vec<String>,
+    /// Small blobs (`ttfb_blob_len` bytes each) of the paired TTFB phase; in no manifest.
+    ttfb_blobs: Vec<String>,
     /// Manifest digests (manifests[0] is the one wrk asks for).
     manifests: Vec<String>,
 }
@@ -724,6 +754,16 @@ async fn push_content(s: &Settings, upstream: SocketAddr) -> Result<Content, Str
         say(format!("pushed blob {i}: {d} ({} MiB)", s.blob_mib));
         blobs.push(d);
     }
+    let mut ttfb_blobs = Vec::new();
+    for i in 0..s.ttfb_samples {
+        let data = Bytes::from(random_blob(1_000_000 + i as u64, s.ttfb_blob_len()));
+        ttfb_blobs.push(push_blob(upstream, data).await?);
+    }
+    say(format!(
+        "pushed {} TTFB blobs ({} KiB each)",
+        ttfb_blobs.len(),
+        s.ttfb_blob_kib
+    ));
     let mut manifests = Vec::new();
     for i in 0..blobs.len() + EXTRA_MANIFESTS {
         let layer = &blobs[i % blobs.len()];
@@ -746,7 +786,11 @@ async fn push_content(s: &Settings, upstream: SocketAddr) -> Result<Content, Str
         manifests.push(push_manifest(upstream, &format!("m{i}"), body).await?);
     }
     say(format!("pushed {} manifests", manifests.len()));
-    Ok(Content { blobs, manifests })
+    Ok(Content {
+        blobs,
+        ttfb_blobs,
+        manifests,
+    })
 }
 
 fn blob_path(d: &str) -> String {
@@ -1068,8 +1112,20 @@ fn run_wrk(t: &Tools, s: &Settings, addr: SocketAddr, path: &str, log: &Path) ->
 struct Figures {
     cold_single_samples_s: Vec<f64>,
     cold_single_s: Option<f64>,
-    ttfb_samples_ms: Vec<f64>,
-    ttfb_ms: Option<f64>,
+    /// TTFB of the cold single GETs (`BENCH_BLOB_MIB` blobs, unpaired), ms.
+    cold_single_ttfb_samples_ms: Vec<f64>,
+    cold_single_ttfb_ms: Option<f64>,
+    /// Paired TTFB phase (small cold blobs), through this peer, ms. For the upstream-direct
+    /// column: the upstream samples of all peers' pairs (`paired_upstream_ttfb_samples_ms`)
+    /// pooled.
+    paired_ttfb_samples_ms: Vec<f64>,
+    paired_ttfb_ms: Option<f64>,
+    /// Paired TTFB phase: the upstream GET of each pair (made just before the peer's), ms.
+    paired_upstream_ttfb_samples_ms: Vec<f64>,
+    paired_upstream_ttfb_ms: Option<f64>,
+    /// Paired TTFB phase: peer − upstream per pair, ms (same order as the two lists above).
+    paired_ttfb_diff_samples_ms: Vec<f64>,
+    paired_ttfb_diff_ms: Option<f64>,
     cold_conc_slowest_s: Option<f64>,
     cold_conc_fastest_s: Option<f64>,
     cold_conc_upstream_gets: Option<u64>,
@@ -1084,6 +1140,18 @@ struct Figures {
     warm_conc_cpu_s_per_gib: Option<f64>,
     upstream_blob_gets_total: Option<u64>,
     errors: Vec<String>,
+}
+
+/// The `q` quantile (0..=1) of `v`, by linear interpolation between closest ranks.
+fn quantile(v: &[f64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    Some(s[lo] + (s[hi] - s[lo]) * (pos - lo as f64))
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -1120,7 +1188,8 @@ fn measure_direct(
             match get_exact(up.addr, &blob_path(d), len, &PLAIN).await {
                 Ok(g) => {
                     f.cold_single_samples_s.push(g.total.as_secs_f64());
-                    f.ttfb_samples_ms.push(g.ttfb.as_secs_f64() * 1000.0);
+                    f.cold_single_ttfb_samples_ms
+                        .push(g.ttfb.as_secs_f64() * 1000.0);
                 }
                 Err(e) => f.errors.push(e),
             }
@@ -1144,7 +1213,7 @@ fn measure_direct(
         }
     });
     f.cold_single_s = median(&f.cold_single_samples_s);
-    f.ttfb_ms = median(&f.ttfb_samples_ms);
+    f.cold_single_ttfb_ms = median(&f.cold_single_ttfb_samples_ms);
     f.hit_mib_s = median(&f.hit_samples_mib_s);
     let pids = up.daemon.pids();
     let c0 = cpu_ticks(&pids);
@@ -1189,7 +1258,8 @@ fn measure_peer(
             match get_exact(addr, &blob_path(d), len, &PLAIN).await {
                 Ok(g) => {
                     f.cold_single_samples_s.push(g.total.as_secs_f64());
-                    f.ttfb_samples_ms.push(g.ttfb.as_secs_f64() * 1000.0);
+                    f.cold_single_ttfb_samples_ms
+                        .push(g.ttfb.as_secs_f64() * 1000.0);
                 }
                 Err(e) => f.errors.push(format!("cold single: {e}")),
             }
@@ -1197,12 +1267,63 @@ fn measure_peer(
     });
     drop(perf);
     f.cold_single_s = median(&f.cold_single_samples_s);
-    f.ttfb_ms = median(&f.ttfb_samples_ms);
+    f.cold_single_ttfb_ms = median(&f.cold_single_ttfb_samples_ms);
     say(format!(
         "{}: cold single {:?} s, ttfb {:?} ms",
         peer.name(),
         f.cold_single_samples_s,
-        f.ttfb_samples_ms
+        f.cold_single_ttfb_samples_ms
+    ));
+
+    // Paired TTFB: per small cold blob, a discarded GET straight at the upstream (its page
+    // cache and blob-descriptor cache warm for that blob), a measured GET straight at the
+    // upstream, then the peer's GET (a miss: its cache is fresh). One `settle` first flushes the
+    // cold single phase's writes; before each pair a bare `sync` (no pause; ~1 blob of dirty
+    // pages, a few ms) flushes the previous pair's fill.
+    let tlen = s.ttfb_blob_len();
+    if !c.ttfb_blobs.is_empty() {
+        settle();
+    }
+    let perf = PerfRecord::start(s, &daemon, peer, "ttfb");
+    let t0 = Instant::now();
+    let mut synced = Duration::ZERO;
+    rt.block_on(async {
+        for d in &c.ttfb_blobs {
+            let path = blob_path(d);
+            synced += sync();
+            let pair = async {
+                get_exact(up.addr, &path, tlen, &PLAIN)
+                    .await
+                    .map_err(|e| format!("upstream warm-up: {e}"))?;
+                let u = get_exact(up.addr, &path, tlen, &PLAIN)
+                    .await
+                    .map_err(|e| format!("upstream: {e}"))?;
+                let p = get_exact(addr, &path, tlen, &PLAIN).await?;
+                Ok::<_, String>((u.ttfb.as_secs_f64() * 1000.0, p.ttfb.as_secs_f64() * 1000.0))
+            };
+            match pair.await {
+                Ok((u, p)) => {
+                    f.paired_upstream_ttfb_samples_ms.push(u);
+                    f.paired_ttfb_samples_ms.push(p);
+                    f.paired_ttfb_diff_samples_ms.push(p - u);
+                }
+                Err(e) => f.errors.push(format!("paired TTFB: {e}")),
+            }
+        }
+    });
+    drop(perf);
+    f.paired_ttfb_ms = median(&f.paired_ttfb_samples_ms);
+    f.paired_upstream_ttfb_ms = median(&f.paired_upstream_ttfb_samples_ms);
+    f.paired_ttfb_diff_ms = median(&f.paired_ttfb_diff_samples_ms);
+    say(format!(
+        "{}: paired ttfb {} pairs in {:.1} s (sync {:.2} s): peer {:?} ms, upstream {:?} ms, diff {:?} ms",
+        peer.name(),
+        f.paired_ttfb_diff_samples_ms.len(),
+        t0.elapsed().as_secs_f64(),
+        synced.as_secs_f64(),
+        f.paired_ttfb_ms,
+        f.paired_upstream_ttfb_ms,
+        f.paired_ttfb_diff_ms
     ));
 
     // Cold concurrent.
@@ -1472,13 +1593,22 @@ fn merge(rounds: &[Figures]) -> Figures {
         ),
     });
     let cold = pool(|f| &f.cold_single_samples_s);
-    let ttfb = pool(|f| &f.ttfb_samples_ms);
+    let ttfb = pool(|f| &f.cold_single_ttfb_samples_ms);
+    let pttfb = pool(|f| &f.paired_ttfb_samples_ms);
+    let pup = pool(|f| &f.paired_upstream_ttfb_samples_ms);
+    let pdiff = pool(|f| &f.paired_ttfb_diff_samples_ms);
     let hit = pool(|f| &f.hit_samples_mib_s);
     Figures {
         cold_single_s: median(&cold),
         cold_single_samples_s: cold,
-        ttfb_ms: median(&ttfb),
-        ttfb_samples_ms: ttfb,
+        cold_single_ttfb_ms: median(&ttfb),
+        cold_single_ttfb_samples_ms: ttfb,
+        paired_ttfb_ms: median(&pttfb),
+        paired_ttfb_samples_ms: pttfb,
+        paired_upstream_ttfb_ms: median(&pup),
+        paired_upstream_ttfb_samples_ms: pup,
+        paired_ttfb_diff_ms: median(&pdiff),
+        paired_ttfb_diff_samples_ms: pdiff,
         cold_conc_slowest_s: med(|f| f.cold_conc_slowest_s),
         cold_conc_fastest_s: med(|f| f.cold_conc_fastest_s),
         cold_conc_upstream_gets: worst(|f| f.cold_conc_upstream_gets),
@@ -1517,6 +1647,9 @@ struct Row {
     get: fn(&Figures) -> Option<f64>,
     /// Whether the upstream-direct column means anything for this row.
     direct: bool,
+    /// Whether the "regcache ÷ X" columns mean anything (not for differences, which can be
+    /// near zero or negative).
+    ratios: bool,
 }
 
 fn rows() -> Vec<Row> {
@@ -1530,13 +1663,23 @@ fn rows() -> Vec<Row> {
             decimals: 3,
             get: |f| f.cold_single_s,
             direct: true,
+            ratios: true,
         },
         Row {
             label: "cold TTFB, ms (median)",
             better: Better::Lower,
             decimals: 2,
-            get: |f| f.ttfb_ms,
+            get: |f| f.paired_ttfb_ms,
             direct: true,
+            ratios: true,
+        },
+        Row {
+            label: "cold TTFB − upstream's, ms (median of paired differences)",
+            better: Better::Lower,
+            decimals: 2,
+            get: |f| f.paired_ttfb_diff_ms,
+            direct: false,
+            ratios: false,
         },
         Row {
             label: "cold concurrent: slowest client, s",
@@ -1544,6 +1687,7 @@ fn rows() -> Vec<Row> {
             decimals: 3,
             get: |f| f.cold_conc_slowest_s,
             direct: false,
+            ratios: true,
         },
         Row {
             label: "cold concurrent: slowest ÷ own cold single",
@@ -1551,6 +1695,7 @@ fn rows() -> Vec<Row> {
             decimals: 2,
             get: |f| Some(f.cold_conc_slowest_s? / f.cold_single_s?),
             direct: false,
+            ratios: true,
         },
         Row {
             label: "cold concurrent: upstream blob GETs",
@@ -1558,6 +1703,7 @@ fn rows() -> Vec<Row> {
             decimals: 0,
             get: |f| f.cold_conc_upstream_gets.map(|v| v as f64),
             direct: false,
+            ratios: true,
         },
         Row {
             label: "hit: warm GET throughput, MiB/s (median)",
@@ -1565,6 +1711,7 @@ fn rows() -> Vec<Row> {
             decimals: 0,
             get: |f| f.hit_mib_s,
             direct: true,
+            ratios: true,
         },
         Row {
             label: "hit: server CPU s per GiB served",
@@ -1572,6 +1719,7 @@ fn rows() -> Vec<Row> {
             decimals: 3,
             get: |f| f.hit_cpu_s_per_gib,
             direct: true,
+            ratios: true,
         },
         Row {
             label: "manifest by digest: GETs/s (wrk)",
@@ -1579,6 +1727,7 @@ fn rows() -> Vec<Row> {
             decimals: 0,
             get: |f| wrk(f, |w| w.rps),
             direct: true,
+            ratios: true,
         },
         Row {
             label: "manifest by digest: latency p50, ms",
@@ -1586,6 +1735,7 @@ fn rows() -> Vec<Row> {
             decimals: 3,
             get: |f| wrk(f, |w| w.p50_ms),
             direct: true,
+            ratios: true,
         },
         Row {
             label: "manifest by digest: latency p99, ms",
@@ -1593,6 +1743,7 @@ fn rows() -> Vec<Row> {
             decimals: 3,
             get: |f| wrk(f, |w| w.p99_ms),
             direct: true,
+            ratios: true,
         },
         Row {
             label: "manifest by digest: server CPU ms per 1k GETs",
@@ -1600,6 +1751,7 @@ fn rows() -> Vec<Row> {
             decimals: 1,
             get: |f| f.manifest.as_ref()?.server_cpu_ms_per_k,
             direct: true,
+            ratios: true,
         },
         Row {
             label: "peak RSS, cold concurrent, MiB (VmHWM)",
@@ -1607,6 +1759,7 @@ fn rows() -> Vec<Row> {
             decimals: 1,
             get: |f| f.cold_conc_mem.map(|m| m.hwm_mib),
             direct: false,
+            ratios: true,
         },
         Row {
             label: "  of which anon (sampled peak), MiB",
@@ -1614,6 +1767,7 @@ fn rows() -> Vec<Row> {
             decimals: 1,
             get: |f| f.cold_conc_mem.map(|m| m.anon_mib),
             direct: false,
+            ratios: true,
         },
         Row {
             label: "peak RSS, warm concurrent, MiB (VmHWM)",
@@ -1621,6 +1775,7 @@ fn rows() -> Vec<Row> {
             decimals: 1,
             get: |f| f.warm_conc_mem.map(|m| m.hwm_mib),
             direct: false,
+            ratios: true,
         },
         Row {
             label: "  of which anon (sampled peak), MiB",
@@ -1628,6 +1783,7 @@ fn rows() -> Vec<Row> {
             decimals: 1,
             get: |f| f.warm_conc_mem.map(|m| m.anon_mib),
             direct: false,
+            ratios: true,
         },
         Row {
             label: "  file-backed mapped (sampled peak), MiB",
@@ -1635,6 +1791,7 @@ fn rows() -> Vec<Row> {
             decimals: 1,
             get: |f| f.warm_conc_mem.map(|m| m.file_mib),
             direct: false,
+            ratios: true,
         },
         Row {
             label: "warm concurrent: aggregate MiB/s",
@@ -1642,6 +1799,7 @@ fn rows() -> Vec<Row> {
             decimals: 0,
             get: |f| f.warm_conc_aggregate_mib_s,
             direct: false,
+            ratios: true,
         },
         Row {
             label: "warm concurrent: server CPU s per GiB",
@@ -1649,6 +1807,7 @@ fn rows() -> Vec<Row> {
             decimals: 3,
             get: |f| f.warm_conc_cpu_s_per_gib,
             direct: false,
+            ratios: true,
         },
     ]
 }
@@ -1785,16 +1944,21 @@ fn targets(s: &Settings, direct: &Figures, res: &BTreeMap<Peer, Figures>) -> Vec
         ),
         ratio(a, d).map(|r| r <= 2.0),
     );
-    let (a, d) = (g(rc, |f| f.ttfb_ms), direct.ttfb_ms);
+    let (a, u, d) = (
+        g(rc, |f| f.paired_ttfb_ms),
+        g(rc, |f| f.paired_upstream_ttfb_ms),
+        g(rc, |f| f.paired_ttfb_diff_ms),
+    );
     push(
-        "cold TTFB ≤ upstream's + 2 ms".into(),
+        "cold TTFB ≤ upstream's + 2 ms (median of paired differences)".into(),
         format!(
-            "{} vs {} ms (+{} ms)",
+            "{} vs {} ms (medians); paired difference {}{} ms",
             fmt_num(a, 2),
-            fmt_num(d, 2),
-            fmt_num(a.zip(d).map(|(a, d)| a - d), 2)
+            fmt_num(u, 2),
+            if d.is_some_and(|d| d >= 0.0) { "+" } else { "" },
+            fmt_num(d, 2)
         ),
-        a.zip(d).map(|(a, d)| a <= d + 2.0),
+        d.map(|d| d <= 2.0),
     );
     let m = g(rc, |f| f.cold_conc_mem.map(|m| m.hwm_mib));
     push(
@@ -1934,10 +2098,12 @@ fn report(s: &Settings, t: &Tools, direct: &Figures, res: &BTreeMap<Peer, Figure
     }
     let _ = writeln!(
         o,
-        "- settings: {} round(s), each peer fresh per round, order alternating; blob {} MiB; cold single: {} distinct cold blobs per round (median of all); {} cold concurrent clients; {} hit GETs per round; {} warm concurrent clients (round-robin over {} cached blobs); wrk -t{} -c{} -d{}s. Figures are medians over rounds; upstream GETs and memory peaks are the worst round.\n",
+        "- settings: {} round(s), each peer fresh per round, order alternating; blob {} MiB; cold single: {} distinct cold blobs per round (median of all); cold TTFB: {} pairs per peer per round (upstream GET, then the peer's GET, of a distinct cold {} KiB blob; upstream-direct column: all peers' upstream samples); {} cold concurrent clients; {} hit GETs per round; {} warm concurrent clients (round-robin over {} cached blobs); wrk -t{} -c{} -d{}s. Figures are medians over rounds; upstream GETs and memory peaks are the worst round.\n",
         s.rounds,
         s.blob_mib,
         s.cold_samples,
+        s.ttfb_samples,
+        s.ttfb_blob_kib,
         s.cold_clients,
         s.hit_repeats,
         s.warm_clients,
@@ -1986,7 +2152,11 @@ fn report(s: &Settings, t: &Tools, direct: &Figures, res: &BTreeMap<Peer, Figure
         for p in &peers {
             let _ = write!(line, " {} |", fmt_num((r.get)(&res[p]), r.decimals));
         }
-        if has_rc {
+        if has_rc && !r.ratios {
+            for _ in 0..=others.len() {
+                line.push_str(" – |");
+            }
+        } else if has_rc {
             let rc = (r.get)(&res[&Peer::Regcache]);
             let d = if r.direct {
                 ratio(rc, (r.get)(direct))
@@ -2006,12 +2176,20 @@ fn report(s: &Settings, t: &Tools, direct: &Figures, res: &BTreeMap<Peer, Figure
     );
     for p in &peers {
         let f = &res[p];
+        let d = &f.paired_ttfb_diff_samples_ms;
         let _ = writeln!(
             o,
-            "- {}: cold single samples {:?} s; TTFB samples {:?} ms; cold concurrent fastest {} s, upstream HEADs {}; upstream blob GETs over the whole run {}{}",
+            "- {}: cold single samples {:?} s; cold single ({} MiB) TTFB samples {:?} ms; paired cold TTFB ({} pairs): peer {} ms, upstream {} ms, difference {} ms (medians), differences p10..p90 {}..{} ms; cold concurrent fastest {} s, upstream HEADs {}; upstream blob GETs over the whole run {}{}",
             p.name(),
             f.cold_single_samples_s.iter().map(|v| (v * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
-            f.ttfb_samples_ms.iter().map(|v| (v * 100.0).round() / 100.0).collect::<Vec<_>>(),
+            s.blob_mib,
+            f.cold_single_ttfb_samples_ms.iter().map(|v| (v * 100.0).round() / 100.0).collect::<Vec<_>>(),
+            d.len(),
+            fmt_num(f.paired_ttfb_ms, 2),
+            fmt_num(f.paired_upstream_ttfb_ms, 2),
+            fmt_num(f.paired_ttfb_diff_ms, 2),
+            fmt_num(quantile(d, 0.1), 2),
+            fmt_num(quantile(d, 0.9), 2),
             fmt_num(f.cold_conc_fastest_s, 3),
             fmt_num(f.cold_conc_upstream_heads.map(|v| v as f64), 0),
             fmt_num(f.upstream_blob_gets_total.map(|v| v as f64), 0),
@@ -2038,15 +2216,16 @@ fn report(s: &Settings, t: &Tools, direct: &Figures, res: &BTreeMap<Peer, Figure
 /// Key figures round by round, to show how much they move within one run.
 fn rounds_table(direct: &[Figures], peers: &BTreeMap<Peer, Vec<Figures>>) -> String {
     let mut o = String::from(
-        "\n### Round by round\n\n| peer | round | cold single s (median) | TTFB ms (median) | cold concurrent slowest s | hit MiB/s (median) | hit CPU s/GiB | manifest GETs/s |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "\n### Round by round\n\n| peer | round | cold single s (median) | cold TTFB ms (median, paired) | TTFB − upstream's ms (median) | cold concurrent slowest s | hit MiB/s (median) | hit CPU s/GiB | manifest GETs/s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     let mut line = |name: &str, i: usize, f: &Figures| {
         let _ = writeln!(
             o,
-            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
             i + 1,
             fmt_num(f.cold_single_s, 3),
-            fmt_num(f.ttfb_ms, 2),
+            fmt_num(f.paired_ttfb_ms, 2),
+            fmt_num(f.paired_ttfb_diff_ms, 2),
             fmt_num(f.cold_conc_slowest_s, 3),
             fmt_num(f.hit_mib_s, 0),
             fmt_num(f.hit_cpu_s_per_gib, 3),
@@ -2119,7 +2298,7 @@ fn main() {
         let d = measure_direct(&rt, &t, &s, &up, &content, &work);
         say(format!(
             "direct: cold {:?} s ttfb {:?} ms hit {:?} MiB/s",
-            d.cold_single_s, d.ttfb_ms, d.hit_mib_s
+            d.cold_single_s, d.cold_single_ttfb_ms, d.hit_mib_s
         ));
         direct_rounds.push(d);
         for &p in &order {
@@ -2129,6 +2308,16 @@ fn main() {
         }
     }
     drop(up);
+    // The upstream-direct column of the paired TTFB figure: the upstream samples of every
+    // peer's pairs in that round.
+    for (r, d) in direct_rounds.iter_mut().enumerate() {
+        d.paired_ttfb_samples_ms = peer_rounds
+            .values()
+            .filter_map(|rounds| rounds.get(r))
+            .flat_map(|f| f.paired_upstream_ttfb_samples_ms.iter().copied())
+            .collect();
+        d.paired_ttfb_ms = median(&d.paired_ttfb_samples_ms);
+    }
     let direct = merge(&direct_rounds);
     let res: BTreeMap<Peer, Figures> = peer_rounds.iter().map(|(p, r)| (*p, merge(r))).collect();
 
@@ -2142,6 +2331,7 @@ fn main() {
     let json = serde_json::json!({
         "settings": {
             "blob_mib": s.blob_mib, "cold_samples": s.cold_samples, "cold_clients": s.cold_clients,
+            "ttfb_samples": s.ttfb_samples, "ttfb_blob_kib": s.ttfb_blob_kib,
             "warm_clients": s.warm_clients, "hit_repeats": s.hit_repeats, "wrk_conns": s.wrk_conns,
             "wrk_threads": s.wrk_threads, "wrk_secs": s.wrk_secs, "rounds": s.rounds,
         },
