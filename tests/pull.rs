@@ -514,3 +514,71 @@ async fn metrics_count_hits_misses_and_upstream_requests() {
     types.dedup();
     assert_eq!(types.len(), n, "a metric family is declared twice:\n{text}");
 }
+
+/// Slow fills don't tie up the blocking pool: on a runtime with only 3 blocking threads, six
+/// throttled fills all write to disk at the same time (with a thread per writer and hasher for
+/// a fill's whole life, fills 2..6 would wait for fill 1 to end before writing a byte).
+#[test]
+fn slow_fills_share_a_small_blocking_pool() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(3)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let up = FakeUpstream::start(300).await;
+        let blobs: Vec<(String, usize)> = (0..6)
+            .map(|i| {
+                let data = random_bytes(1_500_000, 40 + i);
+                (up.add_blob(data.clone()), data.len())
+            })
+            .collect();
+        // ~1 s per blob: 60 KB every 40 ms.
+        up.set_faults(Faults {
+            throttle: Some((60_000, Duration::from_millis(40))),
+            ..Default::default()
+        });
+        let m = Mirror::start(&up.url(), HOUR).await;
+        let tasks: Vec<_> = blobs
+            .iter()
+            .map(|(d, _)| {
+                let url = m.url(&format!("/v2/library/pool/blobs/{d}"));
+                tokio::spawn(async move { get(&url).await })
+            })
+            .collect();
+        // While all six fills are running, every temp file gets bytes.
+        let tmp = m.app.store.root().join("tmp");
+        let sizes = || -> Vec<u64> {
+            std::fs::read_dir(&tmp)
+                .map(|d| {
+                    d.filter_map(|e| e.ok()?.metadata().ok())
+                        .map(|md| md.len())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = sizes();
+            if s.len() == 6 && s.iter().all(|&n| n > 0) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "six fills never all wrote at once (temp file sizes {s:?})"
+            );
+            assert!(
+                blobs.iter().all(|(d, _)| !m.has_blob(d)),
+                "a fill finished before the others all wrote a byte (temp file sizes {s:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for (t, (d, len)) in tasks.into_iter().zip(&blobs) {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.bytes().len(), *len);
+            assert_eq!(&sha256(r.bytes()), d);
+        }
+    });
+}
