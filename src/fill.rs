@@ -126,6 +126,8 @@ pub struct Fill {
     tail: Mutex<Tail>,
     /// Signalled when followers advance or leave (the writer may trim the window).
     advanced: Condvar,
+    /// The whole temp file mapped once (length from `Content-Length`), for zero-copy followers.
+    map: std::sync::OnceLock<Bytes>,
 }
 
 /// A follower's registration; dropping it lets a pass-through fill forget the follower.
@@ -165,6 +167,7 @@ impl Fill {
             state: watch::channel(FillState::Connecting).0,
             tail: Mutex::new(Tail::default()),
             advanced: Condvar::new(),
+            map: std::sync::OnceLock::new(),
         }
     }
 
@@ -597,6 +600,10 @@ async fn fetch(
             if let Some(l) = len {
                 store.reserve(l);
                 guard.reserved = l;
+                // If mapping fails, followers map chunk by chunk instead.
+                if let Ok(m) = crate::mmap::map_fill(&reader, l) {
+                    let _ = fill.map.set(m);
+                }
             }
             (Sink::Disk(f), Some(reader), None)
         }
@@ -1002,9 +1009,14 @@ pub async fn follow(
                         // send it with sendfile, like a hit).
                         Some(f) => {
                             let n = ((stop - pos) as usize).min(want) as u64;
-                            crate::mmap::chunk(&f, pos, pos + n, zero_copy)
-                                .map(Some)
-                                .map_err(Into::into)
+                            match fill.map.get() {
+                                Some(m) if zero_copy && pos + n <= m.len() as u64 => {
+                                    Ok(Some(m.slice(pos as usize..(pos + n) as usize)))
+                                }
+                                _ => crate::mmap::chunk(&f, pos, pos + n, zero_copy)
+                                    .map(Some)
+                                    .map_err(Into::into),
+                            }
                         }
                         None => Err("fill has no file".into()),
                     }

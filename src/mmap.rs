@@ -111,6 +111,34 @@ pub fn map_range(file: &Arc<File>, start: u64, end: u64) -> io::Result<Bytes> {
     Ok(Bytes::from_owner(Registered { map }).slice(skip..))
 }
 
+/// Maps `[0, len)` of a fill's temp file once, for the whole fill, while the file is still
+/// being written: followers slice their chunks out of it instead of mapping each chunk (an
+/// `mmap`, `madvise` and `munmap` per chunk per follower). Nothing is ever read through the
+/// mapping beyond the written prefix: slices of it only go to [`ZeroCopyStream`], which sends
+/// them with `sendfile`. No `madvise`: the written bytes are in the page cache already.
+///
+/// Errors: the `mmap(2)` error; `len` of 0 gives an empty `Bytes`.
+pub fn map_fill(file: &Arc<File>, len: u64) -> io::Result<Bytes> {
+    if len == 0 {
+        return Ok(Bytes::new());
+    }
+    let len = usize::try_from(len).map_err(|_| io::Error::other("range too large to map"))?;
+    // SAFETY: as in `map_range`: a fill's temp file is only appended to, and only slices of its
+    // already-written prefix are handed out (by `fill::follow`), so no mapped byte that is read
+    // ever changes or lies past the end of the file. Pages past the written prefix are mapped
+    // but never touched (mapping past EOF is allowed; touching it would fault).
+    let map = unsafe { memmap2::MmapOptions::new().len(len).map(&**file)? };
+    REGISTRY.write().expect("mmap registry").insert(
+        map.as_ptr() as usize,
+        MapInfo {
+            len,
+            file: file.clone(),
+            offset: 0,
+        },
+    );
+    Ok(Bytes::from_owner(Registered { map }))
+}
+
 /// Reads bytes `[start, end)` of `file` into a buffer (`pread`). For connections where the bytes
 /// would be copied in user space anyway (TLS, HTTP/2 framing): a file truncated or unreadable
 /// under us then gives an I/O error for that response instead of a SIGBUS for the process.
@@ -314,6 +342,26 @@ impl AsyncWrite for ZeroCopyStream {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// A fill's whole-length mapping is made before its bytes are written; slices of the
+    /// written prefix are found with the right file offsets (nothing is read through it).
+    #[test]
+    fn fill_mapping_covers_bytes_written_later() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"abc").unwrap();
+        let reader = Arc::new(f.try_clone().unwrap());
+        let m = map_fill(&reader, 3 * 4096).unwrap();
+        assert_eq!(m.len(), 3 * 4096);
+        f.write_all(&vec![1u8; 8000]).unwrap();
+        let s = m.slice(5..8000);
+        let (file, off) = lookup(&s).unwrap();
+        assert_eq!(off, 5);
+        let mut out = [0u8; 4];
+        use std::os::unix::fs::FileExt;
+        file.read_exact_at(&mut out, off).unwrap();
+        assert_eq!(&out, b"\x01\x01\x01\x01");
+        assert!(map_fill(&reader, 0).unwrap().is_empty());
+    }
 
     #[test]
     fn mappings_are_found_by_address_until_dropped() {
