@@ -1,16 +1,19 @@
 //! Fills and the streaming tee.
 //!
 //! A *fill* is the one upstream download of a blob. It writes the upstream body into a temp file
-//! (hashing as it goes, on a blocking writer thread) and publishes its progress through a
-//! `tokio::sync::watch`. Every client asking for that digest while the fill runs — the first one
-//! included — is a *follower*: it reads the temp file from its own offset up to the published
-//! progress, at its own pace. So:
+//! and hashes it, each in its own [`Serial`] queue on the blocking pool beside the network reads,
+//! and publishes its progress through a `tokio::sync::watch`. Every client asking for that digest
+//! while the fill runs — the first one included — is a *follower*: it reads the temp file from its
+//! own offset up to the published progress, at its own pace (zero-copy followers slice one
+//! mapping of the whole temp file and send with `sendfile`). So:
 //! - there is exactly one upstream fetch per digest however many clients ask (coalescing);
-//! - the first client gets headers as soon as upstream's arrive and bytes as they are written;
+//! - the first client gets headers as soon as upstream's arrive, the first chunk straight from
+//!   memory, and the rest as it is written;
 //! - a client that disconnects or reads slowly never cancels or slows the fill;
 //! - a Range request is served from the fill as soon as its bytes are there;
-//! - followers hold back the object's last byte until the digest is verified and the file
-//!   committed, so a fill that fails verification always ends its clients' streams short.
+//! - followers hold back the object's last byte until the digest is verified (the commit —
+//!   fsync and rename — follows), so a fill that fails verification always ends its clients'
+//!   streams short.
 //!
 //! *Pass-through*: a blob larger than `max_size`, or a fill whose disk write fails (ENOSPC, EIO),
 //! is not cached. From that point on the bytes go through a small in-memory window
@@ -122,7 +125,8 @@ pub struct Fill {
     pub digest: Digest,
     /// Progress; followers subscribe to it.
     state: watch::Sender<FillState>,
-    /// Pass-through window and follower positions (std mutex: the writer is a blocking thread).
+    /// Pass-through window and follower positions (std mutex: the writer runs on the blocking
+    /// pool).
     tail: Mutex<Tail>,
     /// Signalled when followers advance or leave (the writer may trim the window).
     advanced: Condvar,
