@@ -104,9 +104,17 @@ pub struct VerifyReport {
     pub checked: usize,
     /// Bytes hashed.
     pub bytes: u64,
-    /// Objects removed because their bytes do not match their digest (or size).
-    pub removed: Vec<String>,
+    /// Objects removed, as `(digest, why)`: `digest` is `sha256:<64 hex>` (or sha512), `why`
+    /// says whether the bytes did not hash to it or the file's size did not match the length
+    /// in its name.
+    pub removed: Vec<(String, &'static str)>,
 }
+
+/// Why `verify` removed an object: its bytes hash to another digest.
+pub const WRONG_BYTES: &str = "its bytes do not match its digest";
+/// Why `verify` removed a blob: its size is not the length in its file name (truncated or
+/// appended to).
+pub const WRONG_SIZE: &str = "its size does not match the length in its file name";
 
 /// `regcache verify`: re-hashes every object and removes what does not match its digest
 /// (the mirror re-fetches it on the next pull).
@@ -114,12 +122,12 @@ pub struct VerifyReport {
 /// Errors: the cache directory cannot be read.
 pub fn verify(settings: &CacheSettings) -> io::Result<VerifyReport> {
     let mut report = VerifyReport::default();
-    let mut damaged = 0;
+    let mut damaged = Vec::new();
     let mut found = Vec::new();
     crate::store::walk_objects(&settings.cache_dir, true, &mut damaged, |o| found.push(o))?;
     report
         .removed
-        .extend((0..damaged).map(|_| "a blob with the wrong size".to_string()));
+        .extend(damaged.iter().map(|d| (d.to_string(), WRONG_SIZE)));
     for o in found {
         report.checked += 1;
         let ok = match hash_object(&o.key, &o.path) {
@@ -132,7 +140,9 @@ pub fn verify(settings: &CacheSettings) -> io::Result<VerifyReport> {
         };
         if !ok {
             match std::fs::remove_file(&o.path) {
-                Ok(()) => report.removed.push(o.key.digest().to_string()),
+                Ok(()) => report
+                    .removed
+                    .push((o.key.digest().to_string(), WRONG_BYTES)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }

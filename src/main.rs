@@ -106,8 +106,8 @@ fn main() -> ExitCode {
         }),
         Command::Verify(args) => with_cache(&args, |s| {
             let r = regcache::admin::verify(s)?;
-            for d in &r.removed {
-                say!("removed {d}: its bytes do not match its digest");
+            for (d, why) in &r.removed {
+                say!("removed {d}: {why}");
             }
             say!(
                 "checked {} objects ({}): {} removed",

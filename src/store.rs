@@ -982,12 +982,12 @@ pub struct FoundObject {
 }
 
 /// Walks `blobs/` and `manifests/`, calling `f` for each well-named object file. Blobs whose size
-/// disagrees with their name are counted in `damaged` and, when `heal` is set, removed; `f` does
-/// not see them.
+/// disagrees with their name (`blobs/<alg>/<hh>/<hex>.<len>`) are added to `damaged` and, when
+/// `heal` is set, removed; `f` does not see them.
 pub fn walk_objects(
     root: &Path,
     heal: bool,
-    damaged: &mut usize,
+    damaged: &mut Vec<Digest>,
     mut f: impl FnMut(FoundObject),
 ) -> io::Result<()> {
     for (kind, alg) in [
@@ -1027,11 +1027,11 @@ pub fn walk_objects(
                 let path = file.path();
                 let key = match len {
                     Some(l) if meta.len() != l => {
-                        *damaged += 1;
                         if heal {
                             tracing::warn!(%digest, expected = l, actual = meta.len(), "removing truncated or altered blob");
                             let _ = fs::remove_file(&path);
                         }
+                        damaged.push(digest);
                         continue;
                     }
                     Some(_) => ObjectKey::Blob(digest),
@@ -1056,7 +1056,8 @@ fn scan_objects(
     report: &mut ScanReport,
 ) -> io::Result<Vec<(i64, ObjectKey, Entry)>> {
     let mut out = Vec::new();
-    walk_objects(root, heal, &mut report.healed, |o| {
+    let mut damaged = Vec::new();
+    walk_objects(root, heal, &mut damaged, |o| {
         let mtime = o.meta.mtime();
         let entry = Entry {
             len: o.len,
@@ -1065,6 +1066,7 @@ fn scan_objects(
         };
         out.push((mtime, o.key, entry));
     })?;
+    report.healed += damaged.len();
     Ok(out)
 }
 

@@ -357,6 +357,25 @@ async fn operator_commands_status_verify_gc() {
     assert_eq!(sha256(r.bytes()), a.layer_digest);
     let (code, out) = run(&["verify"]);
     assert_eq!(code, 0, "{out}");
+    // A truncated blob is named too, with why.
+    let hex = b.layer_digest.trim_start_matches("sha256:");
+    let path = root.join(format!("blobs/sha256/{}/{hex}.300000", &hex[..2]));
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(1000).unwrap();
+    drop(f);
+    let (code, out) = run(&["verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "removed {}: its size does not match the length in its file name",
+            b.layer_digest
+        )),
+        "{out}"
+    );
+    assert!(!path.exists());
+    let r = get(&m.url(&format!("/v2/library/b/blobs/{}", b.layer_digest))).await;
+    assert_eq!(sha256(r.bytes()), b.layer_digest);
+    eventually("re-fetched", || path.exists() && m.app.fills.is_empty()).await;
 
     let (_, out) = run(&["gc", "--max-size", "400KB", "--dry-run"]);
     assert!(out.contains("would remove"), "{out}");
