@@ -855,18 +855,17 @@ struct Writer {
     error: Option<FillError>,
 }
 
-impl Writer {
-    fn publish(&self, w: u64) {
-        self.fill.state.send_modify(|s| {
-            if let FillState::Streaming { written, head, .. } = s {
-                *written = w;
-                // On disk now: the file serves it (and the memory goes).
-                if head.as_ref().is_some_and(|h| h.len() as u64 <= w) {
-                    *head = None;
-                }
+/// Publishes that the fill has `w` bytes written (or passed through).
+fn publish(fill: &Fill, w: u64) {
+    fill.state.send_modify(|s| {
+        if let FillState::Streaming { written, head, .. } = s {
+            *written = w;
+            // On disk now: the file serves it (and the memory goes).
+            if head.as_ref().is_some_and(|h| h.len() as u64 <= w) {
+                *head = None;
             }
-        })
-    }
+        }
+    })
 }
 
 impl Step for Writer {
@@ -880,18 +879,15 @@ impl Step for Writer {
                     let w = f.written();
                     to_pass_through(&mut self.sink, fill, fills, &e);
                     // The chunk is on disk already; followers read it from the file.
-                    self.publish(w);
+                    publish(fill, w);
                     return true;
                 }
                 Ok(()) => {
                     // Wake followers after every chunk (they may be waiting for the first bytes).
-                    let w = f.written();
-                    self.publish(w);
+                    publish(fill, f.written());
                     if let Some(l) = self.preallocate.take() {
-                        if let Sink::Disk(f) = &self.sink {
-                            if let Err(e) = f.preallocate(l) {
-                                to_pass_through(&mut self.sink, fill, fills, &e);
-                            }
+                        if let Err(e) = f.preallocate(l) {
+                            to_pass_through(&mut self.sink, fill, fills, &e);
                         }
                     }
                     return true;
@@ -912,7 +908,7 @@ impl Step for Writer {
             *written += chunk.len() as u64;
             let w = *written;
             fill.push_mem(at, chunk);
-            self.publish(w);
+            publish(fill, w);
             fill.wait_room();
         }
         true

@@ -99,16 +99,22 @@ pub fn map_range(file: &Arc<File>, start: u64, end: u64) -> io::Result<Bytes> {
             .map(&**file)?
     };
     let _ = map.advise(memmap2::Advice::WillNeed);
+    let skip = (start - aligned) as usize;
+    Ok(register(map, file, aligned).slice(skip..))
+}
+
+/// Registers `map` (of `file`, starting at file offset `offset`) and returns it as `Bytes` that
+/// unregister the mapping when the last slice goes.
+fn register(map: memmap2::Mmap, file: &Arc<File>, offset: u64) -> Bytes {
     REGISTRY.write().expect("mmap registry").insert(
         map.as_ptr() as usize,
         MapInfo {
-            len,
+            len: map.len(),
             file: file.clone(),
-            offset: aligned,
+            offset,
         },
     );
-    let skip = (start - aligned) as usize;
-    Ok(Bytes::from_owner(Registered { map }).slice(skip..))
+    Bytes::from_owner(Registered { map })
 }
 
 /// Maps `[0, len)` of a fill's temp file once, for the whole fill, while the file is still
@@ -128,15 +134,7 @@ pub fn map_fill(file: &Arc<File>, len: u64) -> io::Result<Bytes> {
     // ever changes or lies past the end of the file. Pages past the written prefix are mapped
     // but never touched (mapping past EOF is allowed; touching it would fault).
     let map = unsafe { memmap2::MmapOptions::new().len(len).map(&**file)? };
-    REGISTRY.write().expect("mmap registry").insert(
-        map.as_ptr() as usize,
-        MapInfo {
-            len,
-            file: file.clone(),
-            offset: 0,
-        },
-    );
-    Ok(Bytes::from_owner(Registered { map }))
+    Ok(register(map, file, 0))
 }
 
 /// Reads bytes `[start, end)` of `file` into a buffer (`pread`). For connections where the bytes
