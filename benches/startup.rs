@@ -25,7 +25,7 @@ fn main() {
     let mut opens = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        let (_store, report) = regcache::store::Store::open(&root).expect("open");
+        let (_store, report) = regcache::cache::store::Store::open(&root).expect("open");
         opens.push(t.elapsed());
         assert_eq!(report.objects, n);
     }
@@ -35,7 +35,7 @@ fn main() {
         Some((ready_time(&bin, &root), {
             drop_caches();
             let t = Instant::now();
-            regcache::store::Store::open(&root).expect("open");
+            regcache::cache::store::Store::open(&root).expect("open");
             t.elapsed()
         }))
     } else {

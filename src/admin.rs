@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytesize::ByteSize;
 
+use crate::cache::eviction::{fs_space, Budget, EvictReport, MinFree};
+use crate::cache::store::{Hasher, ObjectKey, Store};
 use crate::config::CacheSettings;
-use crate::eviction::{fs_space, Budget, EvictReport, MinFree};
-use crate::store::{Hasher, ObjectKey, Store};
 
 /// `regcache status`: size against the budget, object counts, free disk, oldest and newest use.
 ///
@@ -50,7 +50,7 @@ pub fn status(settings: &CacheSettings) -> io::Result<String> {
             format!("{} of {}", human(fs.available), human(fs.total)),
         );
     }
-    let used = |e: &crate::store::Entry| UNIX_EPOCH + Duration::from_secs(e.used);
+    let used = |e: &crate::cache::store::Entry| UNIX_EPOCH + Duration::from_secs(e.used);
     if let (Some((_, oldest)), Some((_, newest))) = (objects.first(), objects.last()) {
         line("oldest use:", when(used(oldest)));
         line("newest use:", when(used(newest)));
@@ -124,7 +124,7 @@ pub fn verify(settings: &CacheSettings) -> io::Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let mut damaged = Vec::new();
     let mut found = Vec::new();
-    crate::store::walk_objects(&settings.cache_dir, true, &mut damaged, |o| found.push(o))?;
+    crate::cache::store::walk_objects(&settings.cache_dir, true, &mut damaged, |o| found.push(o))?;
     report
         .removed
         .extend(damaged.iter().map(|d| (d.to_string(), WRONG_SIZE)));
@@ -214,7 +214,7 @@ pub fn gc(settings: &CacheSettings, dry_run: bool) -> io::Result<(EvictReport, V
         return Ok((report, lines));
     }
     Ok((
-        crate::eviction::evict_once(&store, &settings.budget),
+        crate::cache::eviction::evict_once(&store, &settings.budget),
         Vec::new(),
     ))
 }

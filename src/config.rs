@@ -33,7 +33,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use url::Url;
 
-use crate::eviction::{parse_min_free, parse_size, Budget, MinFree};
+use crate::cache::eviction::{parse_min_free, parse_size, Budget, MinFree};
 
 /// Default listen address: loopback only (security by default).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";

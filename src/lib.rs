@@ -4,7 +4,7 @@
 //! - [`admin`]: operator commands on a cache directory (`status`, `verify`, `gc`).
 //! - [`config`]: the TOML file, the flags and the embedded defaults.
 //! - [`server`]: the listener, HTTP/1.1 + HTTP/2 serving, the access log, graceful shutdown.
-//! - [`routes`]: the pull API — hit / miss / coalesced / stale decisions per endpoint.
+//! - [`http`]: the pull API — hit / miss / coalesced / stale decisions per endpoint.
 //! - [`prefetch`]: `regcache prefetch` — warming a cache with whole images ahead of time.
 //! - [`reference`]: repository names, tags, digests and route parsing (spec grammars).
 //! - [`tls`]: HTTPS for the listener; `regcache gen-cert`.
@@ -21,17 +21,12 @@
 
 pub mod admin;
 pub mod body;
+pub mod cache;
 pub mod config;
 pub mod error;
-pub mod eviction;
-pub mod fill;
+pub mod http;
 pub mod metrics;
-pub mod mmap;
 pub mod prefetch;
 pub mod reference;
-pub mod routes;
-pub mod serial;
-pub mod server;
-pub mod store;
 pub mod tls;
 pub mod upstream;

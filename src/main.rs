@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use regcache::config::{CacheArgs, CacheSettings, Config, ServeArgs};
-use regcache::routes::App;
+use regcache::http::App;
 
 /// `println!` that ignores a closed stdout (`regcache status | head` must not panic on EPIPE).
 macro_rules! say {
@@ -232,7 +232,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             tag_ttl = %humantime::format_duration(app.config.tag_ttl),
             "regcache serving"
         );
-        match regcache::server::run(listener, app, shutdown_signal()).await {
+        match regcache::http::server::run(listener, app, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("regcache: {e}");

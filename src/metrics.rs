@@ -11,7 +11,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
-use crate::routes::{App, CacheResult};
+use crate::http::{App, CacheResult};
 
 /// The cache results counted, in label order.
 const RESULTS: [CacheResult; 6] = [
@@ -139,7 +139,7 @@ pub fn render(app: &App) -> String {
     reg.register(
         "sendfile_bytes",
         "Bytes sent with sendfile(2), without a user-space copy",
-        ConstCounter::new(crate::mmap::sendfile_bytes()),
+        ConstCounter::new(crate::body::zero_copy::sendfile_bytes()),
     );
     let upstream = Labelled::default();
     let remaining = Family::<Vec<(&'static str, String)>, Gauge>::default();

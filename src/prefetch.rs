@@ -11,9 +11,9 @@ use http::{Method, Request};
 use http_body_util::BodyExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::cache::store::Store;
 use crate::config::{Config, ServeArgs};
-use crate::routes::{App, CacheResult, MANIFEST_TYPES};
-use crate::store::Store;
+use crate::http::{App, CacheResult, MANIFEST_TYPES};
 
 /// Flags of `regcache prefetch`.
 #[derive(Debug, Clone, clap::Args)]
@@ -294,7 +294,9 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
     bar.finish_and_clear();
     if !budget.is_unbounded() {
         let s = store.clone();
-        let _ = tokio::task::spawn_blocking(move || crate::eviction::evict_once(&s, &budget)).await;
+        let _ =
+            tokio::task::spawn_blocking(move || crate::cache::eviction::evict_once(&s, &budget))
+                .await;
     }
     Ok(summary)
 }
@@ -314,7 +316,7 @@ async fn get_counting(
         req = req.header(http::header::ACCEPT, t);
     }
     let req = req.body(()).map_err(|e| e.to_string())?;
-    let (resp, result) = crate::routes::handle(app, &req).await;
+    let (resp, result) = crate::http::handle(app, &req).await;
     let status = resp.status();
     let mut body = resp.into_body();
     let mut kept = Vec::new();

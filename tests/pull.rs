@@ -458,13 +458,13 @@ async fn blob_bytes_go_out_with_sendfile_not_through_user_space() {
     let m = Mirror::start(&up.url(), HOUR).await;
     let url = m.url(&format!("/v2/library/zc/blobs/{d}"));
     // Miss: followers map the fill's temp file.
-    let before = regcache::mmap::sendfile_bytes();
+    let before = regcache::body::zero_copy::sendfile_bytes();
     assert_eq!(sha256(get(&url).await.bytes()), d);
-    let miss = regcache::mmap::sendfile_bytes() - before;
+    let miss = regcache::body::zero_copy::sendfile_bytes() - before;
     // Hit: mapped windows of the committed file.
-    let before = regcache::mmap::sendfile_bytes();
+    let before = regcache::body::zero_copy::sendfile_bytes();
     assert_eq!(sha256(get(&url).await.bytes()), d);
-    let hit = regcache::mmap::sendfile_bytes() - before;
+    let hit = regcache::body::zero_copy::sendfile_bytes() - before;
     assert!(hit >= 3_000_000, "hit: only {hit} bytes via sendfile");
     assert!(miss >= 2_000_000, "miss: only {miss} bytes via sendfile");
     // Ranges are exact.

@@ -664,7 +664,7 @@ pub async fn get(url: &str) -> Got {
 /// A regcache running in-process on a free port.
 pub struct Mirror {
     pub addr: SocketAddr,
-    pub app: Arc<regcache::routes::App>,
+    pub app: Arc<regcache::http::App>,
     pub dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -711,13 +711,13 @@ impl Mirror {
 
     async fn start_with(args: regcache::config::ServeArgs, dir: tempfile::TempDir) -> Mirror {
         let config = regcache::config::Config::load(&args).expect("config");
-        let app = Arc::new(regcache::routes::App::new(config).expect("app"));
+        let app = Arc::new(regcache::http::App::new(config).expect("app"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mirror");
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let a = app.clone();
         let task = tokio::spawn(async move {
-            let _ = regcache::server::run(listener, a, async {
+            let _ = regcache::http::server::run(listener, a, async {
                 let _ = rx.await;
             })
             .await;

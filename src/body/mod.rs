@@ -1,6 +1,8 @@
 //! Response bodies: whole buffers (hits from an mmap, manifests, errors) and channel-fed streams
 //! (fills), boxed into one type for the router.
 
+pub mod zero_copy;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};

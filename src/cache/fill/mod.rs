@@ -36,10 +36,10 @@ use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 
 use crate::body::BoxError;
-use crate::eviction::{fs_space, Budget};
+use crate::cache::eviction::{fs_space, Budget};
+use crate::cache::serial::{Serial, Step};
+use crate::cache::store::{CommitError, FillFile, Hasher, Store};
 use crate::reference::Digest;
-use crate::serial::{Serial, Step};
-use crate::store::{CommitError, FillFile, Hasher, Store};
 use crate::upstream::{error_chain, Upstream, UpstreamError, BODY_IDLE_TIMEOUT};
 
 /// Most bytes a follower maps from the temp file per step.
@@ -605,7 +605,7 @@ async fn fetch(
                 store.reserve(l);
                 guard.reserved = l;
                 // If mapping fails, followers map chunk by chunk instead.
-                if let Ok(m) = crate::mmap::map_fill(&reader, l) {
+                if let Ok(m) = crate::body::zero_copy::map_fill(&reader, l) {
                     let _ = fill.map.set(m);
                 }
             }
@@ -983,7 +983,7 @@ pub async fn follow(
         // Committed: the rest comes from mmap windows of the immutable file.
         if let (Some(len), None, Some(file)) = (done, mem_start, &file) {
             let end = end.unwrap_or(len).min(len);
-            let mut body = crate::mmap::MmapBody::new(file.clone(), pos, end, zero_copy);
+            let mut body = crate::body::zero_copy::MmapBody::new(file.clone(), pos, end, zero_copy);
             drop(reader);
             while let Some(frame) = body.frame().await {
                 let item = frame.map(|f| f.into_data().unwrap_or_default());
@@ -1013,7 +1013,7 @@ pub async fn follow(
                                 Some(m) if zero_copy && pos + n <= m.len() as u64 => {
                                     Ok(Some(m.slice(pos as usize..(pos + n) as usize)))
                                 }
-                                _ => crate::mmap::chunk(&f, pos, pos + n, zero_copy)
+                                _ => crate::body::zero_copy::chunk(&f, pos, pos + n, zero_copy)
                                     .map(Some)
                                     .map_err(Into::into),
                             }

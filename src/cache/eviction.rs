@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::store::{ObjectKey, Store};
+use crate::cache::store::{ObjectKey, Store};
 
 /// After crossing `max_size`, evict down to this fraction of it.
 pub const LOW_WATERMARK: f64 = 0.9;

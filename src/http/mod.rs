@@ -5,6 +5,8 @@
 //! served from the cache forever; tags are revalidated upstream with a HEAD once `tag_ttl` has
 //! passed and served stale when the upstream is down.
 
+pub mod server;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,11 +20,11 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use crate::body::{self, ChannelBody, ResponseBody};
+use crate::cache::fill::{self, FillError, FillState, Fills, Joined};
+use crate::cache::store::{Hasher, Store, StoredManifest, TagEntry};
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::fill::{self, FillError, FillState, Fills, Joined};
 use crate::reference::{Digest, Reference, Route};
-use crate::store::{Hasher, Store, StoredManifest, TagEntry};
 use crate::upstream::{read_limited, Upstream, UpstreamError};
 
 /// The four modern manifest media types, asked of upstream on every manifest request
@@ -110,7 +112,7 @@ impl App {
                 tracing::error!(error = %e, "cannot read the cache directory; eviction is off")
             }
         });
-        crate::eviction::spawn(&store, config.budget);
+        crate::cache::eviction::spawn(&store, config.budget);
         App::with_store(config, store)
     }
 
@@ -127,12 +129,12 @@ impl App {
             registries.insert(r.registry.clone(), Arc::new(Upstream::new(r, opts)?));
         }
         Ok(App {
-            fills: Arc::new(Fills::new(crate::fill::FillSettings {
+            fills: Arc::new(Fills::new(crate::cache::fill::FillSettings {
                 budget: config.budget,
                 idle_timeout: config.idle_timeout,
                 bandwidth: config
                     .max_upstream_bandwidth
-                    .map(|b| Arc::new(crate::fill::Bandwidth::new(b))),
+                    .map(|b| Arc::new(crate::cache::fill::Bandwidth::new(b))),
             })),
             config,
             store,
@@ -238,7 +240,7 @@ async fn route<B>(
             // us must fail one response, not fault the process).
             let zero_copy = req
                 .extensions()
-                .get::<crate::mmap::ZeroCopyConnection>()
+                .get::<crate::body::zero_copy::ZeroCopyConnection>()
                 .is_some()
                 && req.version() <= http::Version::HTTP_11;
             blob(app, up, &name, &digest, req.headers(), head, zero_copy).await
@@ -452,7 +454,7 @@ fn blob_hit(
     let body = if head {
         body::empty()
     } else {
-        crate::mmap::MmapBody::new(Arc::new(file), a, b, zero_copy).boxed_unsync()
+        crate::body::zero_copy::MmapBody::new(Arc::new(file), a, b, zero_copy).boxed_unsync()
     };
     builder
         .body(body)
@@ -773,7 +775,7 @@ fn record_tag(app: &App, up: &Arc<Upstream>, name: &str, tag: &str, d: &Digest, 
     let entry = TagEntry {
         digest: d.to_string(),
         media_type: media_type.to_string(),
-        checked: crate::store::unix_now(),
+        checked: crate::cache::store::unix_now(),
     };
     if let Err(e) = app.store.write_tag(up.registry(), name, tag, &entry) {
         tracing::warn!(name, tag, error = %e, "cannot record tag in the cache");
@@ -852,7 +854,9 @@ async fn fetch_manifest(
         Some(ct) if is_manifest_content_type(&ct) => ct,
         _ => json["mediaType"]
             .as_str()
-            .filter(|t| crate::store::is_storable_media_type(t) && is_manifest_content_type(t))
+            .filter(|t| {
+                crate::cache::store::is_storable_media_type(t) && is_manifest_content_type(t)
+            })
             .map(str::to_string)
             .ok_or_else(|| {
                 UpstreamError::Protocol(format!(
@@ -875,7 +879,7 @@ fn is_manifest_content_type(ct: &str) -> bool {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    crate::store::is_storable_media_type(ct)
+    crate::cache::store::is_storable_media_type(ct)
         && base.starts_with("application/")
         && (base.ends_with("+json") || base == "application/json")
 }

@@ -18,7 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::body::{BoxError, ResponseBody};
-use crate::routes::{self, App, CacheResult};
+use crate::http::{self as routes, App, CacheResult};
 
 /// Time a client has to send a request's headers (slowloris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -79,7 +79,7 @@ pub async fn run(
                                 Ok(Ok(n)) if n > 0 => {}
                                 _ => return,
                             }
-                            let io = crate::mmap::ZeroCopyStream::new(stream);
+                            let io = crate::body::zero_copy::ZeroCopyStream::new(stream);
                             serve_connection(io, app, builder, watcher, true).await
                         });
                     }
@@ -123,7 +123,8 @@ async fn serve_connection<I>(
     let svc = service_fn(move |mut req: Request<Incoming>| {
         let app = app.clone();
         if zero_copy {
-            req.extensions_mut().insert(crate::mmap::ZeroCopyConnection);
+            req.extensions_mut()
+                .insert(crate::body::zero_copy::ZeroCopyConnection);
         }
         async move { Ok::<_, Infallible>(serve(app, req).await) }
     });
