@@ -46,7 +46,7 @@ use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, USER_AG
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use regcache::cache::store::Hasher;
+use regcache::cache::hash::Hasher;
 use regcache::reference::Algorithm;
 use serde::Serialize;
 

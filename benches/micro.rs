@@ -18,8 +18,8 @@ use std::hint::black_box;
 use std::str::FromStr;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use regcache::cache::store::Hasher;
-use regcache::http::{parse_range, resolve_range};
+use regcache::cache::hash::Hasher;
+use regcache::http::range::{parse_range, resolve_range};
 use regcache::reference::{Algorithm, Digest, Route};
 
 const H64: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -128,10 +128,10 @@ fn range(c: &mut Criterion) {
     g.finish();
 }
 
-/// The eviction index (`regcache::cache::store::Index`: an `lru::LruCache` plus byte totals) at 100k
+/// The eviction index (`regcache::cache::index::Index`: an `lru::LruCache` plus byte totals) at 100k
 /// objects: a hit, a commit, and an eviction.
 fn lru_index(c: &mut Criterion) {
-    use regcache::cache::store::{Entry, Index, ObjectKey};
+    use regcache::cache::index::{Entry, Index, ObjectKey};
 
     let mut g = c.benchmark_group("eviction_index");
     let keys: Vec<ObjectKey> = (0..LRU_ENTRIES as u64 * 2)

@@ -2,7 +2,6 @@
 //! serves from the same directory: they never touch `tmp/` (fills in progress), only read or
 //! unlink committed files, and the mirror treats a file that vanished as a miss.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,7 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytesize::ByteSize;
 
 use crate::cache::eviction::{fs_space, Budget, EvictReport, MinFree};
-use crate::cache::store::{Hasher, ObjectKey, Store};
+use crate::cache::hash::Hasher;
+use crate::cache::index::{Entry, ObjectKey};
+use crate::cache::store::{walk_objects, Store};
 use crate::config::CacheSettings;
 
 /// `regcache status`: size against the budget, object counts, free disk, oldest and newest use.
@@ -18,7 +19,7 @@ use crate::config::CacheSettings;
 /// Errors: the cache directory cannot be read.
 pub fn status(settings: &CacheSettings) -> io::Result<String> {
     let (store, scan) = Store::attach(&settings.cache_dir)?;
-    let objects = store.objects();
+    let objects = store.index().objects();
     let blobs = objects
         .iter()
         .filter(|(k, _)| matches!(k, ObjectKey::Blob(_)))
@@ -27,7 +28,7 @@ pub fn status(settings: &CacheSettings) -> io::Result<String> {
     let temps = std::fs::read_dir(settings.cache_dir.join("tmp"))
         .map(|d| d.count())
         .unwrap_or(0);
-    let fs = fs_space(&store);
+    let fs = fs_space(store.root());
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<12}{v}\n"));
     line("cache:", settings.cache_dir.display().to_string());
@@ -50,7 +51,7 @@ pub fn status(settings: &CacheSettings) -> io::Result<String> {
             format!("{} of {}", human(fs.available), human(fs.total)),
         );
     }
-    let used = |e: &crate::cache::store::Entry| UNIX_EPOCH + Duration::from_secs(e.used);
+    let used = |e: &Entry| UNIX_EPOCH + Duration::from_secs(e.used);
     if let (Some((_, oldest)), Some((_, newest))) = (objects.first(), objects.last()) {
         line("oldest use:", when(used(oldest)));
         line("newest use:", when(used(newest)));
@@ -124,7 +125,7 @@ pub fn verify(settings: &CacheSettings) -> io::Result<VerifyReport> {
     let mut report = VerifyReport::default();
     let mut damaged = Vec::new();
     let mut found = Vec::new();
-    crate::cache::store::walk_objects(&settings.cache_dir, true, &mut damaged, |o| found.push(o))?;
+    walk_objects(&settings.cache_dir, true, &mut damaged, |o| found.push(o))?;
     report
         .removed
         .extend(damaged.iter().map(|d| (d.to_string(), WRONG_SIZE)));
@@ -188,18 +189,13 @@ fn hash_object(key: &ObjectKey, path: &std::path::Path) -> io::Result<(bool, u64
 pub fn gc(settings: &CacheSettings, dry_run: bool) -> io::Result<(EvictReport, Vec<String>)> {
     let (store, _) = Store::attach(&settings.cache_dir)?;
     if dry_run {
-        let usage = store.usage();
-        let need = settings.budget.excess(usage.total, fs_space(&store));
-        let victims = store.pop_lru(need);
+        let victims =
+            crate::cache::eviction::plan(store.index(), &settings.budget, fs_space(store.root()));
         let mut report = EvictReport::default();
         let mut lines = Vec::new();
-        let mut manifests = HashSet::new();
         for (k, e) in &victims {
             report.objects += 1;
             report.bytes += e.disk;
-            if let ObjectKey::Manifest(d) = k {
-                manifests.insert(d.to_string());
-            }
             lines.push(format!(
                 "would remove {} {} ({}, last used {})",
                 match k {

@@ -11,6 +11,7 @@
 //! offline = false           # true: serve only from the cache, never contact upstream
 //! revalidate_timeout = "5s" # wait this long for upstream, then serve cached (or fail fast)
 //! idle_timeout = "60s"      # drop and resume a download that receives nothing this long
+//! outage_backoff = "10s"    # after an upstream timeout, skip that upstream this long
 //! max_upstream_bandwidth = "2MiB/s"   # optional cap for all fills together
 //! tls_cert = "/etc/regcache/regcache.crt"  # optional: serve HTTPS (with tls_key)
 //! tls_key = "/etc/regcache/regcache.key"
@@ -33,14 +34,15 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use url::Url;
 
-use crate::cache::eviction::{parse_min_free, parse_size, Budget, MinFree};
+use crate::cache::eviction::{Budget, MinFree};
+use crate::reference::is_registry_name;
 
 /// Default listen address: loopback only (security by default).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 /// Default upstream: Docker Hub's API host.
 pub const DEFAULT_UPSTREAM_URL: &str = "https://registry-1.docker.io";
 /// Registry name of the default upstream, as clients spell it (`?ns=docker.io`).
-pub const DEFAULT_REGISTRY: &str = "docker.io";
+pub const DEFAULT_REGISTRY: &str = crate::reference::DOCKER_HUB;
 
 /// Why the configuration cannot be used. Every message names the key (or flag) and the fix.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +88,11 @@ pub struct FileConfig {
     /// resumed (at most 5 times, then the fill is aborted), e.g. `"60s"`.
     #[serde(default, deserialize_with = "de_duration")]
     pub idle_timeout: Option<Duration>,
+    /// `outage_backoff`: after an upstream does not answer within `revalidate_timeout`,
+    /// requests skip it for this long (cached answers are served, uncached ones fail fast with
+    /// 503 and `Retry-After`), e.g. `"10s"`.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub outage_backoff: Option<Duration>,
     /// `max_upstream_bandwidth`: cap on all fills together, e.g. `"2MiB/s"`.
     #[serde(default, deserialize_with = "de_rate")]
     pub max_upstream_bandwidth: Option<u64>,
@@ -157,6 +164,36 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::E
         .map_err(serde::de::Error::custom)
 }
 
+/// Parses a size such as `"20GiB"`, `"500MB"`, `"1048576"` (bytesize syntax; IEC and SI units).
+///
+/// Errors: a message naming the value and the expected form.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{s:?} is not a size ({e}); write e.g. \"20GiB\", \"500MB\""))
+}
+
+/// Parses `min_free`: a size (`"5GiB"`) or a percentage of the filesystem (`"10%"`).
+///
+/// Errors: a message naming the value and the expected forms.
+pub fn parse_min_free(s: &str) -> Result<MinFree, String> {
+    let t = s.trim();
+    if let Some(p) = t.strip_suffix('%') {
+        let v: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a percentage; write e.g. \"10%\""))?;
+        if !(0.0..100.0).contains(&v) {
+            return Err(format!(
+                "{s:?}: a percentage must be at least 0 and below 100"
+            ));
+        }
+        return Ok(MinFree::Percent(v));
+    }
+    parse_size(t).map(MinFree::Bytes)
+}
+
 /// Parses a duration like `0s`, `90s`, `5m`, `1h 30m` (humantime syntax).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
@@ -198,6 +235,10 @@ pub struct ServeArgs {
     /// long, e.g. 60s [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// After an upstream timeout, skip that upstream this long (cached answers are served,
+    /// uncached ones fail fast), e.g. 10s [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub outage_backoff: Option<Duration>,
     /// Cap on the upstream bandwidth of all fills together, e.g. 2MiB/s [default: none].
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub max_upstream_bandwidth: Option<u64>,
@@ -211,6 +252,8 @@ pub struct ServeArgs {
 
 /// Default for `revalidate_timeout`.
 pub const DEFAULT_REVALIDATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for `outage_backoff`.
+pub const DEFAULT_OUTAGE_BACKOFF: Duration = Duration::from_secs(10);
 /// Default for `idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -309,6 +352,8 @@ pub struct Config {
     pub revalidate_timeout: Duration,
     /// A fill receiving nothing for this long is aborted.
     pub idle_timeout: Duration,
+    /// After an upstream timeout, how long requests skip that upstream.
+    pub outage_backoff: Duration,
     /// Cap on upstream bytes per second, all fills together.
     pub max_upstream_bandwidth: Option<u64>,
     /// Certificate and key files: the listener speaks HTTPS.
@@ -458,6 +503,12 @@ impl Config {
                     .or(file.idle_timeout)
                     .unwrap_or(DEFAULT_IDLE_TIMEOUT),
             )?,
+            outage_backoff: nonzero(
+                "outage_backoff",
+                args.outage_backoff
+                    .or(file.outage_backoff)
+                    .unwrap_or(DEFAULT_OUTAGE_BACKOFF),
+            )?,
             max_upstream_bandwidth: args.max_upstream_bandwidth.or(file.max_upstream_bandwidth),
             tls: match (
                 args.tls_cert.clone().or(file.tls_cert),
@@ -556,23 +607,6 @@ fn parse_upstream_url(s: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-/// Whether `s` looks like `host[:port]` (letters, digits, `.`, `-`, one optional `:port`).
-pub fn is_registry_name(s: &str) -> bool {
-    let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (s, None),
-    };
-    !host.is_empty()
-        && host.len() <= 253
-        && host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-        && !host.starts_with(['.', '-'])
-        && !host.contains("..")
-        && port
-            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
-}
-
 /// `/var/cache/regcache` for root, else `$XDG_CACHE_HOME/regcache` (or `~/.cache/regcache`).
 pub fn default_cache_dir() -> PathBuf {
     // SAFETY-free check for root: the effective uid is readable via /proc without libc.
@@ -599,6 +633,17 @@ pub fn default_cache_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_and_min_free() {
+        assert_eq!(parse_size("20GiB").unwrap(), 20 << 30);
+        assert_eq!(parse_size("1 MB").unwrap(), 1_000_000);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_min_free("10%").unwrap(), MinFree::Percent(10.0));
+        assert_eq!(parse_min_free("5GiB").unwrap(), MinFree::Bytes(5 << 30));
+        assert!(parse_min_free("150%").is_err());
+    }
 
     fn no_file(_: &Path) -> std::io::Result<String> {
         Err(std::io::Error::other("no file"))

@@ -26,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod mirror;
 pub mod prefetch;
 pub mod reference;
 pub mod tls;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use regcache::config::{CacheArgs, CacheSettings, Config, ServeArgs};
-use regcache::http::App;
+use regcache::mirror::Mirror;
 
 /// `println!` that ignores a closed stdout (`regcache status | head` must not panic on EPIPE).
 macro_rules! say {
@@ -209,8 +209,8 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     rt.block_on(async move {
         let listen = config.listen;
-        let app = match App::new(config) {
-            Ok(a) => Arc::new(a),
+        let mirror = match Mirror::new(config) {
+            Ok(m) => Arc::new(m),
             Err(e) => {
                 eprintln!("regcache: cannot open cache directory: {e}");
                 return ExitCode::FAILURE;
@@ -225,14 +225,14 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
         tracing::info!(
             listen = %listen,
-            default_registry = %app.config.default_registry,
-            upstream = %app.default_upstream().host(),
-            registries = %app.registries.keys().cloned().collect::<Vec<_>>().join(","),
-            cache_dir = %app.store.root().display(),
-            tag_ttl = %humantime::format_duration(app.config.tag_ttl),
+            default_registry = %mirror.config().default_registry,
+            upstream = %mirror.registries().default_upstream().host(),
+            registries = %mirror.registries().names().collect::<Vec<_>>().join(","),
+            cache_dir = %mirror.cache().store().root().display(),
+            tag_ttl = %humantime::format_duration(mirror.config().tag_ttl),
             "regcache serving"
         );
-        match regcache::http::server::run(listener, app, shutdown_signal()).await {
+        match regcache::http::server::run(listener, mirror, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("regcache: {e}");

@@ -1,7 +1,8 @@
 //! Prometheus metrics, served at `GET /metrics` (OpenMetrics text, via `prometheus-client`).
 //!
 //! Request counters are kept live; everything the components already count (cache size, fills,
-//! upstream requests, evictions, bytes sent with `sendfile`) is read at scrape time.
+//! upstream requests, evictions, bytes sent with `sendfile`) is gathered by the mirror at scrape
+//! time into plain [`Figures`], which [`render`] turns into text.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,7 +12,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
-use crate::http::{App, CacheResult};
+use crate::cache::fill::FillStats;
+use crate::cache::CacheResult;
 
 /// The cache results counted, in label order.
 const RESULTS: [CacheResult; 6] = [
@@ -39,13 +41,58 @@ impl RequestCounters {
         self.requests[i].fetch_add(1, Ordering::Relaxed);
         self.bytes[i].fetch_add(bytes, Ordering::Relaxed);
     }
+
+    /// Requests and body bytes so far, by cache result in the order hit, miss, coalesced,
+    /// stale, pass, none.
+    pub fn snapshot(&self) -> [(u64, u64); 6] {
+        std::array::from_fn(|i| {
+            (
+                self.requests[i].load(Ordering::Relaxed),
+                self.bytes[i].load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
+/// What `/metrics` reports: plain numbers, gathered by the mirror.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    /// Requests and body bytes by cache result ([`RequestCounters::snapshot`]).
+    pub requests: [(u64, u64); 6],
+    /// Bytes the cache takes on disk.
+    pub cache_bytes: u64,
+    /// Blobs and manifests in the cache.
+    pub cache_objects: u64,
+    /// The `max_size` budget in bytes, if set.
+    pub max_size: Option<u64>,
+    /// Blob fills in progress.
+    pub fills_in_progress: u64,
+    /// Fill outcome counters.
+    pub fills: FillStats,
+    /// Objects removed and bytes freed by eviction.
+    pub evicted: (u64, u64),
+    /// Bytes sent with `sendfile(2)`.
+    pub sendfile_bytes: u64,
+    /// Per upstream registry.
+    pub upstreams: Vec<UpstreamFigures>,
+}
+
+/// One upstream's figures.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamFigures {
+    /// The registry name clients use.
+    pub registry: String,
+    /// Requests sent (redirects and token fetches included).
+    pub requests: u64,
+    /// Docker Hub's last `ratelimit-remaining`, once reported.
+    pub ratelimit_remaining: Option<i64>,
 }
 
 /// A metric family labelled by `(name, value)` pairs, filled at scrape time.
 type Labelled = Family<Vec<(&'static str, String)>, Counter>;
 
-/// The metrics text for `app`, in the OpenMetrics text format.
-pub fn render(app: &App) -> String {
+/// The metrics text for `f`, in the OpenMetrics text format.
+pub fn render(f: &Figures) -> String {
     let mut reg = Registry::with_prefix("regcache");
     let requests = Labelled::default();
     let served = Labelled::default();
@@ -59,12 +106,8 @@ pub fn render(app: &App) -> String {
             }
             .to_string(),
         )];
-        requests
-            .get_or_create(&label)
-            .inc_by(app.counters.requests[i].load(Ordering::Relaxed));
-        served
-            .get_or_create(&label)
-            .inc_by(app.counters.bytes[i].load(Ordering::Relaxed));
+        requests.get_or_create(&label).inc_by(f.requests[i].0);
+        served.get_or_create(&label).inc_by(f.requests[i].1);
     }
     reg.register(
         "requests",
@@ -76,18 +119,17 @@ pub fn render(app: &App) -> String {
         "Response body bytes sent to clients",
         served,
     );
-    let usage = app.store.usage();
     reg.register(
         "cache_bytes",
         "Bytes the cache takes on disk",
-        ConstGauge::new(usage.total as i64),
+        ConstGauge::new(f.cache_bytes as i64),
     );
     reg.register(
         "cache_objects",
         "Blobs and manifests in the cache",
-        ConstGauge::new(usage.objects as i64),
+        ConstGauge::new(f.cache_objects as i64),
     );
-    if let Some(m) = app.config.budget.max_size {
+    if let Some(m) = f.max_size {
         reg.register(
             "cache_max_bytes",
             "The max_size budget",
@@ -97,60 +139,55 @@ pub fn render(app: &App) -> String {
     reg.register(
         "fills_in_progress",
         "Upstream blob downloads in progress",
-        ConstGauge::new(app.fills.len() as i64),
+        ConstGauge::new(f.fills_in_progress as i64),
     );
-    let f = app.fills.stats();
+    let fills = &f.fills;
     reg.register(
         "fills_committed",
         "Fills verified and committed",
-        ConstCounter::new(f.committed),
+        ConstCounter::new(fills.committed),
     );
     reg.register(
         "fills_uncached",
         "Fills passed through uncached (too large, disk full)",
-        ConstCounter::new(f.uncached),
+        ConstCounter::new(fills.uncached),
     );
     reg.register(
         "fills_failed",
         "Fills that failed (upstream error, digest mismatch)",
-        ConstCounter::new(f.failed),
+        ConstCounter::new(fills.failed),
     );
     reg.register(
         "fill_resumes",
         "Broken upstream downloads resumed with Range",
-        ConstCounter::new(f.resumes),
+        ConstCounter::new(fills.resumes),
     );
     reg.register(
         "upstream_blob_bytes",
         "Blob bytes received from upstreams",
-        ConstCounter::new(f.bytes),
+        ConstCounter::new(fills.bytes),
     );
-    let e = app.store.evictions();
     reg.register(
         "evicted_objects",
         "Objects removed by eviction",
-        ConstCounter::new(e.0),
+        ConstCounter::new(f.evicted.0),
     );
     reg.register(
         "evicted_bytes",
         "Bytes on disk freed by eviction",
-        ConstCounter::new(e.1),
+        ConstCounter::new(f.evicted.1),
     );
     reg.register(
         "sendfile_bytes",
         "Bytes sent with sendfile(2), without a user-space copy",
-        ConstCounter::new(crate::body::zero_copy::sendfile_bytes()),
+        ConstCounter::new(f.sendfile_bytes),
     );
     let upstream = Labelled::default();
     let remaining = Family::<Vec<(&'static str, String)>, Gauge>::default();
-    for (name, up) in &app.registries {
-        let label = vec![("registry", name.clone())];
-        upstream.get_or_create(&label).inc_by(up.requests_sent());
-        if let Some(rem) = up.rate_limit().and_then(|(_, r)| {
-            r.split(';')
-                .next()
-                .and_then(|v| v.trim().parse::<i64>().ok())
-        }) {
+    for up in &f.upstreams {
+        let label = vec![("registry", up.registry.clone())];
+        upstream.get_or_create(&label).inc_by(up.requests);
+        if let Some(rem) = up.ratelimit_remaining {
             remaining.get_or_create(&label).set(rem);
         }
     }

@@ -1,19 +1,20 @@
 //! `regcache prefetch IMAGE[:TAG|@DIGEST]...`: warms a cache directory (of a running or a
 //! stopped mirror) with whole images — manifests and blobs — for the requested platforms, e.g.
-//! to pre-load an edge box before it ships. It drives the mirror's own request path in-process,
-//! so prefetched content is exactly what a pull would have cached.
+//! to pre-load an edge box before it ships. It goes through the mirror's cache API in-process
+//! (no HTTP), so prefetched content is exactly what a pull would have cached.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request};
 use http_body_util::BodyExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cache::store::Store;
+use crate::body::zero_copy::Delivery;
+use crate::cache::{BlobLookup, Origin};
 use crate::config::{Config, ServeArgs};
-use crate::http::{App, CacheResult, MANIFEST_TYPES};
+use crate::error::{ApiError, Subject};
+use crate::mirror::Mirror;
+use crate::reference::{canonical_name, Digest, Reference};
 
 /// Flags of `regcache prefetch`.
 #[derive(Debug, Clone, clap::Args)]
@@ -200,9 +201,9 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
         .map(|i| parse_image(i))
         .collect::<Result<_, _>>()?;
     let budget = config.budget;
-    let (store, _) = Store::open_shared(&config.cache_dir)
-        .map_err(|e| format!("cache directory {}: {e}", config.cache_dir.display()))?;
-    let app = Arc::new(App::with_store(config, store.clone()).map_err(|e| e.to_string())?);
+    let dir = config.cache_dir.clone();
+    let mirror = Mirror::open_shared(config)
+        .map_err(|e| format!("cache directory {}: {e}", dir.display()))?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template(
@@ -215,20 +216,24 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
         summary.images += 1;
         let registry = r
             .registry
-            .clone()
-            .unwrap_or_else(|| app.config.default_registry.clone());
-        let ns = format!(
-            "?ns={}",
-            url::form_urlencoded::byte_serialize(registry.as_bytes()).collect::<String>()
-        );
-        let name = if registry == crate::config::DEFAULT_REGISTRY && !r.name.contains('/') {
-            format!("library/{}", r.name)
-        } else {
-            r.name.clone()
+            .as_deref()
+            .unwrap_or(mirror.registries().default_registry());
+        let Some(up) = mirror.registries().get(registry) else {
+            let e = mirror.registries().not_mirrored(registry);
+            return Err(format!(
+                "{registry}/{}: {}",
+                r.name,
+                describe(&ApiError::from_select(&e))
+            ));
+        };
+        let name = canonical_name(registry, r.name.clone());
+        let from = Origin {
+            upstream: up,
+            name: &name,
         };
         let label = format!("{registry}/{name}:{}", r.reference);
         bar.set_message(label.clone());
-        let (top, _) = get(&app, &format!("/v2/{name}/manifests/{}{ns}", r.reference))
+        let top = manifest(&mirror, from, &r.reference)
             .await
             .map_err(|e| format!("{label}: {e}"))?;
         summary.manifests += 1;
@@ -244,12 +249,12 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
                     continue;
                 }
                 // Digests from upstream JSON are validated before they go into a path.
-                let d: crate::reference::Digest = c["digest"]
+                let d: Digest = c["digest"]
                     .as_str()
                     .ok_or_else(|| format!("{label}: index entry without a digest"))?
                     .parse()
                     .map_err(|e| format!("{label}: index entry: {e}"))?;
-                let (m, _) = get(&app, &format!("/v2/{name}/manifests/{d}{ns}"))
+                let m = manifest(&mirror, from, &d.to_string())
                     .await
                     .map_err(|e| format!("{label}: {d}: {e}"))?;
                 summary.manifests += 1;
@@ -266,23 +271,23 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
             images.push(top);
         }
         for m in &images {
-            let mut blobs: Vec<(String, u64)> = Vec::new();
+            let mut blobs: Vec<(Digest, u64)> = Vec::new();
             for b in
                 std::iter::once(&m["config"]).chain(m["layers"].as_array().into_iter().flatten())
             {
                 if let Some(d) = b["digest"].as_str() {
-                    let d: crate::reference::Digest = d
+                    let d: Digest = d
                         .parse()
                         .map_err(|e| format!("{label}: manifest entry: {e}"))?;
-                    blobs.push((d.to_string(), b["size"].as_u64().unwrap_or(0)));
+                    blobs.push((d, b["size"].as_u64().unwrap_or(0)));
                 }
             }
             bar.inc_length(blobs.iter().map(|(_, s)| s).sum());
             for (d, size) in blobs {
-                let (_, result) = get_counting(&app, &format!("/v2/{name}/blobs/{d}{ns}"), &bar)
+                let cached = blob(&mirror, from, &d, &bar)
                     .await
                     .map_err(|e| format!("{label}: blob {d}: {e}"))?;
-                if result == CacheResult::Hit {
+                if cached {
                     summary.blobs_cached += 1;
                 } else {
                     summary.blobs_fetched += 1;
@@ -293,7 +298,7 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
     }
     bar.finish_and_clear();
     if !budget.is_unbounded() {
-        let s = store.clone();
+        let s = mirror.cache().store().clone();
         let _ =
             tokio::task::spawn_blocking(move || crate::cache::eviction::evict_once(&s, &budget))
                 .await;
@@ -301,44 +306,55 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
     Ok(summary)
 }
 
-async fn get(app: &App, path_and_query: &str) -> Result<(Bytes, CacheResult), String> {
-    get_counting(app, path_and_query, &ProgressBar::hidden()).await
+/// A manifest's bytes by tag or digest string, through the cache (fetched and stored when not
+/// cached, as a pull would).
+async fn manifest(mirror: &Mirror, from: Origin<'_>, reference: &str) -> Result<Bytes, String> {
+    let reference = if reference.contains(':') {
+        Reference::Digest(reference.parse().map_err(|e| format!("{e}"))?)
+    } else {
+        Reference::Tag(reference.to_string())
+    };
+    match mirror.cache().manifest(from, &reference).await {
+        Ok(a) => Ok(a.manifest.bytes),
+        Err(e) => Err(describe(&ApiError::from_cache(&e, Subject::Manifest))),
+    }
 }
 
-/// GETs through the mirror's request path, draining the body (bytes counted on `bar`).
-async fn get_counting(
-    app: &App,
-    path_and_query: &str,
+/// Fills a blob into the cache unless it is there; returns whether it was cached already. The
+/// bytes filled are counted on `bar`.
+async fn blob(
+    mirror: &Mirror,
+    from: Origin<'_>,
+    digest: &Digest,
     bar: &ProgressBar,
-) -> Result<(Bytes, CacheResult), String> {
-    let mut req = Request::builder().method(Method::GET).uri(path_and_query);
-    for t in MANIFEST_TYPES {
-        req = req.header(http::header::ACCEPT, t);
-    }
-    let req = req.body(()).map_err(|e| e.to_string())?;
-    let (resp, result) = crate::http::handle(app, &req).await;
-    let status = resp.status();
-    let mut body = resp.into_body();
-    let mut kept = Vec::new();
-    let keep = path_and_query.contains("/manifests/");
+) -> Result<bool, String> {
+    let lookup = mirror
+        .cache()
+        .blob(digest, from)
+        .map_err(|e| describe(&ApiError::internal(format!("reading the cache: {e}"))))?;
+    let f = match lookup {
+        BlobLookup::Hit(c) => {
+            bar.inc(c.len());
+            return Ok(true);
+        }
+        BlobLookup::Filling(f) => f,
+    };
+    f.len()
+        .await
+        .map_err(|e| describe(&ApiError::from_fill(&e, digest)))?;
+    let mut body = f.body(None, Delivery::Copy);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("download broke off: {e}"))?;
         if let Ok(data) = frame.into_data() {
-            if keep || !status.is_success() {
-                kept.extend_from_slice(&data);
-            } else {
-                bar.inc(data.len() as u64);
-            }
+            bar.inc(data.len() as u64);
         }
     }
-    if !status.is_success() {
-        let msg = serde_json::from_slice::<serde_json::Value>(&kept)
-            .ok()
-            .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_string))
-            .unwrap_or_default();
-        return Err(format!("{status} {msg}"));
-    }
-    Ok((Bytes::from(kept), result))
+    Ok(false)
+}
+
+/// An error as the mirror would answer it: `<status> <message>`.
+fn describe(e: &ApiError) -> String {
+    format!("{} {}", e.status, e.message)
 }
 
 #[cfg(test)]

@@ -13,6 +13,55 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Longest tag accepted, in bytes (`[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`).
 pub const MAX_TAG_LEN: usize = 128;
 
+/// The four modern manifest media types, asked of upstream on every manifest request (OCI image
+/// spec "Image Index" and "Image Manifest"; Docker image manifest v2 schema 2 and its list).
+pub const MANIFEST_TYPES: [&str; 4] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// Docker Hub's registry name, as clients spell it (`?ns=docker.io`).
+pub const DOCKER_HUB: &str = "docker.io";
+
+/// Docker Hub spells official images `library/<name>`; a bare name gets the prefix so all
+/// spellings share one cache entry (the Hub itself does not alias them). Other registries'
+/// names are kept as they are.
+pub fn canonical_name(registry: &str, name: String) -> String {
+    if registry == DOCKER_HUB && !name.contains('/') {
+        format!("library/{name}")
+    } else {
+        name
+    }
+}
+
+/// Whether `s` looks like `host[:port]` (letters, digits, `.`, `-`, one optional `:port`).
+pub fn is_registry_name(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && !host.starts_with(['.', '-'])
+        && !host.contains("..")
+        && port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The first path component after `/v2/` when it looks like a registry host (has a `.` or a
+/// `:`, or is `localhost`) and more path follows: a podman/CRI-O path-prefix mirror request.
+pub fn hostlike_prefix(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v2/")?;
+    let (first, tail) = rest.split_once('/')?;
+    let hostlike = first.contains('.') || first.contains(':') || first == "localhost";
+    (!tail.is_empty() && hostlike && is_registry_name(first)).then_some(first)
+}
+
 /// A digest algorithm regcache can verify. Source: OCI image spec, "Digests" (registered
 /// algorithms `sha256` and `sha512`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

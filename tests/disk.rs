@@ -48,7 +48,7 @@ async fn pulls_larger_than_the_budget_all_succeed_and_disk_stays_bounded() {
     let up = FakeUpstream::start(300).await;
     let max = 3_000_000;
     let m = Mirror::start_args(budget_args(&up.url(), max)).await;
-    let objects = m.app.store.root().to_path_buf();
+    let objects = m.store().root().to_path_buf();
     let mut images = Vec::new();
     for i in 0..8 {
         let name = format!("library/img{i}");
@@ -60,7 +60,7 @@ async fn pulls_larger_than_the_budget_all_succeed_and_disk_stays_bounded() {
             assert_eq!(sha256(r.bytes()), *d, "image {i}");
         }
         eventually("eviction brings the cache under max_size", || {
-            m.app.store.usage().total <= max
+            m.store().index().usage().total <= max
         })
         .await;
         let on_disk = du(&objects.join("blobs")) + du(&objects.join("manifests"));
@@ -70,7 +70,7 @@ async fn pulls_larger_than_the_budget_all_succeed_and_disk_stays_bounded() {
     // The oldest images were evicted; their tags went with their manifests.
     let (name0, img0) = &images[0];
     assert!(!m.has_blob(&img0.layer_digest));
-    assert!(m.app.store.read_tag("docker.io", name0, "v1").is_none());
+    assert!(m.store().read_tag("docker.io", name0, "v1").is_none());
     // The newest is still cached: pulling it again sends nothing upstream.
     let (name7, img7) = &images[7];
     let before = n(&up.counters.total);
@@ -156,7 +156,7 @@ async fn restart_heals_a_truncated_blob() {
     let url = m.url(&format!("/v2/library/t/blobs/{}", img.layer_digest));
     assert_eq!(sha256(get(&url).await.bytes()), img.layer_digest);
     eventually("committed", || m.has_blob(&img.layer_digest)).await;
-    let root = m.app.store.root().to_path_buf();
+    let root = m.store().root().to_path_buf();
     let dir = m.stop().await;
     // Truncate the committed file behind regcache's back, and leave a partial fill.
     let hex = img.layer_digest.trim_start_matches("sha256:");
@@ -187,8 +187,7 @@ async fn a_blob_damaged_while_serving_is_refetched_not_served() {
     eventually("committed", || m.has_blob(&d)).await;
     let hex = d.trim_start_matches("sha256:");
     let path = m
-        .app
-        .store
+        .store()
         .root()
         .join(format!("blobs/sha256/{}/{hex}.40000", &hex[..2]));
     std::fs::OpenOptions::new()
@@ -199,10 +198,9 @@ async fn a_blob_damaged_while_serving_is_refetched_not_served() {
         .unwrap();
     assert_eq!(sha256(get(&url).await.bytes()), d);
     assert_eq!(n(&up.counters.cdn_get), 2);
-    eventually("re-committed", || path.exists() && m.app.fills.is_empty()).await;
+    eventually("re-committed", || path.exists() && m.fills_idle()).await;
     std::fs::remove_file(
-        m.app
-            .store
+        m.store()
             .root()
             .join(format!("blobs/sha256/{}/{hex}.40000", &hex[..2])),
     )
@@ -316,7 +314,7 @@ async fn operator_commands_status_verify_gc() {
             eventually("committed", || m.has_blob(d)).await;
         }
     }
-    let root = m.app.store.root().to_path_buf();
+    let root = m.store().root().to_path_buf();
     let bin = env!("CARGO_BIN_EXE_regcache");
     let run = |args: &[&str]| {
         let out = std::process::Command::new(bin)
@@ -375,7 +373,7 @@ async fn operator_commands_status_verify_gc() {
     assert!(!path.exists());
     let r = get(&m.url(&format!("/v2/library/b/blobs/{}", b.layer_digest))).await;
     assert_eq!(sha256(r.bytes()), b.layer_digest);
-    eventually("re-fetched", || path.exists() && m.app.fills.is_empty()).await;
+    eventually("re-fetched", || path.exists() && m.fills_idle()).await;
 
     let (_, out) = run(&["gc", "--max-size", "400KB", "--dry-run"]);
     assert!(out.contains("would remove"), "{out}");
@@ -497,7 +495,7 @@ async fn a_blob_without_length_that_outgrows_the_budget_is_not_cached() {
     eventually("small committed", || m.has_blob(&small)).await;
     let r = get(&m.url(&format!("/v2/library/nl/blobs/{big}"))).await;
     assert_eq!(sha256(r.bytes()), big, "the whole blob, passed through");
-    eventually("fill ended", || m.app.fills.is_empty()).await;
+    eventually("fill ended", || m.fills_idle()).await;
     assert!(!m.has_blob(&big));
     assert!(
         m.has_blob(&small),

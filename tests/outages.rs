@@ -35,7 +35,13 @@ async fn blackholed_upstream_serves_cached_tags_and_fails_fast_for_the_rest() {
     let up = FakeUpstream::start(300).await;
     let img = up.add_image("library/bh", "v1", 10_000, 1);
     up.add_image("library/cold", "v1", 10_000, 2);
-    let m = Mirror::start_args(args(&up, Duration::ZERO)).await;
+    // A short back-off after the timeout keeps the recovery check below quick.
+    let backoff = Duration::from_millis(500);
+    let m = Mirror::start_args(ServeArgs {
+        outage_backoff: Some(backoff),
+        ..args(&up, Duration::ZERO)
+    })
+    .await;
     let url = m.url("/v2/library/bh/manifests/v1");
     assert_eq!(bounded(&url).await.status, 200);
     assert_eq!(
@@ -66,7 +72,7 @@ async fn blackholed_upstream_serves_cached_tags_and_fails_fast_for_the_rest() {
     assert!(!r.header("retry-after").is_empty());
     // Recovery needs no restart (the back-off after a timeout is short).
     up.set_faults(Faults::default());
-    tokio::time::sleep(regcache::upstream::DOWN_BACKOFF).await;
+    tokio::time::sleep(backoff).await;
     assert_eq!(
         bounded(&m.url("/v2/library/cold/manifests/v1"))
             .await
@@ -210,7 +216,7 @@ async fn when_resume_is_impossible_streams_end_short_and_nothing_is_cached() {
     let m = Mirror::start(&up.url(), Duration::ZERO).await;
     let r = get(&m.url(&format!("/v2/library/nr/blobs/{d}"))).await;
     assert!(r.body.is_err(), "client sees a short stream");
-    eventually("fill ended", || m.app.fills.is_empty()).await;
+    eventually("fill ended", || m.fills_idle()).await;
     assert!(!m.has_blob(&d));
     assert_eq!(m.temp_files(), 0);
 }
@@ -290,7 +296,7 @@ async fn a_stalled_download_is_resumed_and_a_dead_one_aborted() {
     });
     let r = bounded(&m.url(&format!("/v2/library/st/blobs/{d2}"))).await;
     assert!(r.body.is_err(), "the dead download's stream is cut");
-    eventually("fill aborted", || m.app.fills.is_empty()).await;
+    eventually("fill aborted", || m.fills_idle()).await;
     assert!(!m.has_blob(&d2));
     assert_eq!(m.temp_files(), 0);
 }
@@ -325,7 +331,7 @@ async fn warm_pulls_send_no_manifest_gets() {
     assert_eq!(n(&up.counters.manifest_get), gets, "tag_ttl 0: HEAD only");
     assert_eq!(n(&up.counters.manifest_head), 50);
     assert_eq!(n(&up.counters.token_get), tokens, "tokens reused");
-    let rl = m.app.default_upstream().rate_limit();
+    let rl = m.app.registries().default_upstream().rate_limit();
     assert_eq!(
         rl,
         Some(("100;w=21600".into(), "76;w=21600".into())),

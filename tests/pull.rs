@@ -162,7 +162,7 @@ async fn corrupted_upstream_blob_is_never_cached_and_stream_is_cut() {
             b.len()
         ),
     }
-    eventually("fill cleaned up", || m.app.fills.is_empty()).await;
+    eventually("fill cleaned up", || m.fills_idle()).await;
     assert!(!m.has_blob(&d));
     assert_eq!(m.temp_files(), 0);
     // Nothing cached: the next request goes upstream again (and now succeeds).
@@ -548,7 +548,7 @@ fn slow_fills_share_a_small_blocking_pool() {
             })
             .collect();
         // While all six fills are running, every temp file gets bytes.
-        let tmp = m.app.store.root().join("tmp");
+        let tmp = m.store().root().join("tmp");
         let sizes = || -> Vec<u64> {
             std::fs::read_dir(&tmp)
                 .map(|d| {

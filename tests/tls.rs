@@ -133,8 +133,7 @@ async fn a_blob_truncated_under_a_tls_download_fails_that_download_only() {
     let _ = b.frame().await;
     let hex = d.trim_start_matches("sha256:");
     let path = m
-        .app
-        .store
+        .store()
         .root()
         .join(format!("blobs/sha256/{}/{hex}.8000000", &hex[..2]));
     std::fs::OpenOptions::new()

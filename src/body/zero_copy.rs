@@ -27,6 +27,18 @@ use tokio::net::TcpStream;
 
 use crate::body::BoxError;
 
+/// How a response's file bytes may leave: mapped slices that [`ZeroCopyStream`] sends with
+/// `sendfile(2)` (plain TCP, HTTP/1), or `pread` copies (TLS, HTTP/2 framing, in-process
+/// readers), where a file truncated under us must fail one response rather than fault the
+/// process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Mapped slices, sent with `sendfile`.
+    Sendfile,
+    /// Copies read with `pread`.
+    Copy,
+}
+
 /// Bytes mapped per window (a multiple of every page size in use).
 pub const WINDOW: u64 = 4 << 20;
 
@@ -152,14 +164,13 @@ pub fn read_range(file: &File, start: u64, end: u64) -> io::Result<Bytes> {
 }
 
 /// Bytes `[start, end)` of `file` for a response: a registered mapping (sent with `sendfile`)
-/// when `zero_copy`, else a `pread` copy.
+/// for [`Delivery::Sendfile`], else a `pread` copy.
 ///
 /// Errors: the `mmap(2)` or read error.
-pub fn chunk(file: &Arc<File>, start: u64, end: u64, zero_copy: bool) -> io::Result<Bytes> {
-    if zero_copy {
-        map_range(file, start, end)
-    } else {
-        read_range(file, start, end)
+pub fn chunk(file: &Arc<File>, start: u64, end: u64, delivery: Delivery) -> io::Result<Bytes> {
+    match delivery {
+        Delivery::Sendfile => map_range(file, start, end),
+        Delivery::Copy => read_range(file, start, end),
     }
 }
 
@@ -185,17 +196,17 @@ pub struct MmapBody {
     /// One past the last byte to send.
     end: u64,
     /// Whether the connection sends mapped bytes with `sendfile` (plain TCP, HTTP/1).
-    zero_copy: bool,
+    delivery: Delivery,
 }
 
 impl MmapBody {
     /// A body of bytes `[start, end)` of `file`.
-    pub fn new(file: Arc<File>, start: u64, end: u64, zero_copy: bool) -> MmapBody {
+    pub fn new(file: Arc<File>, start: u64, end: u64, delivery: Delivery) -> MmapBody {
         MmapBody {
             file,
             pos: start,
             end,
-            zero_copy,
+            delivery,
         }
     }
 }
@@ -211,10 +222,13 @@ impl Body for MmapBody {
         if self.pos >= self.end {
             return Poll::Ready(None);
         }
-        let step = if self.zero_copy { WINDOW } else { READ_CHUNK };
+        let step = match self.delivery {
+            Delivery::Sendfile => WINDOW,
+            Delivery::Copy => READ_CHUNK,
+        };
         let next = ((self.pos / step) + 1) * step;
         let stop = next.min(self.end);
-        match chunk(&self.file, self.pos, stop, self.zero_copy) {
+        match chunk(&self.file, self.pos, stop, self.delivery) {
             Ok(b) => {
                 self.pos = stop;
                 Poll::Ready(Some(Ok(Frame::data(b))))

@@ -6,12 +6,13 @@
 //! blob keeps valid bytes until it is done. Tag entries whose manifest was evicted are dropped.
 
 use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
-
-use crate::cache::store::{ObjectKey, Store};
+use crate::cache::index::{Entry, ObjectKey, SharedIndex};
+use crate::cache::store::Store;
 
 /// After crossing `max_size`, evict down to this fraction of it.
 pub const LOW_WATERMARK: f64 = 0.9;
@@ -42,36 +43,6 @@ impl MinFree {
     }
 }
 
-/// Parses a size such as `"20GiB"`, `"500MB"`, `"1048576"` (bytesize syntax; IEC and SI units).
-///
-/// Errors: a message naming the value and the expected form.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("{s:?} is not a size ({e}); write e.g. \"20GiB\", \"500MB\""))
-}
-
-/// Parses `min_free`: a size (`"5GiB"`) or a percentage of the filesystem (`"10%"`).
-///
-/// Errors: a message naming the value and the expected forms.
-pub fn parse_min_free(s: &str) -> Result<MinFree, String> {
-    let t = s.trim();
-    if let Some(p) = t.strip_suffix('%') {
-        let v: f64 = p
-            .trim()
-            .parse()
-            .map_err(|_| format!("{s:?} is not a percentage; write e.g. \"10%\""))?;
-        if !(0.0..100.0).contains(&v) {
-            return Err(format!(
-                "{s:?}: a percentage must be at least 0 and below 100"
-            ));
-        }
-        return Ok(MinFree::Percent(v));
-    }
-    parse_size(t).map(MinFree::Bytes)
-}
-
 /// The cache's limits. Both unset means unbounded.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Budget {
@@ -90,9 +61,9 @@ pub struct FsSpace {
     pub available: u64,
 }
 
-/// Reads the cache filesystem's space figures (statvfs).
-pub fn fs_space(store: &Store) -> Option<FsSpace> {
-    let st = fs4::statvfs(store.root()).ok()?;
+/// Reads the space figures (statvfs) of the filesystem holding `dir` (the cache directory).
+pub fn fs_space(dir: &Path) -> Option<FsSpace> {
+    let st = fs4::statvfs(dir).ok()?;
     Some(FsSpace {
         total: st.total_space(),
         available: st.available_space(),
@@ -141,21 +112,36 @@ pub struct EvictReport {
     pub tags: usize,
 }
 
-/// Evicts least recently used objects until the budget's low watermarks hold. Blocking (file
-/// system work): call from a blocking thread.
+/// The objects to evict now, least recently used first: enough to bring the cache back to the
+/// low watermark of whichever limit is crossed (committed + reserved bytes against `max_size`,
+/// free space `fs` against `min_free`), or none. Removes nothing: [`evict_once`] acts on it and
+/// `regcache gc --dry-run` lists it.
+pub fn plan(index: &SharedIndex, budget: &Budget, fs: Option<FsSpace>) -> Vec<(ObjectKey, Entry)> {
+    let usage = index.usage();
+    match budget.excess(usage.total + usage.reserved, fs) {
+        0 => Vec::new(),
+        need => index.plan(need),
+    }
+}
+
+/// Evicts least recently used objects until the budget's low watermarks hold ([`plan`]), then
+/// drops the tag entries that pointed at evicted manifests. Does nothing until the index is
+/// loaded. Blocking (file system work): call from a blocking thread.
 pub fn evict_once(store: &Store, budget: &Budget) -> EvictReport {
-    if !store.is_indexed() {
+    let index = store.index();
+    if !index.is_indexed() {
         return EvictReport::default();
     }
-    let usage = store.usage();
-    let need = budget.excess(usage.total + usage.reserved, fs_space(store));
-    if need == 0 {
+    let victims = plan(index, budget, fs_space(store.root()));
+    if victims.is_empty() {
         return EvictReport::default();
     }
-    let victims = store.pop_lru(need);
     let mut report = EvictReport::default();
     let mut manifests = HashSet::new();
     for (key, entry) in &victims {
+        if index.remove(key).is_none() {
+            continue; // removed meanwhile (healed, or another pass)
+        }
         match store.unlink(key, entry) {
             Ok(()) => {
                 report.objects += 1;
@@ -172,64 +158,89 @@ pub fn evict_once(store: &Store, budget: &Budget) -> EvictReport {
     if !manifests.is_empty() {
         report.tags = store.drop_tags_pointing_at(&manifests);
     }
-    store.record_evicted(report.objects as u64, report.bytes);
     tracing::info!(
         objects = report.objects,
         bytes = report.bytes,
         tags = report.tags,
-        cache_bytes = store.usage().total,
+        cache_bytes = index.usage().total,
         "eviction: removed least recently used content"
     );
     report
 }
 
-/// Starts the evictor task for `store` and wires commits to wake it when over budget. Does
-/// nothing for an unbounded budget.
-pub fn spawn(store: &Store, budget: Budget) {
-    if budget.is_unbounded() {
-        return;
-    }
-    let wake = Arc::new(Notify::new());
-    {
-        let wake = wake.clone();
-        let s = store.clone();
-        store.set_on_commit(move || {
-            let u = s.usage();
-            // Cheap check on every commit; the free-space check runs in the loop below.
-            let over_size = budget.max_size.is_some_and(|m| u.total + u.reserved > m);
-            if over_size || budget.min_free.is_some() {
-                wake.notify_one();
+/// Objects and bytes removed by an evictor since it started (for `/metrics`).
+#[derive(Debug, Default)]
+struct Evicted {
+    objects: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// The evictor task of a running cache: woken by the index whenever it grows (and every
+/// [`CHECK_INTERVAL`], since other programs fill disks too), it evicts off the request path.
+/// Dropping it stops the task.
+pub struct Evictor {
+    /// The task; aborted on drop.
+    task: tokio::task::JoinHandle<()>,
+    /// What it removed.
+    evicted: Arc<Evicted>,
+}
+
+impl Evictor {
+    /// Starts the evictor for `store` within `budget`, with a first pass at once (the budget
+    /// may have shrunk since the last run). `None` for an unbounded budget.
+    pub fn spawn(store: &Store, budget: Budget) -> Option<Evictor> {
+        if budget.is_unbounded() {
+            return None;
+        }
+        let evicted = Arc::new(Evicted::default());
+        let counts = evicted.clone();
+        let store = store.clone();
+        let task = tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                if !first {
+                    tokio::select! {
+                        _ = store.index().changed().notified() => {}
+                        _ = tokio::time::sleep(CHECK_INTERVAL) => {}
+                    }
+                }
+                first = false;
+                let u = store.index().usage();
+                // Cheap check on every change; the free-space check needs the pass itself.
+                let over_size = budget.max_size.is_some_and(|m| u.total + u.reserved > m);
+                if !over_size && budget.min_free.is_none() {
+                    continue;
+                }
+                let s = store.clone();
+                if let Ok(r) = tokio::task::spawn_blocking(move || evict_once(&s, &budget)).await {
+                    counts
+                        .objects
+                        .fetch_add(r.objects as u64, Ordering::Relaxed);
+                    counts.bytes.fetch_add(r.bytes, Ordering::Relaxed);
+                }
             }
         });
+        Some(Evictor { task, evicted })
     }
-    let store = store.clone();
-    wake.notify_one(); // a first pass at startup: the budget may have shrunk since the last run
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(CHECK_INTERVAL) => {}
-            }
-            let (s, b) = (store.clone(), budget);
-            let _ = tokio::task::spawn_blocking(move || evict_once(&s, &b)).await;
-        }
-    });
+
+    /// Objects removed and bytes freed since the start.
+    pub fn evicted(&self) -> (u64, u64) {
+        (
+            self.evicted.objects.load(Ordering::Relaxed),
+            self.evicted.bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for Evictor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parsing() {
-        assert_eq!(parse_size("20GiB").unwrap(), 20 << 30);
-        assert_eq!(parse_size("1 MB").unwrap(), 1_000_000);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("lots").is_err());
-        assert_eq!(parse_min_free("10%").unwrap(), MinFree::Percent(10.0));
-        assert_eq!(parse_min_free("5GiB").unwrap(), MinFree::Bytes(5 << 30));
-        assert!(parse_min_free("150%").is_err());
-    }
 
     #[test]
     fn excess_uses_low_watermarks() {

@@ -1,4 +1,5 @@
-//! The content-addressed store on disk, and its in-memory index (sizes and LRU order).
+//! The content-addressed store on disk: blob and manifest files, fills' temp files, the commit
+//! protocol. The in-memory index lives in [`crate::cache::index`], tags in [`crate::cache::tags`].
 //!
 //! ```text
 //! <cache_dir>/blobs/sha256/ab/<hex>.<len>        blob bytes exactly as upstream sent them; the
@@ -26,61 +27,18 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use lru::LruCache;
-use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
+use crate::cache::hash::Hasher;
+use crate::cache::index::{unix_now, Entry, Index, ManifestMemory, ObjectKey, SharedIndex};
 use crate::reference::{Algorithm, Digest};
 
 /// Longest media type stored with a manifest, in bytes.
 const MAX_MEDIA_TYPE_LEN: usize = 255;
 /// A hit updates the file's mtime only when the last update is older than this, in seconds.
 pub const TOUCH_INTERVAL: u64 = 600;
-
-/// A streaming hash over sha256 or sha512, matching a digest's algorithm.
-#[derive(Clone)]
-pub enum Hasher {
-    /// For `sha256:` digests.
-    Sha256(sha2::Sha256),
-    /// For `sha512:` digests.
-    Sha512(sha2::Sha512),
-}
-
-impl Hasher {
-    /// A fresh hasher for `algorithm`.
-    pub fn new(algorithm: Algorithm) -> Hasher {
-        match algorithm {
-            Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
-            Algorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
-        }
-    }
-
-    /// Feeds bytes.
-    pub fn update(&mut self, data: &[u8]) {
-        match self {
-            Hasher::Sha256(h) => h.update(data),
-            Hasher::Sha512(h) => h.update(data),
-        }
-    }
-
-    /// The digest of everything fed.
-    pub fn finish(self) -> Digest {
-        match self {
-            Hasher::Sha256(h) => Digest::from_raw(Algorithm::Sha256, &h.finalize()),
-            Hasher::Sha512(h) => Digest::from_raw(Algorithm::Sha512, &h.finalize()),
-        }
-    }
-
-    /// The digest of `data` under `algorithm`.
-    pub fn digest_of(algorithm: Algorithm, data: &[u8]) -> Digest {
-        let mut h = Hasher::new(algorithm);
-        h.update(data);
-        h.finish()
-    }
-}
 
 /// A manifest read from the store: exact bytes and the media type upstream gave it.
 #[derive(Debug, Clone)]
@@ -91,147 +49,12 @@ pub struct StoredManifest {
     pub bytes: Bytes,
 }
 
-/// A tag's last known answer.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TagEntry {
-    /// Digest the tag pointed to, `sha256:<64 hex>`.
-    pub digest: String,
-    /// Media type of that manifest.
-    pub media_type: String,
-    /// When upstream last confirmed it, seconds since the Unix epoch.
-    pub checked: u64,
-}
-
-impl TagEntry {
-    /// Time since upstream last confirmed this answer (zero if the clock went backwards).
-    pub fn age(&self) -> Duration {
-        Duration::from_secs(unix_now().saturating_sub(self.checked))
-    }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// A cached object: a blob or a manifest, by digest.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ObjectKey {
-    /// `blobs/<alg>/<hh>/<hex>.<len>`.
-    Blob(Digest),
-    /// `manifests/<alg>/<hh>/<hex>`.
-    Manifest(Digest),
-}
-
-impl ObjectKey {
-    /// The digest.
-    pub fn digest(&self) -> &Digest {
-        match self {
-            ObjectKey::Blob(d) | ObjectKey::Manifest(d) => d,
-        }
-    }
-}
-
-/// What the index knows of one object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Entry {
-    /// Content length in bytes (for a blob, also in its file name).
-    pub len: u64,
-    /// Space it takes on disk, in bytes (allocated blocks × 512).
-    pub disk: u64,
-    /// Last mtime written (seconds since the epoch): last use, coarsely.
-    pub used: u64,
-}
-
-/// The LRU order and sizes of every committed object.
-pub struct Index {
-    /// Least recently used first. Unbounded: the budget is in bytes, enforced by eviction.
-    lru: LruCache<ObjectKey, Entry>,
-    /// Sum of `disk` over all entries, in bytes.
-    total: u64,
-    /// Bytes reserved by fills in progress (counted against the budget before they commit).
-    reserved: u64,
-}
-
-impl Default for Index {
-    fn default() -> Self {
-        Index::new()
-    }
-}
-
-impl Index {
-    /// An empty index.
-    pub fn new() -> Index {
-        Index {
-            lru: LruCache::unbounded(),
-            total: 0,
-            reserved: 0,
-        }
-    }
-
-    /// Adds (or replaces) an object as the most recently used.
-    pub fn insert(&mut self, key: ObjectKey, e: Entry) {
-        if let Some(old) = self.lru.put(key, e) {
-            self.total -= old.disk;
-        }
-        self.total += e.disk;
-    }
-
-    /// Forgets an object.
-    pub fn remove(&mut self, key: &ObjectKey) -> Option<Entry> {
-        let e = self.lru.pop(key)?;
-        self.total -= e.disk;
-        Some(e)
-    }
-
-    /// A hit: the object's entry, now the most recently used.
-    pub fn touch(&mut self, key: &ObjectKey) -> Option<Entry> {
-        self.lru.get(key).copied()
-    }
-
-    /// Removes and returns the least recently used object.
-    pub fn pop_lru(&mut self) -> Option<(ObjectKey, Entry)> {
-        let (k, e) = self.lru.pop_lru()?;
-        self.total -= e.disk;
-        Some((k, e))
-    }
-
-    /// Number of objects.
-    pub fn len(&self) -> usize {
-        self.lru.len()
-    }
-
-    /// Whether the index is empty.
-    pub fn is_empty(&self) -> bool {
-        self.lru.is_empty()
-    }
-
-    /// Bytes on disk taken by all objects.
-    pub fn total(&self) -> u64 {
-        self.total
-    }
-}
-
-/// A snapshot of the index's figures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    /// Bytes on disk taken by committed objects.
-    pub total: u64,
-    /// Bytes reserved by fills in progress.
-    pub reserved: u64,
-    /// Number of objects.
-    pub objects: usize,
-}
-
 /// Why a fill could not be committed.
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
     /// The bytes hash to another digest; nothing was stored.
     #[error("content hashes to {actual}, not {expected}")]
-    DigestMismatch { expected: String, actual: String },
+    DigestMismatch { expected: Digest, actual: Digest },
     /// A disk error while syncing or renaming.
     #[error("cannot commit to the cache: {0}")]
     Io(#[from] io::Error),
@@ -299,8 +122,8 @@ impl FillFile {
     pub fn commit(self, actual: &Digest) -> Result<u64, CommitError> {
         if *actual != self.digest {
             return Err(CommitError::DigestMismatch {
-                expected: self.digest.to_string(),
-                actual: actual.to_string(),
+                expected: self.digest,
+                actual: actual.clone(),
             });
         }
         self.file.as_file().sync_data()?;
@@ -325,16 +148,10 @@ pub struct Store {
 struct StoreInner {
     /// The cache directory.
     root: PathBuf,
-    /// Sizes and LRU order of committed objects. Held only for in-memory updates.
-    index: Mutex<Index>,
-    /// Whether the index has been loaded from disk.
-    indexed: std::sync::atomic::AtomicBool,
+    /// Sizes and LRU order of committed objects.
+    index: SharedIndex,
     /// Recently read manifests, verified (they never change for a digest).
     manifests: Mutex<ManifestMemory>,
-    /// Objects and bytes removed by eviction (for `/metrics`).
-    evicted: (std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64),
-    /// Called after each commit (wakes the evictor when over budget).
-    on_commit: Mutex<Option<Box<dyn Fn() + Send + Sync>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -406,43 +223,17 @@ impl Store {
     /// Errors: I/O errors reading the directory.
     pub fn rebuild_index(&self) -> io::Result<ScanReport> {
         let mut report = ScanReport::default();
-        let mut found = scan_objects(&self.inner.root, true, &mut report)?;
-        found.sort_by_key(|(mtime, _, _)| *mtime);
-        let mut fresh = Index::new();
-        for (_, key, entry) in found {
-            fresh.insert(key, entry);
-        }
-        report.objects = fresh.lru.len();
-        report.bytes = fresh.total;
-        {
-            let mut ix = self.inner.index.lock().expect("index lock");
-            let live = std::mem::replace(&mut *ix, fresh);
-            ix.reserved = live.reserved;
-            for (k, e) in live.lru.iter().rev() {
-                ix.insert(k.clone(), *e);
-            }
-        }
-        self.inner
-            .indexed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.committed();
+        let fresh = load_index(&self.inner.root, true, &mut report)?;
+        self.inner.index.load(fresh);
         Ok(report)
-    }
-
-    /// Whether the index has been loaded (eviction waits for it).
-    pub fn is_indexed(&self) -> bool {
-        self.inner.indexed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn empty(root: PathBuf) -> Store {
         Store {
             inner: Arc::new(StoreInner {
                 root,
-                index: Mutex::new(Index::new()),
-                indexed: std::sync::atomic::AtomicBool::new(false),
+                index: SharedIndex::default(),
                 manifests: Mutex::new(ManifestMemory::default()),
-                evicted: Default::default(),
-                on_commit: Mutex::new(None),
             }),
         }
     }
@@ -476,32 +267,16 @@ impl Store {
                 ),
             ));
         }
-        Store::build(root, false, ScanReport::default())
-    }
-
-    fn build(root: PathBuf, heal: bool, mut report: ScanReport) -> io::Result<(Store, ScanReport)> {
-        let mut found = scan_objects(&root, heal, &mut report)?;
-        found.sort_by_key(|(mtime, _, _)| *mtime);
+        let mut report = ScanReport::default();
+        let fresh = load_index(&root, false, &mut report)?;
         let store = Store::empty(root);
-        {
-            let mut ix = store.inner.index.lock().expect("index lock");
-            for (_, key, entry) in found {
-                ix.insert(key, entry);
-            }
-            report.objects = ix.lru.len();
-            report.bytes = ix.total;
-        }
-        store
-            .inner
-            .indexed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        store.inner.index.load(fresh);
         Ok((store, report))
     }
 
-    /// Every indexed object, least recently used first.
-    pub fn objects(&self) -> Vec<(ObjectKey, Entry)> {
-        let ix = self.inner.index.lock().expect("index lock");
-        ix.lru.iter().rev().map(|(k, e)| (k.clone(), *e)).collect()
+    /// The index of committed objects (sizes, LRU order, reservations).
+    pub fn index(&self) -> &SharedIndex {
+        &self.inner.index
     }
 
     /// The path of an indexed object's file.
@@ -517,93 +292,13 @@ impl Store {
         &self.inner.root
     }
 
-    /// Registers a callback run after every commit (the evictor's wake-up).
-    pub fn set_on_commit(&self, f: impl Fn() + Send + Sync + 'static) {
-        *self.inner.on_commit.lock().expect("store lock") = Some(Box::new(f));
-    }
-
-    /// Current totals.
-    pub fn usage(&self) -> Usage {
-        let ix = self.inner.index.lock().expect("index lock");
-        Usage {
-            total: ix.total,
-            reserved: ix.reserved,
-            objects: ix.lru.len(),
-        }
-    }
-
-    /// Records an eviction pass: objects removed and bytes freed.
-    pub fn record_evicted(&self, objects: u64, bytes: u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.inner.evicted.0.fetch_add(objects, Relaxed);
-        self.inner.evicted.1.fetch_add(bytes, Relaxed);
-    }
-
-    /// Objects removed and bytes freed by eviction since the start.
-    pub fn evictions(&self) -> (u64, u64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (
-            self.inner.evicted.0.load(Relaxed),
-            self.inner.evicted.1.load(Relaxed),
-        )
-    }
-
-    /// Counts `bytes` against the budget until [`Store::unreserve`] (a fill in progress).
-    pub fn reserve(&self, bytes: u64) {
-        self.inner.index.lock().expect("index lock").reserved += bytes;
-        self.committed();
-    }
-
-    /// Releases a reservation.
-    pub fn unreserve(&self, bytes: u64) {
-        let mut ix = self.inner.index.lock().expect("index lock");
-        ix.reserved = ix.reserved.saturating_sub(bytes);
-    }
-
-    fn committed(&self) {
-        if let Some(f) = &*self.inner.on_commit.lock().expect("store lock") {
-            f();
-        }
-    }
-
     fn index_insert(&self, key: ObjectKey, meta: &fs::Metadata, len: u64) {
         let entry = Entry {
             len,
             disk: disk_bytes(meta),
             used: unix_now(),
         };
-        self.inner
-            .index
-            .lock()
-            .expect("index lock")
-            .insert(key, entry);
-        self.committed();
-    }
-
-    /// The object's entry, now the most recently used.
-    fn index_touch(&self, key: &ObjectKey) -> Option<Entry> {
-        self.inner.index.lock().expect("index lock").touch(key)
-    }
-
-    fn index_remove(&self, key: &ObjectKey) {
-        self.inner.index.lock().expect("index lock").remove(key);
-    }
-
-    /// Removes and returns least recently used objects until `bytes` of disk space are covered
-    /// (or the index is empty). The files are not touched; the caller unlinks them.
-    pub fn pop_lru(&self, bytes: u64) -> Vec<(ObjectKey, Entry)> {
-        let mut ix = self.inner.index.lock().expect("index lock");
-        let mut freed = 0;
-        let mut out = Vec::new();
-        while freed < bytes {
-            let Some((k, e)) = ix.lru.pop_lru() else {
-                break;
-            };
-            ix.total -= e.disk;
-            freed += e.disk;
-            out.push((k, e));
-        }
-        out
+        self.inner.index.insert(key, entry);
     }
 
     /// Unlinks an object's file (missing is fine). Open readers keep their bytes.
@@ -642,7 +337,7 @@ impl Store {
     /// Errors: I/O errors other than "not found".
     pub fn open_blob(&self, d: &Digest) -> io::Result<Option<(File, u64)>> {
         let key = ObjectKey::Blob(d.clone());
-        let known = self.index_touch(&key);
+        let known = self.inner.index.touch(&key);
         let len = match known {
             Some(e) => e.len,
             // Not indexed: another process (prefetch) may have committed it.
@@ -655,14 +350,14 @@ impl Store {
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.index_remove(&key);
+                self.inner.index.remove(&key);
                 return Ok(None);
             }
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                 // Unreadable (an operator's chmod, a broken mount): a miss, re-fetched and
                 // committed over it, rather than an error for every pull.
                 tracing::warn!(digest = %d, error = %e, "cached blob is unreadable; treating it as a miss");
-                self.index_remove(&key);
+                self.inner.index.remove(&key);
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -670,7 +365,7 @@ impl Store {
         let meta = file.metadata()?;
         if meta.len() != len {
             tracing::warn!(digest = %d, expected = len, actual = meta.len(), "cached blob has the wrong size; removing it");
-            self.index_remove(&key);
+            self.inner.index.remove(&key);
             remove_if_exists(&path)?;
             return Ok(None);
         }
@@ -688,16 +383,7 @@ impl Store {
             return;
         }
         if file.set_modified(SystemTime::now()).is_ok() {
-            if let Some(x) = self
-                .inner
-                .index
-                .lock()
-                .expect("index lock")
-                .lru
-                .peek_mut(key)
-            {
-                x.used = now;
-            }
+            self.inner.index.set_used(key, now);
         }
     }
 
@@ -737,12 +423,7 @@ impl Store {
 
     /// Whether a blob is committed (per the index; no disk access).
     pub fn has_blob(&self, d: &Digest) -> bool {
-        self.inner
-            .index
-            .lock()
-            .expect("index lock")
-            .lru
-            .contains(&ObjectKey::Blob(d.clone()))
+        self.inner.index.contains(&ObjectKey::Blob(d.clone()))
     }
 
     /// Starts a fill of `digest`: a temp file in `tmp/`.
@@ -767,7 +448,7 @@ impl Store {
         let remembered = self.inner.manifests.lock().expect("manifest memory").get(d);
         let path = self.content_path("manifests", d);
         if let Some(m) = remembered {
-            if let Some(e) = self.index_touch(&key) {
+            if let Some(e) = self.inner.index.touch(&key) {
                 self.touch_path(&key, &path, e);
                 return Ok(Some(m));
             }
@@ -781,7 +462,7 @@ impl Store {
         let raw = match fs::read(&path) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.index_remove(&key);
+                self.inner.index.remove(&key);
                 return Ok(None);
             }
             Err(e) => return Err(e),
@@ -794,7 +475,7 @@ impl Store {
         });
         let Some(m) = parsed else {
             tracing::warn!(digest = %d, "cached manifest is damaged; removing it");
-            self.index_remove(&key);
+            self.inner.index.remove(&key);
             remove_if_exists(&path)?;
             return Ok(None);
         };
@@ -803,7 +484,7 @@ impl Store {
             .lock()
             .expect("manifest memory")
             .put(d.clone(), m.clone());
-        let known = self.index_touch(&key);
+        let known = self.inner.index.touch(&key);
         match known {
             Some(e) => self.touch_path(&key, &path, e),
             None => {
@@ -842,70 +523,7 @@ impl Store {
         Ok(())
     }
 
-    fn tag_path(&self, registry: &str, name: &str, tag: &str) -> PathBuf {
-        self.inner
-            .root
-            .join("tags")
-            .join(registry)
-            .join(name)
-            .join("_tags")
-            .join(tag)
-    }
-
-    /// The last known answer for a tag, or `None` (also for an unreadable entry).
-    pub fn read_tag(&self, registry: &str, name: &str, tag: &str) -> Option<TagEntry> {
-        let raw = fs::read(self.tag_path(registry, name, tag)).ok()?;
-        serde_json::from_slice(&raw).ok()
-    }
-
-    /// Records a tag's answer.
-    pub fn write_tag(
-        &self,
-        registry: &str,
-        name: &str,
-        tag: &str,
-        entry: &TagEntry,
-    ) -> io::Result<()> {
-        let json = serde_json::to_vec(entry).map_err(io::Error::other)?;
-        self.write_atomic(&self.tag_path(registry, name, tag), &json)
-            .map(|_| ())
-    }
-
-    /// Forgets a tag (upstream says it no longer exists).
-    pub fn remove_tag(&self, registry: &str, name: &str, tag: &str) -> io::Result<()> {
-        remove_if_exists(&self.tag_path(registry, name, tag))
-    }
-
-    /// Removes every tag entry pointing at one of `digests` (their manifests were evicted).
-    /// Returns how many were removed.
-    pub fn drop_tags_pointing_at(&self, digests: &std::collections::HashSet<String>) -> usize {
-        let mut removed = 0;
-        let mut stack = vec![self.inner.root.join("tags")];
-        while let Some(dir) = stack.pop() {
-            let Ok(entries) = fs::read_dir(&dir) else {
-                continue;
-            };
-            for ent in entries.flatten() {
-                let p = ent.path();
-                match ent.file_type() {
-                    Ok(t) if t.is_dir() => stack.push(p),
-                    Ok(t) if t.is_file() => {
-                        let hit = fs::read(&p)
-                            .ok()
-                            .and_then(|raw| serde_json::from_slice::<TagEntry>(&raw).ok())
-                            .is_some_and(|e| digests.contains(&e.digest));
-                        if hit && fs::remove_file(&p).is_ok() {
-                            removed += 1;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        removed
-    }
-
-    fn write_atomic(&self, dest: &Path, content: &[u8]) -> io::Result<fs::Metadata> {
+    pub(super) fn write_atomic(&self, dest: &Path, content: &[u8]) -> io::Result<fs::Metadata> {
         let parent = dest.parent().expect("cache paths have a parent");
         fs::create_dir_all(parent)?;
         let mut tmp = tempfile::Builder::new()
@@ -917,55 +535,6 @@ impl Store {
         let file = tmp.persist(dest).map_err(|e| e.error)?;
         sync_dir(parent)?;
         file.metadata()
-    }
-}
-
-/// Bytes of manifests kept in memory.
-pub const MANIFEST_MEMORY: usize = 8 << 20;
-
-/// A small LRU of verified manifests, bounded by [`MANIFEST_MEMORY`] bytes.
-struct ManifestMemory {
-    /// Least recently used first.
-    lru: LruCache<Digest, StoredManifest>,
-    /// Sum of the manifests' lengths.
-    bytes: usize,
-}
-
-impl Default for ManifestMemory {
-    fn default() -> Self {
-        ManifestMemory {
-            lru: LruCache::unbounded(),
-            bytes: 0,
-        }
-    }
-}
-
-impl ManifestMemory {
-    fn get(&mut self, d: &Digest) -> Option<StoredManifest> {
-        self.lru.get(d).cloned()
-    }
-
-    fn put(&mut self, d: Digest, m: StoredManifest) {
-        let n = m.bytes.len();
-        if n > MANIFEST_MEMORY / 8 {
-            return;
-        }
-        if let Some(old) = self.lru.put(d, m) {
-            self.bytes -= old.bytes.len();
-        }
-        self.bytes += n;
-        while self.bytes > MANIFEST_MEMORY {
-            match self.lru.pop_lru() {
-                Some((_, old)) => self.bytes -= old.bytes.len(),
-                None => break,
-            }
-        }
-    }
-
-    fn remove(&mut self, d: &Digest) {
-        if let Some(old) = self.lru.pop(d) {
-            self.bytes -= old.bytes.len();
-        }
     }
 }
 
@@ -1050,11 +619,9 @@ pub fn walk_objects(
     Ok(())
 }
 
-fn scan_objects(
-    root: &Path,
-    heal: bool,
-    report: &mut ScanReport,
-) -> io::Result<Vec<(i64, ObjectKey, Entry)>> {
+/// Scans the objects under `root` into a fresh index ordered by mtime (oldest first), counting
+/// them (and the damaged blobs found) in `report`.
+fn load_index(root: &Path, heal: bool, report: &mut ScanReport) -> io::Result<Index> {
     let mut out = Vec::new();
     let mut damaged = Vec::new();
     walk_objects(root, heal, &mut damaged, |o| {
@@ -1067,7 +634,14 @@ fn scan_objects(
         out.push((mtime, o.key, entry));
     })?;
     report.healed += damaged.len();
-    Ok(out)
+    out.sort_by_key(|(mtime, _, _)| *mtime);
+    let mut index = Index::new();
+    for (_, key, entry) in out {
+        index.insert(key, entry);
+    }
+    report.objects = index.len();
+    report.bytes = index.total();
+    Ok(index)
 }
 
 /// Bytes a file takes on disk (allocated 512-byte blocks), at least its length rounded up to
@@ -1086,7 +660,7 @@ pub fn is_storable_media_type(m: &str) -> bool {
     !m.is_empty() && m.len() <= MAX_MEDIA_TYPE_LEN && m.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
-fn remove_if_exists(p: &Path) -> io::Result<()> {
+pub(super) fn remove_if_exists(p: &Path) -> io::Result<()> {
     match fs::remove_file(p) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
@@ -1100,6 +674,8 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::tags::TagEntry;
+    use std::time::Duration;
 
     fn open(dir: &Path) -> Store {
         Store::open(dir).unwrap().0
@@ -1120,7 +696,7 @@ mod tests {
         );
         assert_eq!(fs::read(store.blob_path(&good, 5)).unwrap(), b"hello");
         assert!(store.has_blob(&good));
-        assert_eq!(store.usage().objects, 1);
+        assert_eq!(store.index().usage().objects, 1);
 
         let other = Hasher::digest_of(Algorithm::Sha512, b"x");
         let mut f = store.begin_fill(&other).unwrap();
@@ -1159,7 +735,7 @@ mod tests {
         let store = open(dir.path());
         assert!(store.read_manifest(&d).unwrap().is_none());
         assert!(!p.exists());
-        assert_eq!(store.usage().objects, 0);
+        assert_eq!(store.index().usage().objects, 0);
 
         let e = TagEntry {
             digest: d.to_string(),
@@ -1210,7 +786,7 @@ mod tests {
         assert_eq!(report.temp_removed, 1);
         assert_eq!(report.objects, 2);
         assert!(!store.has_blob(d2));
-        let popped = store.pop_lru(1);
+        let popped = store.index().plan(1);
         assert_eq!(
             popped[0].0,
             ObjectKey::Blob(digests[0].0.clone()),

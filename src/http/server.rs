@@ -6,7 +6,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -18,7 +20,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::body::{BoxError, ResponseBody};
-use crate::http::{self as routes, App, CacheResult};
+use crate::cache::CacheResult;
+use crate::mirror::Mirror;
 
 /// Time a client has to send a request's headers (slowloris guard).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,10 +35,10 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Errors: the TLS certificate or key cannot be loaded.
 pub async fn run(
     listener: TcpListener,
-    app: Arc<App>,
+    app: Arc<Mirror>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let tls = match &app.config.tls {
+    let tls = match &app.config().tls {
         Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(
             crate::tls::server_config(cert, key).map_err(std::io::Error::other)?,
         )),
@@ -103,7 +106,7 @@ pub async fn run(
         _ = async {
             graceful.shutdown().await;
             // Fills whose clients are gone finish and commit rather than being cut.
-            app.fills.wait_idle().await;
+            app.cache().wait_idle().await;
         } => {}
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("shutdown: connections still open after the drain timeout"),
     }
@@ -113,7 +116,7 @@ pub async fn run(
 /// Serves one connection (HTTP/1.1 or HTTP/2) until it closes or shutdown drains it.
 async fn serve_connection<I>(
     io: I,
-    app: Arc<App>,
+    app: Arc<Mirror>,
     builder: auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
     zero_copy: bool,
@@ -134,9 +137,9 @@ async fn serve_connection<I>(
     }
 }
 
-async fn serve(app: Arc<App>, req: Request<Incoming>) -> Response<LoggedBody> {
+async fn serve(app: Arc<Mirror>, req: Request<Incoming>) -> Response<LoggedBody> {
     let started = Instant::now();
-    let (resp, cache) = routes::handle(&app, &req).await;
+    let (resp, cache) = super::handle(&app, &req).await;
     let (parts, body) = resp.into_parts();
     let expected = body.size_hint().exact();
     let log = AccessLog {
@@ -172,7 +175,7 @@ struct AccessLog {
     /// When the request arrived.
     started: Instant,
     /// Where the request counters live.
-    app: Arc<App>,
+    app: Arc<Mirror>,
 }
 
 /// A response body that writes the request's access-log line when it is done (or dropped
@@ -224,7 +227,7 @@ impl Drop for LoggedBody {
     fn drop(&mut self) {
         let l = &self.log;
         let complete = self.finished || self.expected == Some(self.bytes);
-        l.app.counters.record(l.cache, self.bytes);
+        l.app.record(l.cache, self.bytes);
         tracing::info!(
             target: "regcache::access",
             method = %l.method,

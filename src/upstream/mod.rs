@@ -1,19 +1,15 @@
 //! The upstream client: hyper-util over rustls (HTTP/1.1 and HTTP/2, pooled connections), the
 //! bearer-token challenge flow, and redirect following.
 //!
-//! Auth follows the Docker token spec (distribution `docs/spec/auth/token.md`): a 401 carries
-//! `WWW-Authenticate: Bearer realm=..,service=..,scope=..`; regcache GETs the realm with
-//! `service` and `scope` (Basic credentials when configured), caches the token per
-//! (realm, service, scope) until shortly before `expires_in` (default 60 s), and retries.
-//! A 401 with a cached token drops it and fetches a fresh one once, so short-lived tokens never
+//! Auth ([`auth`]) follows the Docker token spec. A 401 with a cached token drops it and fetches a fresh one once, so short-lived tokens never
 //! break a pull. Redirects (blob GETs answer 307 to a CDN) are followed without `Authorization`
 //! unless they stay on the upstream's own origin; signed CDN URLs are never cached.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+pub mod auth;
+pub mod bandwidth;
 
-use base64::Engine as _;
+use std::sync::Mutex;
+
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, LOCATION, USER_AGENT, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
@@ -22,29 +18,23 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tokio::time::{Duration, Instant};
 use url::Url;
 
 use crate::config::{Credentials, UpstreamConfig};
+use auth::{parse_challenge, AuthState, Challenge};
 
-/// After an upstream timeout, how long requests skip it (cached answers are served meanwhile).
-pub const DOWN_BACKOFF: Duration = Duration::from_secs(10);
 /// `Retry-After` assumed for a 429 that gives none (or gives an HTTP-date).
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// `User-Agent` sent upstream.
-const USER_AGENT_VALUE: &str = concat!("regcache/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT_VALUE: &str = concat!("regcache/", env!("CARGO_PKG_VERSION"));
 /// Longest pause between two body chunks of a manifest or token answer.
 pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most redirects followed for one request.
 const MAX_REDIRECTS: usize = 5;
-/// Largest token-endpoint answer read, in bytes.
-const MAX_TOKEN_RESPONSE: usize = 1 << 20;
-/// Most tokens cached per upstream.
-const MAX_TOKENS: usize = 1024;
-/// Token lifetime assumed when the token server gives no `expires_in` (token spec: 60 s).
-const DEFAULT_TOKEN_LIFETIME: u64 = 60;
 
 /// What went wrong talking to an upstream, classified so the caller can decide between serving
 /// stale content, failing fast with a retryable error, or passing a 404 on.
@@ -85,6 +75,14 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// The error for a response with a non-success status (keeping its `Retry-After`).
+    pub fn from_status<B>(resp: &Response<B>) -> UpstreamError {
+        UpstreamError::Status {
+            status: resp.status(),
+            retry_after: resp.headers().get(http::header::RETRY_AFTER).cloned(),
+        }
+    }
+
     /// Whether this is an upstream outage (unreachable, timing out, 5xx, 429, auth trouble), for
     /// which a cached answer may be served stale. A 404 is not an outage: it is an answer.
     pub fn is_outage(&self) -> bool {
@@ -95,122 +93,6 @@ impl UpstreamError {
             _ => true,
         }
     }
-}
-
-/// The `WWW-Authenticate` challenge an upstream issued.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Challenge {
-    /// Token auth: fetch a token from `realm`.
-    Bearer {
-        /// Token endpoint URL.
-        realm: String,
-        /// `service` parameter to pass back.
-        service: Option<String>,
-        /// `scope` the upstream asked for.
-        scope: Option<String>,
-    },
-    /// HTTP Basic auth with the configured credentials.
-    Basic,
-}
-
-/// Parses a `WWW-Authenticate` value (RFC 9110 §11.6.1): `Bearer realm="..",service="..",scope=".."`
-/// or `Basic realm=".."`. Returns `None` for other schemes or a Bearer without a realm.
-pub fn parse_challenge(value: &str) -> Option<Challenge> {
-    let value = value.trim();
-    let (scheme, rest) = value.split_once(char::is_whitespace).unwrap_or((value, ""));
-    if scheme.eq_ignore_ascii_case("basic") {
-        return Some(Challenge::Basic);
-    }
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let params = parse_auth_params(rest);
-    let get = |k: &str| {
-        params
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.clone())
-    };
-    Some(Challenge::Bearer {
-        realm: get("realm")?,
-        service: get("service"),
-        scope: get("scope"),
-    })
-}
-
-/// Parses `k=v, k="quoted \"v\""` pairs.
-fn parse_auth_params(s: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut chars = s.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
-            chars.next();
-        }
-        let mut key = String::new();
-        while let Some(&c) = chars.peek() {
-            if c == '=' || c == ',' || c.is_whitespace() {
-                break;
-            }
-            key.push(c);
-            chars.next();
-        }
-        if key.is_empty() {
-            break;
-        }
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        if chars.peek() != Some(&'=') {
-            continue;
-        }
-        chars.next();
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        let mut val = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some(n) = chars.next() {
-                            val.push(n)
-                        }
-                    }
-                    '"' => break,
-                    c => val.push(c),
-                }
-            }
-        } else {
-            while let Some(&c) = chars.peek() {
-                if c == ',' {
-                    break;
-                }
-                val.push(c);
-                chars.next();
-            }
-            val = val.trim().to_string();
-        }
-        out.push((key, val));
-    }
-    out
-}
-
-/// A cached bearer token.
-struct CachedToken {
-    /// The token (never logged).
-    token: String,
-    /// When to stop using it.
-    refresh_at: Instant,
-}
-
-/// Auth state shared by all requests to one upstream.
-#[derive(Default)]
-struct AuthState {
-    /// The last challenge seen, so later requests can fetch a token without a 401 round trip.
-    challenge: Option<Challenge>,
-    /// Tokens by (realm, service, scope).
-    tokens: HashMap<(String, String, String), CachedToken>,
 }
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
@@ -231,6 +113,8 @@ pub struct Upstream {
     timeout: Duration,
     /// `offline = true`: never send anything.
     offline: bool,
+    /// After a timeout, how long requests skip this upstream (`outage_backoff`).
+    outage_backoff: Duration,
     /// Until when requests skip this upstream, and whether because of a 429.
     backoff: Mutex<Option<(Instant, bool)>>,
     /// Docker Hub's last `ratelimit-limit` / `ratelimit-remaining` values.
@@ -246,6 +130,8 @@ pub struct UpstreamOptions {
     pub timeout: Duration,
     /// Never contact upstream.
     pub offline: bool,
+    /// After a timeout, how long requests skip the upstream.
+    pub outage_backoff: Duration,
 }
 
 impl Upstream {
@@ -276,6 +162,7 @@ impl Upstream {
             auth: Mutex::new(AuthState::default()),
             timeout: opts.timeout,
             offline: opts.offline,
+            outage_backoff: opts.outage_backoff,
             backoff: Mutex::new(None),
             rate_limit: Mutex::new(None),
             sent: Default::default(),
@@ -296,7 +183,8 @@ impl Upstream {
     /// of repository `name`, with `headers` (Accept, Range), handling auth and redirects.
     /// Returns the final response whatever its status (the caller classifies it).
     ///
-    /// Errors: [`UpstreamError::Connect`], `Timeout`, `Auth`, `Protocol`.
+    /// Errors: [`UpstreamError::Offline`], `BackingOff` (nothing is sent), `Connect`, `Timeout`,
+    /// `Auth`, `Protocol`.
     pub async fn send(
         &self,
         method: Method,
@@ -315,110 +203,130 @@ impl Upstream {
             .join(path_and_query)
             .map_err(|e| UpstreamError::Protocol(format!("bad path: {e}")))?;
         let scope = format!("repository:{name}:pull");
-        let mut auth_retries = 0;
-        // The last token-flow failure: reported instead of the upstream's bare 401.
-        let mut auth_error: Option<UpstreamError> = None;
+        let mut auth = AuthAttempts::default();
         let mut redirects = 0;
         let mut method = method;
         loop {
             let on_origin = same_origin(&url, &self.base);
-            let mut req = Request::builder()
-                .method(method.clone())
-                .uri(url.as_str())
-                .header(USER_AGENT, USER_AGENT_VALUE);
-            for (k, v) in headers {
-                req = req.header(k, v);
-            }
-            if on_origin {
-                match self.authorization(&scope).await {
-                    Ok(Some(h)) => req = req.header(AUTHORIZATION, h),
-                    Ok(None) => {}
-                    // The stored challenge leads nowhere (realm down, bad realm): forget it and
-                    // ask without a token, so the upstream's answer brings a fresh challenge.
-                    // One bad challenge must not block every repository until a restart.
-                    Err(e) if auth_retries < 2 => {
-                        tracing::debug!(error = %e, "token fetch failed; retrying the challenge");
-                        self.auth.lock().expect("auth lock").challenge = None;
-                        auth_retries += 1;
-                        auth_error = Some(e);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            let req = req
-                .body(Empty::new())
-                .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
-            let resp = self.request(req, &url).await?;
+            let resp = self
+                .send_once(
+                    &method,
+                    &url,
+                    headers,
+                    on_origin.then_some(&scope),
+                    &mut auth,
+                )
+                .await?;
             let status = resp.status();
-            if status == StatusCode::UNAUTHORIZED && on_origin && auth_retries >= 2 {
-                if let Some(e) = auth_error.take() {
-                    return Err(e);
+            if status == StatusCode::UNAUTHORIZED && on_origin {
+                if self.on_unauthorized(&resp, &scope, &mut auth)? {
+                    continue;
                 }
-            }
-            if status == StatusCode::UNAUTHORIZED && on_origin && auth_retries < 2 {
-                let challenge = resp
-                    .headers()
-                    .get_all(WWW_AUTHENTICATE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .find_map(parse_challenge);
-                let Some(challenge) = challenge else {
-                    return Ok(resp);
-                };
-                if challenge == Challenge::Basic && self.credentials.is_none() {
-                    return Ok(resp);
-                }
-                auth_retries += 1;
-                let mut st = self.auth.lock().expect("auth lock");
-                if let Challenge::Bearer { realm, service, .. } = &challenge {
-                    st.tokens.remove(&(
-                        realm.clone(),
-                        service.clone().unwrap_or_default(),
-                        scope.clone(),
-                    ));
-                }
-                st.challenge = Some(challenge);
-                continue;
-            }
-            if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
-                let loc = resp
-                    .headers()
-                    .get(LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| {
-                        UpstreamError::Protocol(format!("{status} without a Location"))
-                    })?;
-                let next = url
-                    .join(loc)
-                    .map_err(|e| UpstreamError::Protocol(format!("bad redirect Location: {e}")))?;
-                if !matches!(next.scheme(), "http" | "https") {
-                    return Err(UpstreamError::Protocol("redirect to a non-http URL".into()));
-                }
+            } else if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
                 redirects += 1;
-                if redirects > MAX_REDIRECTS {
-                    return Err(UpstreamError::Protocol("too many redirects".into()));
-                }
-                if status == StatusCode::SEE_OTHER && method != Method::HEAD {
-                    method = Method::GET;
-                }
-                url = next;
+                (url, method) = follow_redirect(&resp, &url, method, redirects)?;
                 continue;
-            }
-            if status == StatusCode::TOO_MANY_REQUESTS && on_origin {
-                let wait = resp
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs)
-                    .unwrap_or(DEFAULT_RETRY_AFTER)
-                    .min(MAX_RETRY_AFTER);
-                tracing::warn!(upstream = %self.host(), retry_after_s = wait.as_secs(), "upstream rate limit hit (429); serving from cache until Retry-After passes");
-                *self.backoff.lock().expect("backoff lock") = Some((Instant::now() + wait, true));
+            } else if status == StatusCode::TOO_MANY_REQUESTS && on_origin {
+                self.back_off_rate_limited(&resp);
             }
             self.record_rate_limit(resp.headers());
             return Ok(resp);
         }
+    }
+
+    /// One request to `url`, with `Authorization` when `scope` is given (the upstream's own
+    /// origin only: credentials never go to a redirect host).
+    async fn send_once(
+        &self,
+        method: &Method,
+        url: &Url,
+        headers: &HeaderMap,
+        scope: Option<&String>,
+        auth: &mut AuthAttempts,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(url.as_str())
+            .header(USER_AGENT, USER_AGENT_VALUE);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        if let Some(scope) = scope {
+            match self.authorization(scope).await {
+                Ok(Some(h)) => req = req.header(AUTHORIZATION, h),
+                Ok(None) => {}
+                // The stored challenge leads nowhere (realm down, bad realm): forget it and
+                // ask without a token, so the upstream's answer brings a fresh challenge.
+                // One bad challenge must not block every repository until a restart.
+                Err(e) if auth.retries < 2 => {
+                    tracing::debug!(error = %e, "token fetch failed; retrying the challenge");
+                    self.auth.lock().expect("auth lock").challenge = None;
+                    auth.retries += 1;
+                    auth.error = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let req = req
+            .body(Empty::new())
+            .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+        self.request(req, url).await
+    }
+
+    /// A 401 from the upstream's origin: `true` to retry with the challenge it carries (at most
+    /// twice), `false` to answer it as it is (no usable challenge).
+    ///
+    /// Errors: the token-flow failure that made the retries fail, instead of a bare 401.
+    fn on_unauthorized(
+        &self,
+        resp: &Response<Incoming>,
+        scope: &str,
+        auth: &mut AuthAttempts,
+    ) -> Result<bool, UpstreamError> {
+        if auth.retries >= 2 {
+            return match auth.error.take() {
+                Some(e) => Err(e),
+                None => Ok(false),
+            };
+        }
+        let challenge = resp
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(parse_challenge);
+        let Some(challenge) = challenge else {
+            return Ok(false);
+        };
+        if challenge == Challenge::Basic && self.credentials.is_none() {
+            return Ok(false);
+        }
+        auth.retries += 1;
+        let mut st = self.auth.lock().expect("auth lock");
+        if let Challenge::Bearer { realm, service, .. } = &challenge {
+            st.tokens.remove(&(
+                realm.clone(),
+                service.clone().unwrap_or_default(),
+                scope.to_string(),
+            ));
+        }
+        st.challenge = Some(challenge);
+        Ok(true)
+    }
+
+    /// A 429: nothing goes to this upstream until its `Retry-After` (delta-seconds; else 60 s,
+    /// at most 1 h) has passed.
+    fn back_off_rate_limited(&self, resp: &Response<Incoming>) {
+        let wait = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_RETRY_AFTER)
+            .min(MAX_RETRY_AFTER);
+        tracing::warn!(upstream = %self.host(), retry_after_s = wait.as_secs(), "upstream rate limit hit (429); serving from cache until Retry-After passes");
+        *self.backoff.lock().expect("backoff lock") = Some((Instant::now() + wait, true));
     }
 
     /// The back-off in force, if any, as an error.
@@ -480,9 +388,9 @@ impl Upstream {
         self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => {
-                tracing::warn!(upstream = %host_of(url), after = ?self.timeout, backoff = ?DOWN_BACKOFF, "upstream did not answer; skipping it for a while");
+                tracing::warn!(upstream = %host_of(url), after = ?self.timeout, backoff = ?self.outage_backoff, "upstream did not answer; skipping it for a while");
                 *self.backoff.lock().expect("backoff lock") =
-                    Some((Instant::now() + DOWN_BACKOFF, false));
+                    Some((Instant::now() + self.outage_backoff, false));
                 Err(UpstreamError::Timeout {
                     host: host_of(url),
                     after: self.timeout,
@@ -495,126 +403,49 @@ impl Upstream {
             Ok(Ok(r)) => Ok(r),
         }
     }
+}
 
-    /// The `Authorization` value for `scope`, from the known challenge (none before the first 401).
-    async fn authorization(&self, scope: &str) -> Result<Option<HeaderValue>, UpstreamError> {
-        let challenge = self.auth.lock().expect("auth lock").challenge.clone();
-        match challenge {
-            None => Ok(None),
-            Some(Challenge::Basic) => Ok(self.credentials.as_ref().map(basic_header)),
-            Some(Challenge::Bearer { realm, service, .. }) => {
-                let token = self.token(&realm, service.as_deref(), scope).await?;
-                let v = HeaderValue::from_str(&format!("Bearer {token}"))
-                    .map_err(|_| UpstreamError::Auth("token is not a valid header value".into()))?;
-                Ok(Some(v))
-            }
-        }
-    }
+/// Auth retries within one [`Upstream::send`].
+#[derive(Default)]
+struct AuthAttempts {
+    /// Challenges retried (or token fetches failed) so far; at most 2.
+    retries: u32,
+    /// The last token-flow failure: reported instead of the upstream's bare 401.
+    error: Option<UpstreamError>,
+}
 
-    /// A token for (realm, service, scope): cached, or fetched from the realm.
-    async fn token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &str,
-    ) -> Result<String, UpstreamError> {
-        let key = (
-            realm.to_string(),
-            service.unwrap_or_default().to_string(),
-            scope.to_string(),
-        );
-        if let Some(t) = self.auth.lock().expect("auth lock").tokens.get(&key) {
-            if Instant::now() < t.refresh_at {
-                return Ok(t.token.clone());
-            }
-        }
-        let mut url = Url::parse(realm)
-            .map_err(|e| UpstreamError::Auth(format!("bad realm {realm:?}: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(UpstreamError::Auth(format!(
-                "realm {realm:?} is not an http(s) URL"
-            )));
-        }
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
-            }
-            q.append_pair("scope", scope);
-        }
-        let mut req = Request::builder()
-            .method(Method::GET)
-            .uri(url.as_str())
-            .header(USER_AGENT, USER_AGENT_VALUE);
-        if let Some(c) = &self.credentials {
-            req = req.header(AUTHORIZATION, basic_header(c));
-        }
-        let req = req
-            .body(Empty::new())
-            .map_err(|e| UpstreamError::Auth(e.to_string()))?;
-        let fetched_at = Instant::now();
-        let resp = self
-            .request(req, &url)
-            .await
-            .map_err(|e| UpstreamError::Auth(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(UpstreamError::Auth(format!(
-                "token endpoint {} answered {}",
-                host_of(&url),
-                resp.status()
-            )));
-        }
-        let body = read_limited(resp.into_body(), MAX_TOKEN_RESPONSE)
-            .await
-            .map_err(|e| UpstreamError::Auth(format!("reading token: {e}")))?;
-        #[derive(serde::Deserialize)]
-        struct TokenAnswer {
-            token: Option<String>,
-            access_token: Option<String>,
-            expires_in: Option<u64>,
-        }
-        let ans: TokenAnswer = serde_json::from_slice(&body)
-            .map_err(|e| UpstreamError::Auth(format!("token endpoint answer is not JSON: {e}")))?;
-        let token = ans
-            .token
-            .or(ans.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| UpstreamError::Auth("token endpoint answer has no token".into()))?;
-        // Bounded: a token endpoint's `expires_in` is trusted up to a day.
-        let lifetime = ans
-            .expires_in
-            .unwrap_or(DEFAULT_TOKEN_LIFETIME)
-            .clamp(1, 86_400);
-        // Refresh before expiry: a fifth of the lifetime early, at most 30 s early.
-        let margin = Duration::from_millis((lifetime * 1000 / 5).min(30_000));
-        let refresh_at = fetched_at + Duration::from_secs(lifetime) - margin;
-        {
-            let mut st = self.auth.lock().expect("auth lock");
-            // Bounded: expired tokens go, and past MAX_TOKENS the one due soonest goes too (any
-            // client can ask for many repository names, each its own scope).
-            let now = Instant::now();
-            st.tokens.retain(|_, t| t.refresh_at > now);
-            while st.tokens.len() >= MAX_TOKENS {
-                let Some(k) = st
-                    .tokens
-                    .iter()
-                    .min_by_key(|(_, t)| t.refresh_at)
-                    .map(|(k, _)| k.clone())
-                else {
-                    break;
-                };
-                st.tokens.remove(&k);
-            }
-            st.tokens.insert(
-                key,
-                CachedToken {
-                    token: token.clone(),
-                    refresh_at,
-                },
-            );
-        }
-        Ok(token)
+/// The next hop of a redirect (the `redirects`-th): its URL (http or https only) and method
+/// (303 turns a GET-like request into a GET).
+///
+/// Errors: [`UpstreamError::Protocol`] for a missing or bad `Location`, another scheme, or
+/// more than [`MAX_REDIRECTS`] hops.
+fn follow_redirect(
+    resp: &Response<Incoming>,
+    url: &Url,
+    method: Method,
+    redirects: usize,
+) -> Result<(Url, Method), UpstreamError> {
+    let status = resp.status();
+    let loc = resp
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| UpstreamError::Protocol(format!("{status} without a Location")))?;
+    let next = url
+        .join(loc)
+        .map_err(|e| UpstreamError::Protocol(format!("bad redirect Location: {e}")))?;
+    if !matches!(next.scheme(), "http" | "https") {
+        return Err(UpstreamError::Protocol("redirect to a non-http URL".into()));
     }
+    if redirects > MAX_REDIRECTS {
+        return Err(UpstreamError::Protocol("too many redirects".into()));
+    }
+    let method = if status == StatusCode::SEE_OTHER && method != Method::HEAD {
+        Method::GET
+    } else {
+        method
+    };
+    Ok((next, method))
 }
 
 /// rustls client configuration (ring provider): system roots, else webpki roots, plus `extra`
@@ -653,22 +484,13 @@ pub async fn read_limited(body: Incoming, limit: usize) -> Result<Bytes, String>
     }
 }
 
-fn basic_header(c: &Credentials) -> HeaderValue {
-    let raw =
-        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
-    let mut v = HeaderValue::from_str(&format!("Basic {raw}"))
-        .unwrap_or_else(|_| HeaderValue::from_static(""));
-    v.set_sensitive(true);
-    v
-}
-
 fn same_origin(a: &Url, b: &Url) -> bool {
     a.scheme() == b.scheme()
         && a.host_str() == b.host_str()
         && a.port_or_known_default() == b.port_or_known_default()
 }
 
-fn host_of(u: &Url) -> String {
+pub(crate) fn host_of(u: &Url) -> String {
     match (u.host_str(), u.port()) {
         (Some(h), Some(p)) => format!("{h}:{p}"),
         (Some(h), None) => h.to_string(),
@@ -691,35 +513,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn challenges() {
-        assert_eq!(
-            parse_challenge(
-                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/alpine:pull""#
-            ),
-            Some(Challenge::Bearer {
-                realm: "https://auth.docker.io/token".into(),
-                service: Some("registry.docker.io".into()),
-                scope: Some("repository:library/alpine:pull".into()),
-            })
-        );
-        assert_eq!(
-            parse_challenge(r#"bearer realm=http://x/t, service = "a \"b\"""#),
-            Some(Challenge::Bearer {
-                realm: "http://x/t".into(),
-                service: Some("a \"b\"".into()),
-                scope: None
-            })
-        );
-        assert_eq!(
-            parse_challenge(r#"Basic realm="r""#),
-            Some(Challenge::Basic)
-        );
-        assert_eq!(parse_challenge("Bearer service=x"), None);
-        assert_eq!(parse_challenge("Negotiate"), None);
-        assert_eq!(parse_challenge(""), None);
-    }
 
     #[test]
     fn outage_classification() {

@@ -664,7 +664,7 @@ pub async fn get(url: &str) -> Got {
 /// A regcache running in-process on a free port.
 pub struct Mirror {
     pub addr: SocketAddr,
-    pub app: Arc<regcache::http::App>,
+    pub app: Arc<regcache::mirror::Mirror>,
     pub dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -711,7 +711,7 @@ impl Mirror {
 
     async fn start_with(args: regcache::config::ServeArgs, dir: tempfile::TempDir) -> Mirror {
         let config = regcache::config::Config::load(&args).expect("config");
-        let app = Arc::new(regcache::http::App::new(config).expect("app"));
+        let app = Arc::new(regcache::mirror::Mirror::new(config).expect("mirror"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mirror");
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -738,12 +738,22 @@ impl Mirror {
     /// Whether the blob file is committed in the cache directory.
     pub fn has_blob(&self, digest: &str) -> bool {
         let d: regcache::reference::Digest = digest.parse().unwrap();
-        self.app.store.has_blob(&d)
+        self.store().has_blob(&d)
+    }
+
+    /// The mirror's store (files and index).
+    pub fn store(&self) -> &regcache::cache::store::Store {
+        self.app.cache().store()
+    }
+
+    /// Whether no fill is in progress.
+    pub fn fills_idle(&self) -> bool {
+        self.app.cache().fills_in_progress() == 0
     }
 
     /// Files under the cache's tmp/ directory.
     pub fn temp_files(&self) -> usize {
-        std::fs::read_dir(self.app.store.root().join("tmp"))
+        std::fs::read_dir(self.store().root().join("tmp"))
             .map(|d| d.count())
             .unwrap_or(0)
     }

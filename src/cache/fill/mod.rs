@@ -1,7 +1,7 @@
 //! Fills and the streaming tee.
 //!
 //! A *fill* is the one upstream download of a blob. It writes the upstream body into a temp file
-//! and hashes it, each in its own [`Serial`] queue on the blocking pool beside the network reads,
+//! and hashes it, each in its own `Serial` queue on the blocking pool beside the network reads,
 //! and publishes its progress through a `tokio::sync::watch`. Every client asking for that digest
 //! while the fill runs — the first one included — is a *follower*: it reads the temp file from its
 //! own offset up to the published progress, at its own pace (zero-copy followers slice one
@@ -22,6 +22,17 @@
 //! digest-checked stream. Such a fill leaves the coalescing map, so later clients start afresh.
 //!
 //! After commit, followers switch to mmap windows of the (now immutable) file.
+//!
+//! # Layout
+//! - this module: [`Fills`] (the map, `join`, the guard that cleans up however a fill ends),
+//!   [`Fill`] (its published state, the pass-through window, the followers' positions).
+//! - `download`: the upstream GET, admission, the read loop with resume, verify and commit.
+//! - `writer`: the writer and hasher steps, pass-through on disk errors.
+//! - `follow`: one follower's stream.
+
+mod download;
+pub(crate) mod follow;
+mod writer;
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -30,17 +41,13 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, Method, StatusCode};
-use http_body_util::BodyExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::body::BoxError;
-use crate::cache::eviction::{fs_space, Budget};
-use crate::cache::serial::{Serial, Step};
-use crate::cache::store::{CommitError, FillFile, Hasher, Store};
+use crate::cache::eviction::Budget;
+use crate::cache::store::Store;
 use crate::reference::Digest;
-use crate::upstream::{error_chain, Upstream, UpstreamError, BODY_IDLE_TIMEOUT};
+use crate::upstream::{Upstream, UpstreamError, BODY_IDLE_TIMEOUT};
 
 /// Most bytes a follower maps from the temp file per step.
 const FOLLOW_CHUNK: usize = 4 << 20;
@@ -206,6 +213,18 @@ impl Fill {
         }
     }
 
+    /// Waits for upstream's response headers: the length from its `Content-Length`, if given.
+    ///
+    /// Errors: the fill failed before any byte.
+    pub async fn len(&self) -> Result<Option<u64>, Arc<FillError>> {
+        match self.started().await {
+            FillState::Failed(e) => Err(e),
+            FillState::Streaming { len, .. } => Ok(len),
+            FillState::Done { len, .. } => Ok(Some(len)),
+            FillState::Connecting => Ok(None),
+        }
+    }
+
     /// The length, if known: from a running fill's headers or a finished one.
     pub fn known_len(&self) -> Option<u64> {
         match &*self.state.borrow() {
@@ -327,39 +346,7 @@ pub struct FillSettings {
     /// A fill receiving nothing for this long is aborted (default 60 s when zero).
     pub idle_timeout: Duration,
     /// Shared cap on upstream bytes per second, all fills together.
-    pub bandwidth: Option<Arc<Bandwidth>>,
-}
-
-/// A byte-rate limit shared by all fills (a token bucket from the `governor` crate).
-pub struct Bandwidth {
-    /// The bucket: one cell per byte.
-    limiter: governor::DefaultDirectRateLimiter,
-    /// Largest number of bytes asked for at once (the bucket's burst).
-    burst: u32,
-}
-
-impl Bandwidth {
-    /// A limit of `bytes_per_second` (1 ..= u32::MAX).
-    pub fn new(bytes_per_second: u64) -> Bandwidth {
-        let rate = u32::try_from(bytes_per_second.max(1)).unwrap_or(u32::MAX);
-        let burst = (rate / 4).max(16 * 1024).min(rate);
-        let nz = |v: u32| std::num::NonZeroU32::new(v.max(1)).expect("nonzero");
-        let quota = governor::Quota::per_second(nz(rate)).allow_burst(nz(burst));
-        Bandwidth {
-            limiter: governor::RateLimiter::direct(quota),
-            burst,
-        }
-    }
-
-    /// Waits until `n` more bytes may be received.
-    pub async fn consume(&self, mut n: usize) {
-        while n > 0 {
-            let k = n.min(self.burst as usize);
-            let nz = std::num::NonZeroU32::new(k as u32).expect("k > 0");
-            let _ = self.limiter.until_n_ready(nz).await;
-            n -= k;
-        }
-    }
+    pub bandwidth: Option<Arc<crate::upstream::bandwidth::Bandwidth>>,
 }
 
 /// What [`Fills::join`] found.
@@ -389,6 +376,11 @@ impl Fills {
             left: tokio::sync::Notify::new(),
             stats: StatCounters::default(),
         }
+    }
+
+    /// The disk budget fills are admitted against.
+    pub fn budget(&self) -> Budget {
+        self.settings.budget
     }
 
     /// The fill counters.
@@ -463,7 +455,11 @@ impl Fills {
             store: store.clone(),
             reserved: 0,
         };
-        tokio::spawn(run_fill(guard, upstream.clone(), name.to_string()));
+        tokio::spawn(download::run_fill(
+            guard,
+            upstream.clone(),
+            name.to_string(),
+        ));
         Joined::Fill {
             fill,
             reader,
@@ -506,610 +502,6 @@ impl Drop for FillGuard {
             }
         });
         self.fills.detach(&self.fill);
-        self.store.unreserve(self.reserved);
-    }
-}
-
-async fn run_fill(mut guard: FillGuard, upstream: Arc<Upstream>, name: String) {
-    let fill = guard.fill.clone();
-    let digest = fill.digest.clone();
-    let started = std::time::Instant::now();
-    let fills = guard.fills.clone();
-    let stats = &fills.stats;
-    let outcome = fetch(&mut guard, &upstream, &name).await;
-    match &outcome {
-        Ok((_, true)) => stats.committed.fetch_add(1, Ordering::Relaxed),
-        Ok((_, false)) => stats.uncached.fetch_add(1, Ordering::Relaxed),
-        Err(_) => stats.failed.fetch_add(1, Ordering::Relaxed),
-    };
-    match outcome {
-        Ok((len, true)) => {
-            tracing::info!(%digest, bytes = len, ms = started.elapsed().as_millis() as u64, "fill committed")
-        }
-        Ok((len, false)) => {
-            tracing::info!(%digest, bytes = len, ms = started.elapsed().as_millis() as u64, "fill passed through uncached")
-        }
-        Err(e) => {
-            match &e {
-                FillError::Upstream(UpstreamError::Status { status, .. })
-                    if *status == StatusCode::NOT_FOUND =>
-                {
-                    tracing::info!(%digest, "fill: upstream has no such blob")
-                }
-                other => tracing::warn!(%digest, error = %other, "fill failed; nothing cached"),
-            }
-            fill.state.send_replace(FillState::Failed(Arc::new(e)));
-        }
-    }
-    drop(guard);
-}
-
-/// Where the writer thread puts bytes.
-enum Sink {
-    /// Into the cache's temp file.
-    Disk(FillFile),
-    /// Through the in-memory window only (not cached).
-    Mem { written: u64 },
-}
-
-/// The fill proper. Returns the length and whether it was committed.
-async fn fetch(
-    guard: &mut FillGuard,
-    upstream: &Upstream,
-    name: &str,
-) -> Result<(u64, bool), FillError> {
-    let fill = guard.fill.clone();
-    let store = guard.store.clone();
-    let path = format!("/v2/{name}/blobs/{}", fill.digest);
-    let resp = upstream
-        .send(Method::GET, name, &path, &HeaderMap::new())
-        .await?;
-    if resp.status() != StatusCode::OK {
-        return Err(FillError::Upstream(UpstreamError::Status {
-            status: resp.status(),
-            retry_after: resp.headers().get(http::header::RETRY_AFTER).cloned(),
-        }));
-    }
-    let len = resp
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-
-    let mut uncached = len.and_then(|l| {
-        if !guard.fills.settings.budget.admits(l) {
-            Some("is larger than max_size".to_string())
-        } else if fs_space(&store).is_some_and(|fs| l > fs.available) {
-            Some("is larger than the free space on the cache filesystem".to_string())
-        } else {
-            None
-        }
-    });
-    let mut disk = None;
-    if uncached.is_none() {
-        match store.begin_fill(&fill.digest) {
-            Ok(f) => disk = Some(f),
-            Err(e) => uncached = Some(format!("cannot create a temp file ({e})")),
-        }
-    }
-    let (sink, file, mem_start) = match disk {
-        None => {
-            let why = uncached.unwrap_or_default();
-            tracing::info!(digest = %fill.digest, bytes = len, "blob {why}; passing it through uncached");
-            guard.fills.detach(&fill);
-            (Sink::Mem { written: 0 }, None, Some(0))
-        }
-        Some(f) => {
-            let reader = Arc::new(f.reader().map_err(|e| FillError::Disk(e.to_string()))?);
-            if let Some(l) = len {
-                store.reserve(l);
-                guard.reserved = l;
-                // If mapping fails, followers map chunk by chunk instead.
-                if let Ok(m) = crate::body::zero_copy::map_fill(&reader, l) {
-                    let _ = fill.map.set(m);
-                }
-            }
-            (Sink::Disk(f), Some(reader), None)
-        }
-    };
-    fill.state.send_replace(FillState::Streaming {
-        len,
-        written: 0,
-        file: file.clone(),
-        mem_start,
-        verified: false,
-        head: None,
-    });
-
-    // Two queues on the blocking pool run beside the network reads: the writer (disk, or the
-    // pass-through window; it publishes progress) and the hasher. Each holds a pool thread only
-    // while it has chunks, so slow fills don't tie up the pool.
-    let writer = Serial::new(
-        Writer {
-            sink,
-            preallocate: len,
-            max_size: guard.fills.settings.budget.max_size,
-            fill: fill.clone(),
-            fills: guard.fills.clone(),
-            error: None,
-        },
-        WRITE_QUEUE,
-    );
-    let hasher = Serial::new(Hashing(Hasher::new(fill.digest.algorithm())), WRITE_QUEUE);
-
-    let settings = guard.fills.settings.clone();
-    let idle = settings.idle_timeout;
-    let mut body = resp.into_body();
-    let mut received: u64 = 0;
-    // Resume attempts in a row that brought no new byte; progress resets the count, so a long
-    // download over a flaky link survives any number of separate drops.
-    let mut resumes = 0;
-    let mut resumed_at = 0;
-    let body_error = loop {
-        let broke = match tokio::time::timeout(idle, body.frame()).await {
-            // A stalled connection is as good as a dropped one: abandon it and resume.
-            Err(_) => format!("no bytes for {idle:?} (idle_timeout)"),
-            Ok(None) if len.is_some_and(|l| received < l) => "connection closed early".to_string(),
-            Ok(None) => break None,
-            Ok(Some(Err(e))) => error_chain(&e),
-            Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    received += data.len() as u64;
-                    guard
-                        .fills
-                        .stats
-                        .bytes
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if len.is_some_and(|l| received > l) {
-                        break Some("upstream sent more bytes than its Content-Length".into());
-                    }
-                    if let Some(bw) = &settings.bandwidth {
-                        bw.consume(data.len()).await;
-                    }
-                    if received == data.len() as u64 && !data.is_empty() && file.is_some() {
-                        // The first chunk: followers may send it before it reaches the disk.
-                        let first = data.clone();
-                        fill.state.send_modify(|s| {
-                            if let FillState::Streaming { head, .. } = s {
-                                *head = Some(first);
-                            }
-                        });
-                    }
-                    if !hasher.push(data.clone()).await || !writer.push(data).await {
-                        break None; // the writer failed; its error is reported below
-                    }
-                }
-                continue;
-            }
-        };
-        // The connection dropped mid-blob: resume from where it broke.
-        if received > resumed_at {
-            resumes = 0;
-        }
-        resumed_at = received;
-        resumes += 1;
-        guard.fills.stats.resumes.fetch_add(1, Ordering::Relaxed);
-        if resumes > MAX_RESUMES {
-            break Some(format!(
-                "{broke}; gave up after {MAX_RESUMES} resume attempts"
-            ));
-        }
-        let pause = Duration::from_millis(100 << (resumes - 1)).min(Duration::from_secs(2));
-        tracing::warn!(digest = %fill.digest, at = received, attempt = resumes, error = %broke, "upstream download broke off; resuming");
-        tokio::time::sleep(pause).await;
-        match resume(upstream, name, &path, received, len).await {
-            Ok(b) => body = b,
-            Err(why) => break Some(format!("{broke}; cannot resume: {why}")),
-        }
-    };
-    let mut writer = writer
-        .finish()
-        .await
-        .map_err(|e| FillError::Disk(format!("cache writer: {e}")))?;
-    if let Some(e) = writer.error.take() {
-        return Err(e);
-    }
-    let sink = writer.sink;
-    let actual = hasher
-        .finish()
-        .await
-        .map_err(|e| FillError::Disk(format!("hasher: {e}")))?
-        .0
-        .finish();
-    let written = match &sink {
-        Sink::Disk(f) => f.written(),
-        Sink::Mem { written } => *written,
-    };
-    if let Some(reason) = body_error {
-        return Err(FillError::Body { written, reason });
-    }
-    if let Some(l) = len {
-        if written != l {
-            return Err(FillError::Body {
-                written,
-                reason: format!("body ended before its Content-Length {l}"),
-            });
-        }
-    }
-    if actual != fill.digest {
-        return Err(FillError::Verify(format!(
-            "upstream bytes hash to {actual}, not {}",
-            fill.digest
-        )));
-    }
-    // Verified: followers may send the last byte now; syncing and renaming follow.
-    fill.state.send_modify(|s| {
-        if let FillState::Streaming { verified, .. } = s {
-            *verified = true;
-        }
-    });
-    match sink {
-        Sink::Disk(f) => {
-            let committed = tokio::task::spawn_blocking(move || f.commit(&actual))
-                .await
-                .map_err(|e| FillError::Disk(e.to_string()))?;
-            let total = match committed {
-                Ok(n) => n,
-                Err(CommitError::DigestMismatch { expected, actual }) => {
-                    return Err(FillError::Verify(format!(
-                        "upstream bytes hash to {actual}, not {expected}"
-                    )))
-                }
-                Err(CommitError::Io(e)) => return Err(FillError::Disk(e.to_string())),
-            };
-            fill.state.send_replace(FillState::Done {
-                len: total,
-                file,
-                mem_start: None,
-            });
-            Ok((total, true))
-        }
-        Sink::Mem { written } => {
-            let mem_start = match &*fill.state.borrow() {
-                FillState::Streaming { mem_start, .. } => *mem_start,
-                _ => Some(0),
-            };
-            fill.state.send_replace(FillState::Done {
-                len: written,
-                file,
-                mem_start,
-            });
-            Ok((written, false))
-        }
-    }
-}
-
-/// Asks upstream for the rest of the blob from byte `from` and checks the answer really
-/// continues the same object (206 with a `Content-Range` starting at `from`, of the same total).
-async fn resume(
-    upstream: &Upstream,
-    name: &str,
-    path: &str,
-    from: u64,
-    len: Option<u64>,
-) -> Result<hyper::body::Incoming, String> {
-    let mut h = HeaderMap::new();
-    h.insert(
-        http::header::RANGE,
-        http::HeaderValue::from_str(&format!("bytes={from}-")).expect("ascii"),
-    );
-    let resp = upstream
-        .send(Method::GET, name, path, &h)
-        .await
-        .map_err(|e| e.to_string())?;
-    if resp.status() != StatusCode::PARTIAL_CONTENT {
-        return Err(format!(
-            "upstream answered {} to a Range request",
-            resp.status()
-        ));
-    }
-    let cr = resp
-        .headers()
-        .get(http::header::CONTENT_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let (start, total) =
-        parse_content_range(&cr).ok_or_else(|| format!("bad Content-Range {cr:?}"))?;
-    if start != from || len.is_some_and(|l| total != Some(l)) {
-        return Err(format!(
-            "Content-Range {cr:?} does not continue at byte {from}"
-        ));
-    }
-    Ok(resp.into_body())
-}
-
-/// Parses `bytes a-b/total` (total may be `*`): returns (a, total).
-fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
-    let rest = v.trim().strip_prefix("bytes ")?;
-    let (range, total) = rest.split_once('/')?;
-    let (a, _) = range.split_once('-')?;
-    let total = match total.trim() {
-        "*" => None,
-        t => Some(t.parse().ok()?),
-    };
-    Some((a.trim().parse().ok()?, total))
-}
-
-/// Hashes a fill's bytes (a [`Serial`] step).
-struct Hashing(Hasher);
-
-impl Step for Hashing {
-    fn step(&mut self, chunk: Bytes) -> bool {
-        self.0.update(&chunk);
-        true
-    }
-}
-
-/// Writes a fill's bytes and publishes its progress (a [`Serial`] step). On a disk write error
-/// it deletes the temp file and switches to pass-through for the rest of the blob.
-struct Writer {
-    sink: Sink,
-    /// The blob's length to reserve on disk once the first bytes are out (off the time to
-    /// first byte).
-    preallocate: Option<u64>,
-    max_size: Option<u64>,
-    fill: Arc<Fill>,
-    fills: Arc<Fills>,
-    /// Why the fill must stop (set when a step returns `false`).
-    error: Option<FillError>,
-}
-
-/// Publishes that the fill has `w` bytes written (or passed through).
-fn publish(fill: &Fill, w: u64) {
-    fill.state.send_modify(|s| {
-        if let FillState::Streaming { written, head, .. } = s {
-            *written = w;
-            // On disk now: the file serves it (and the memory goes).
-            if head.as_ref().is_some_and(|h| h.len() as u64 <= w) {
-                *head = None;
-            }
-        }
-    })
-}
-
-impl Step for Writer {
-    fn step(&mut self, chunk: Bytes) -> bool {
-        let (fill, fills) = (&self.fill, &self.fills);
-        if let Sink::Disk(f) = &mut self.sink {
-            match f.write(&chunk) {
-                Ok(()) if self.max_size.is_some_and(|m| f.written() > m) => {
-                    // No Content-Length, and it has outgrown the budget: stop caching.
-                    let e = std::io::Error::other("blob is larger than max_size");
-                    let w = f.written();
-                    to_pass_through(&mut self.sink, fill, fills, &e);
-                    // The chunk is on disk already; followers read it from the file.
-                    publish(fill, w);
-                    return true;
-                }
-                Ok(()) => {
-                    // Wake followers after every chunk (they may be waiting for the first bytes).
-                    publish(fill, f.written());
-                    if let Some(l) = self.preallocate.take() {
-                        if let Err(e) = f.preallocate(l) {
-                            to_pass_through(&mut self.sink, fill, fills, &e);
-                        }
-                    }
-                    return true;
-                }
-                Err(e) => to_pass_through(&mut self.sink, fill, fills, &e), // this chunk goes below
-            }
-        }
-        if let Sink::Mem { written } = &mut self.sink {
-            if !fill.has_readers() {
-                // Uncached and nobody reading: nothing to gain from the rest of the download.
-                self.error = Some(FillError::Body {
-                    written: *written,
-                    reason: "every client left an uncached (pass-through) download".into(),
-                });
-                return false;
-            }
-            let at = *written;
-            *written += chunk.len() as u64;
-            let w = *written;
-            fill.push_mem(at, chunk);
-            publish(fill, w);
-            fill.wait_room();
-        }
-        true
-    }
-}
-
-/// A disk error: delete the temp file and pass the rest of the blob through uncached.
-fn to_pass_through(sink: &mut Sink, fill: &Arc<Fill>, fills: &Fills, e: &std::io::Error) {
-    let Sink::Disk(f) = std::mem::replace(sink, Sink::Mem { written: 0 }) else {
-        return;
-    };
-    let written = f.abandon();
-    tracing::warn!(digest = %fill.digest, reason = %e, written,
-        "not caching this blob; passing the rest of it through uncached");
-    fills.detach(fill);
-    fill.state.send_modify(|s| {
-        if let FillState::Streaming { mem_start, .. } = s {
-            *mem_start = Some(written);
-        }
-    });
-    *sink = Sink::Mem { written };
-}
-
-/// Streams bytes `[start, end)` of the fill into `tx` (end `None` = to the end of the object),
-/// following the fill's progress. Ends with an error item if the fill fails, so the response is
-/// cut short. Returns when done or when the client has gone.
-pub async fn follow(
-    fill: Arc<Fill>,
-    reader: Reader,
-    start: u64,
-    end: Option<u64>,
-    zero_copy: bool,
-    tx: mpsc::Sender<Result<Bytes, BoxError>>,
-) {
-    let mut rx = fill.subscribe();
-    let mut pos = start;
-    reader.advance(pos);
-    loop {
-        let state = rx.borrow_and_update().clone();
-        let (avail, file, mem_start, done, head) = match state {
-            FillState::Connecting => (0, None, None, None, None),
-            FillState::Failed(e) => {
-                let _ = tx.send(Err(format!("fill failed: {e}").into())).await;
-                return;
-            }
-            FillState::Streaming {
-                len,
-                written,
-                file,
-                mem_start,
-                verified,
-                head,
-            } => {
-                // The first chunk may still be in memory only.
-                let head = head.filter(|_| mem_start.is_none());
-                let have = written.max(head.as_ref().map_or(0, |h| h.len() as u64));
-                // Hold back the object's last byte until the digest is verified. With no
-                // Content-Length any byte may be the last, so one is always held back.
-                let avail = match (verified, len) {
-                    (true, _) => have,
-                    (false, Some(l)) => have.min(l.saturating_sub(1)),
-                    (false, None) => have.saturating_sub(1),
-                };
-                (avail, file, mem_start, None, head)
-            }
-            FillState::Done {
-                len,
-                file,
-                mem_start,
-            } => (len, file, mem_start, Some(len), None),
-        };
-        // Committed: the rest comes from mmap windows of the immutable file.
-        if let (Some(len), None, Some(file)) = (done, mem_start, &file) {
-            let end = end.unwrap_or(len).min(len);
-            let mut body = crate::body::zero_copy::MmapBody::new(file.clone(), pos, end, zero_copy);
-            drop(reader);
-            while let Some(frame) = body.frame().await {
-                let item = frame.map(|f| f.into_data().unwrap_or_default());
-                if tx.send(item).await.is_err() {
-                    return;
-                }
-            }
-            return;
-        }
-        let limit = end.map_or(avail, |e| e.min(avail));
-        if pos < limit {
-            let want = (limit - pos).min(FOLLOW_CHUNK as u64) as usize;
-            let chunk = match (&head, mem_start) {
-                (Some(h), _) if pos < h.len() as u64 => {
-                    let to = (pos + want as u64).min(h.len() as u64);
-                    Ok(Some(h.slice(pos as usize..to as usize)))
-                }
-                (_, Some(m)) if pos >= m => fill.read_mem(reader.id, pos, want),
-                _ => {
-                    let stop = mem_start.map_or(limit, |m| m.min(limit));
-                    match file {
-                        // The written prefix of the temp file never changes: map it (and so
-                        // send it with sendfile, like a hit).
-                        Some(f) => {
-                            let n = ((stop - pos) as usize).min(want) as u64;
-                            match fill.map.get() {
-                                Some(m) if zero_copy && pos + n <= m.len() as u64 => {
-                                    Ok(Some(m.slice(pos as usize..(pos + n) as usize)))
-                                }
-                                _ => crate::body::zero_copy::chunk(&f, pos, pos + n, zero_copy)
-                                    .map(Some)
-                                    .map_err(Into::into),
-                            }
-                        }
-                        None => Err("fill has no file".into()),
-                    }
-                }
-            };
-            match chunk {
-                Ok(Some(b)) => {
-                    pos += b.len() as u64;
-                    reader.advance(pos);
-                    if tx.send(Ok(b)).await.is_err() {
-                        return;
-                    }
-                    continue;
-                }
-                Ok(None) if done.is_some() => {
-                    let _ = tx.send(Err("pass-through bytes missing".into())).await;
-                    return;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            }
-        } else if let Some(len) = done {
-            if pos >= end.unwrap_or(len).min(len) {
-                return;
-            }
-        }
-        if rx.changed().await.is_err() {
-            let _ = tx.send(Err("fill ended without a result".into())).await;
-            return;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn streaming(len: u64, written: u64, head: &'static [u8]) -> FillState {
-        FillState::Streaming {
-            len: Some(len),
-            written,
-            file: None,
-            mem_start: None,
-            verified: false,
-            head: Some(Bytes::from_static(head)),
-        }
-    }
-
-    async fn next(rx: &mut mpsc::Receiver<Result<Bytes, BoxError>>) -> Option<Bytes> {
-        match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
-            Ok(Some(Ok(b))) => Some(b),
-            Ok(Some(Err(e))) => panic!("follower failed: {e}"),
-            Ok(None) | Err(_) => None,
-        }
-    }
-
-    /// The first chunk goes out from memory before any byte is on disk (time to first byte),
-    /// and nothing past it is sent until the writer has more.
-    #[tokio::test]
-    async fn first_chunk_is_served_before_it_reaches_the_disk() {
-        let digest: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
-        let fill = Arc::new(Fill::new(digest));
-        fill.state.send_replace(streaming(10, 0, b"0123"));
-        let (tx, mut rx) = mpsc::channel(4);
-        let task = tokio::spawn(follow(fill.clone(), fill.reader(), 0, None, false, tx));
-        assert_eq!(next(&mut rx).await.as_deref(), Some(&b"0123"[..]));
-        assert_eq!(next(&mut rx).await, None, "nothing beyond the head yet");
-        task.abort();
-    }
-
-    /// A blob that fits in its first chunk still holds its last byte back until verified.
-    #[tokio::test]
-    async fn head_holds_back_the_last_byte_until_verified() {
-        let digest: Digest = format!("sha256:{}", "cd".repeat(32)).parse().unwrap();
-        let fill = Arc::new(Fill::new(digest));
-        fill.state.send_replace(streaming(4, 0, b"0123"));
-        let (tx, mut rx) = mpsc::channel(4);
-        let task = tokio::spawn(follow(fill.clone(), fill.reader(), 0, None, false, tx));
-        assert_eq!(next(&mut rx).await.as_deref(), Some(&b"012"[..]));
-        assert_eq!(
-            next(&mut rx).await,
-            None,
-            "the last byte waits for verification"
-        );
-        fill.state.send_modify(|s| {
-            if let FillState::Streaming { verified, .. } = s {
-                *verified = true;
-            }
-        });
-        assert_eq!(next(&mut rx).await.as_deref(), Some(&b"3"[..]));
-        task.abort();
+        self.store.index().unreserve(self.reserved);
     }
 }

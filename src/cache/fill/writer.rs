@@ -1,0 +1,121 @@
+//! A fill's two [`Serial`] steps beside the network reads: the writer (the temp file, or the
+//! pass-through window once the blob cannot be cached) publishing progress to followers, and
+//! the hasher.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{Fill, FillError, FillState, Fills};
+use crate::cache::hash::Hasher;
+use crate::cache::serial::Step;
+use crate::cache::store::FillFile;
+
+/// Where the writer puts bytes.
+pub(super) enum Sink {
+    /// Into the cache's temp file.
+    Disk(FillFile),
+    /// Through the in-memory window only (not cached).
+    Mem { written: u64 },
+}
+
+/// Hashes a fill's bytes (a [`Serial`] step).
+pub(super) struct Hashing(pub(super) Hasher);
+
+impl Step for Hashing {
+    fn step(&mut self, chunk: Bytes) -> bool {
+        self.0.update(&chunk);
+        true
+    }
+}
+
+/// Writes a fill's bytes and publishes its progress (a [`Serial`] step). On a disk write error
+/// it deletes the temp file and switches to pass-through for the rest of the blob.
+pub(super) struct Writer {
+    pub(super) sink: Sink,
+    /// The blob's length to reserve on disk once the first bytes are out (off the time to
+    /// first byte).
+    pub(super) preallocate: Option<u64>,
+    pub(super) max_size: Option<u64>,
+    pub(super) fill: Arc<Fill>,
+    pub(super) fills: Arc<Fills>,
+    /// Why the fill must stop (set when a step returns `false`).
+    pub(super) error: Option<FillError>,
+}
+
+/// Publishes that the fill has `w` bytes written (or passed through).
+fn publish(fill: &Fill, w: u64) {
+    fill.state.send_modify(|s| {
+        if let FillState::Streaming { written, head, .. } = s {
+            *written = w;
+            // On disk now: the file serves it (and the memory goes).
+            if head.as_ref().is_some_and(|h| h.len() as u64 <= w) {
+                *head = None;
+            }
+        }
+    })
+}
+
+impl Step for Writer {
+    fn step(&mut self, chunk: Bytes) -> bool {
+        let (fill, fills) = (&self.fill, &self.fills);
+        if let Sink::Disk(f) = &mut self.sink {
+            match f.write(&chunk) {
+                Ok(()) if self.max_size.is_some_and(|m| f.written() > m) => {
+                    // No Content-Length, and it has outgrown the budget: stop caching.
+                    let e = std::io::Error::other("blob is larger than max_size");
+                    let w = f.written();
+                    to_pass_through(&mut self.sink, fill, fills, &e);
+                    // The chunk is on disk already; followers read it from the file.
+                    publish(fill, w);
+                    return true;
+                }
+                Ok(()) => {
+                    // Wake followers after every chunk (they may be waiting for the first bytes).
+                    publish(fill, f.written());
+                    if let Some(l) = self.preallocate.take() {
+                        if let Err(e) = f.preallocate(l) {
+                            to_pass_through(&mut self.sink, fill, fills, &e);
+                        }
+                    }
+                    return true;
+                }
+                Err(e) => to_pass_through(&mut self.sink, fill, fills, &e), // this chunk goes below
+            }
+        }
+        if let Sink::Mem { written } = &mut self.sink {
+            if !fill.has_readers() {
+                // Uncached and nobody reading: nothing to gain from the rest of the download.
+                self.error = Some(FillError::Body {
+                    written: *written,
+                    reason: "every client left an uncached (pass-through) download".into(),
+                });
+                return false;
+            }
+            let at = *written;
+            *written += chunk.len() as u64;
+            let w = *written;
+            fill.push_mem(at, chunk);
+            publish(fill, w);
+            fill.wait_room();
+        }
+        true
+    }
+}
+
+/// A disk error: delete the temp file and pass the rest of the blob through uncached.
+fn to_pass_through(sink: &mut Sink, fill: &Arc<Fill>, fills: &Fills, e: &std::io::Error) {
+    let Sink::Disk(f) = std::mem::replace(sink, Sink::Mem { written: 0 }) else {
+        return;
+    };
+    let written = f.abandon();
+    tracing::warn!(digest = %fill.digest, reason = %e, written,
+        "not caching this blob; passing the rest of it through uncached");
+    fills.detach(fill);
+    fill.state.send_modify(|s| {
+        if let FillState::Streaming { mem_start, .. } = s {
+            *mem_start = Some(written);
+        }
+    });
+    *sink = Sink::Mem { written };
+}

@@ -1,0 +1,296 @@
+//! The in-memory side of the cache: the LRU index of committed objects (sizes, recency,
+//! reservations of fills in progress) and the memory of recently read manifests.
+//!
+//! The index signals a [`tokio::sync::Notify`] whenever it grows (an insert or a reservation):
+//! the evictor waits on it. Nothing here knows eviction exists.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lru::LruCache;
+use tokio::sync::Notify;
+
+use crate::cache::store::StoredManifest;
+use crate::reference::Digest;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A cached object: a blob or a manifest, by digest.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectKey {
+    /// `blobs/<alg>/<hh>/<hex>.<len>`.
+    Blob(Digest),
+    /// `manifests/<alg>/<hh>/<hex>`.
+    Manifest(Digest),
+}
+
+impl ObjectKey {
+    /// The digest.
+    pub fn digest(&self) -> &Digest {
+        match self {
+            ObjectKey::Blob(d) | ObjectKey::Manifest(d) => d,
+        }
+    }
+}
+
+/// What the index knows of one object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// Content length in bytes (for a blob, also in its file name).
+    pub len: u64,
+    /// Space it takes on disk, in bytes (allocated blocks × 512).
+    pub disk: u64,
+    /// Last mtime written (seconds since the epoch): last use, coarsely.
+    pub used: u64,
+}
+
+/// The LRU order and sizes of every committed object.
+pub struct Index {
+    /// Least recently used first. Unbounded: the budget is in bytes, enforced by eviction.
+    lru: LruCache<ObjectKey, Entry>,
+    /// Sum of `disk` over all entries, in bytes.
+    total: u64,
+    /// Bytes reserved by fills in progress (counted against the budget before they commit).
+    reserved: u64,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index::new()
+    }
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Index {
+        Index {
+            lru: LruCache::unbounded(),
+            total: 0,
+            reserved: 0,
+        }
+    }
+
+    /// Adds (or replaces) an object as the most recently used.
+    pub fn insert(&mut self, key: ObjectKey, e: Entry) {
+        if let Some(old) = self.lru.put(key, e) {
+            self.total -= old.disk;
+        }
+        self.total += e.disk;
+    }
+
+    /// Forgets an object.
+    pub fn remove(&mut self, key: &ObjectKey) -> Option<Entry> {
+        let e = self.lru.pop(key)?;
+        self.total -= e.disk;
+        Some(e)
+    }
+
+    /// A hit: the object's entry, now the most recently used.
+    pub fn touch(&mut self, key: &ObjectKey) -> Option<Entry> {
+        self.lru.get(key).copied()
+    }
+
+    /// Removes and returns the least recently used object.
+    pub fn pop_lru(&mut self) -> Option<(ObjectKey, Entry)> {
+        let (k, e) = self.lru.pop_lru()?;
+        self.total -= e.disk;
+        Some((k, e))
+    }
+
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        self.lru.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.lru.is_empty()
+    }
+
+    /// Bytes on disk taken by all objects.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+}
+
+/// A snapshot of the index's figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes on disk taken by committed objects.
+    pub total: u64,
+    /// Bytes reserved by fills in progress.
+    pub reserved: u64,
+    /// Number of objects.
+    pub objects: usize,
+}
+
+/// Bytes of manifests kept in memory.
+pub const MANIFEST_MEMORY: usize = 8 << 20;
+
+/// A small LRU of verified manifests, bounded by [`MANIFEST_MEMORY`] bytes.
+pub(crate) struct ManifestMemory {
+    /// Least recently used first.
+    lru: LruCache<Digest, StoredManifest>,
+    /// Sum of the manifests' lengths.
+    bytes: usize,
+}
+
+impl Default for ManifestMemory {
+    fn default() -> Self {
+        ManifestMemory {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+        }
+    }
+}
+
+impl ManifestMemory {
+    pub(crate) fn get(&mut self, d: &Digest) -> Option<StoredManifest> {
+        self.lru.get(d).cloned()
+    }
+
+    pub(crate) fn put(&mut self, d: Digest, m: StoredManifest) {
+        let n = m.bytes.len();
+        if n > MANIFEST_MEMORY / 8 {
+            return;
+        }
+        if let Some(old) = self.lru.put(d, m) {
+            self.bytes -= old.bytes.len();
+        }
+        self.bytes += n;
+        while self.bytes > MANIFEST_MEMORY {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.bytes -= old.bytes.len(),
+                None => break,
+            }
+        }
+    }
+
+    pub(crate) fn remove(&mut self, d: &Digest) {
+        if let Some(old) = self.lru.pop(d) {
+            self.bytes -= old.bytes.len();
+        }
+    }
+}
+
+/// The index as the cache shares it: the LRU under a lock held only for in-memory updates,
+/// whether it has been loaded from disk, and the `changed` signal the evictor waits on.
+#[derive(Default)]
+pub struct SharedIndex {
+    /// Sizes and LRU order of committed objects, and reservations.
+    lru: Mutex<Index>,
+    /// Whether the index has been loaded from disk (eviction waits for it).
+    indexed: AtomicBool,
+    /// Signalled on every insert and reservation (the evictor's wake-up).
+    changed: Notify,
+}
+
+impl SharedIndex {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.lru.lock().expect("index lock")
+    }
+
+    /// Signalled whenever the index grows (an object inserted, bytes reserved).
+    pub fn changed(&self) -> &Notify {
+        &self.changed
+    }
+
+    /// Adds (or replaces) an object as the most recently used.
+    pub fn insert(&self, key: ObjectKey, e: Entry) {
+        self.lock().insert(key, e);
+        self.changed.notify_one();
+    }
+
+    /// A hit: the object's entry, now the most recently used.
+    pub fn touch(&self, key: &ObjectKey) -> Option<Entry> {
+        self.lock().touch(key)
+    }
+
+    /// Records that an object's mtime was set to `used` (seconds since the epoch).
+    pub fn set_used(&self, key: &ObjectKey, used: u64) {
+        if let Some(x) = self.lock().lru.peek_mut(key) {
+            x.used = used;
+        }
+    }
+
+    /// Forgets an object.
+    pub fn remove(&self, key: &ObjectKey) -> Option<Entry> {
+        self.lock().remove(key)
+    }
+
+    /// Whether an object is indexed.
+    pub fn contains(&self, key: &ObjectKey) -> bool {
+        self.lock().lru.contains(key)
+    }
+
+    /// Every indexed object, least recently used first.
+    pub fn objects(&self) -> Vec<(ObjectKey, Entry)> {
+        let ix = self.lock();
+        ix.lru.iter().rev().map(|(k, e)| (k.clone(), *e)).collect()
+    }
+
+    /// Current totals.
+    pub fn usage(&self) -> Usage {
+        let ix = self.lock();
+        Usage {
+            total: ix.total,
+            reserved: ix.reserved,
+            objects: ix.lru.len(),
+        }
+    }
+
+    /// Counts `bytes` against the budget until [`SharedIndex::unreserve`] (a fill in progress).
+    pub fn reserve(&self, bytes: u64) {
+        self.lock().reserved += bytes;
+        self.changed.notify_one();
+    }
+
+    /// Releases a reservation.
+    pub fn unreserve(&self, bytes: u64) {
+        let mut ix = self.lock();
+        ix.reserved = ix.reserved.saturating_sub(bytes);
+    }
+
+    /// The least recently used objects whose disk bytes add up to at least `bytes` (or all of
+    /// them), least recently used first. Nothing is removed.
+    pub fn plan(&self, bytes: u64) -> Vec<(ObjectKey, Entry)> {
+        let ix = self.lock();
+        let mut freed = 0;
+        let mut out = Vec::new();
+        for (k, e) in ix.lru.iter().rev() {
+            if freed >= bytes {
+                break;
+            }
+            freed += e.disk;
+            out.push((k.clone(), *e));
+        }
+        out
+    }
+
+    /// Replaces the index with `fresh` (loaded from disk); objects indexed meanwhile stay, as
+    /// the most recently used, and reservations are kept. Marks the index loaded.
+    pub fn load(&self, mut fresh: Index) {
+        {
+            let mut ix = self.lock();
+            fresh.reserved = ix.reserved;
+            let live = std::mem::replace(&mut *ix, fresh);
+            for (k, e) in live.lru.iter().rev() {
+                ix.insert(k.clone(), *e);
+            }
+        }
+        self.indexed.store(true, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    /// Whether the index has been loaded (eviction waits for it).
+    pub fn is_indexed(&self) -> bool {
+        self.indexed.load(Ordering::SeqCst)
+    }
+}

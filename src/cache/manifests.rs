@@ -1,0 +1,393 @@
+//! Manifest policy (OCI distribution spec, "Pull"; its "Registry Proxying" section).
+//!
+//! - By digest: immutable. Served from the cache forever; a miss is fetched once (concurrent
+//!   requests wait on a per-digest lock), verified against the digest, stored.
+//! - By tag: the tag's last answer is trusted for `tag_ttl`; after that it is revalidated with a
+//!   HEAD (free of Docker Hub's rate limit) and, when the tag moved, the new manifest is fetched
+//!   by digest. When the upstream is down (or rate-limiting) the cached answer is served stale;
+//!   an upstream 404 forgets the tag. A cold tag costs one GET.
+//! - Every answer is asked for with all four modern media types, so the first client's `Accept`
+//!   never decides what is cached; the HTTP layer checks the client's `Accept` afterwards.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, Method, StatusCode};
+
+use crate::cache::hash::Hasher;
+use crate::cache::index::unix_now;
+use crate::cache::store::{is_storable_media_type, Store, StoredManifest};
+use crate::cache::tags::TagEntry;
+use crate::cache::{CacheError, CacheResult, Origin};
+use crate::reference::{Algorithm, Digest, Reference, MANIFEST_TYPES};
+use crate::upstream::{read_limited, Upstream, UpstreamError};
+
+/// Largest manifest accepted from upstream, in bytes (distribution's default limit is 4 MiB).
+pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
+
+/// A manifest answer: its digest, exact bytes and media type, and how it was answered.
+#[derive(Debug, Clone)]
+pub struct ManifestAnswer {
+    /// `sha256:<64 hex>` (or sha512) of the bytes.
+    pub digest: Digest,
+    /// The exact bytes and the media type upstream gave them.
+    pub manifest: StoredManifest,
+    /// Hit, miss, coalesced or stale.
+    pub result: CacheResult,
+}
+
+/// Manifests by digest and by tag over the store.
+pub(super) struct Manifests {
+    /// Where manifests and tags live.
+    store: Store,
+    /// How long a tag's answer is trusted without asking upstream.
+    tag_ttl: Duration,
+    /// Never revalidate (serve what is cached).
+    offline: bool,
+    /// Per-key locks coalescing manifest fetches and tag revalidations.
+    locks: KeyedLocks,
+}
+
+impl Manifests {
+    pub(super) fn new(store: Store, tag_ttl: Duration, offline: bool) -> Manifests {
+        Manifests {
+            store,
+            tag_ttl,
+            offline,
+            locks: KeyedLocks::default(),
+        }
+    }
+
+    pub(super) async fn get(
+        &self,
+        from: Origin<'_>,
+        reference: &Reference,
+    ) -> Result<ManifestAnswer, CacheError> {
+        let (digest, manifest, result) = match reference {
+            Reference::Digest(d) => self.by_digest(from, d).await?,
+            Reference::Tag(t) => self.by_tag(from, t).await?,
+        };
+        Ok(ManifestAnswer {
+            digest,
+            manifest,
+            result,
+        })
+    }
+
+    /// A manifest by digest: cached, or fetched once (concurrent requests wait for the first).
+    async fn by_digest(
+        &self,
+        from: Origin<'_>,
+        d: &Digest,
+    ) -> Result<(Digest, StoredManifest, CacheResult), CacheError> {
+        if let Some(m) = self.store.read_manifest(d)? {
+            return Ok((d.clone(), m, CacheResult::Hit));
+        }
+        let _guard = self.locks.lock(d.to_string()).await;
+        if let Some(m) = self.store.read_manifest(d)? {
+            return Ok((d.clone(), m, CacheResult::Coalesced));
+        }
+        let (digest, m) = self.fetch(from, &d.to_string(), Some(d)).await?;
+        Ok((digest, m, CacheResult::Miss))
+    }
+
+    /// The cached answer for a tag: its entry and the manifest it points to (if both are there).
+    fn cached_tag(
+        &self,
+        from: Origin<'_>,
+        tag: &str,
+    ) -> Result<Option<(TagEntry, Digest, StoredManifest)>, CacheError> {
+        let Some(entry) = self
+            .store
+            .read_tag(from.upstream.registry(), from.name, tag)
+        else {
+            return Ok(None);
+        };
+        let Ok(d) = entry.digest.parse::<Digest>() else {
+            return Ok(None);
+        };
+        Ok(self.store.read_manifest(&d)?.map(|m| (entry, d, m)))
+    }
+
+    /// A manifest by tag: fresh from the cache, revalidated, fetched cold, or stale.
+    async fn by_tag(
+        &self,
+        from: Origin<'_>,
+        tag: &str,
+    ) -> Result<(Digest, StoredManifest, CacheResult), CacheError> {
+        if let Some((entry, d, m)) = self.cached_tag(from, tag)? {
+            if self.fresh(&entry) || self.offline {
+                return Ok((d, m, CacheResult::Hit));
+            }
+        }
+        let registry = from.upstream.registry();
+        let _guard = self
+            .locks
+            .lock(format!("{registry}/{}:{tag}", from.name))
+            .await;
+        let cached = self.cached_tag(from, tag)?;
+        match cached {
+            // Another request may have revalidated it while this one waited for the lock.
+            Some((entry, d, m)) if self.fresh(&entry) => Ok((d, m, CacheResult::Hit)),
+            Some((_, d, m)) => self.revalidate(from, tag, d, m).await,
+            None => {
+                // Cold: one GET by tag (HEAD + GET would cost the same rate-limit unit and a
+                // round trip).
+                let (d, m) = self.fetch(from, tag, None).await?;
+                self.record_tag(from, tag, &d, &m.media_type);
+                Ok((d, m, CacheResult::Miss))
+            }
+        }
+    }
+
+    /// Asks upstream (HEAD, free of Docker Hub's rate limit) whether a cached tag still points at
+    /// `cached`; fetches what it moved to; serves `cached` stale when the upstream is down.
+    async fn revalidate(
+        &self,
+        from: Origin<'_>,
+        tag: &str,
+        cached: Digest,
+        cached_m: StoredManifest,
+    ) -> Result<(Digest, StoredManifest, CacheResult), CacheError> {
+        let (up, name) = (from.upstream, from.name);
+        let stale = |e: &UpstreamError| {
+            tracing::warn!(registry = %up.registry(), name, tag, error = %e, "upstream unavailable; serving cached tag (stale)");
+        };
+        let path = format!("/v2/{name}/manifests/{tag}");
+        let resp = match up.send(Method::HEAD, name, &path, &accept_all()).await {
+            Ok(r) => r,
+            Err(e) if e.is_outage() => {
+                stale(&e);
+                return Ok((cached, cached_m, CacheResult::Stale));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if resp.status() != StatusCode::OK {
+            let e = UpstreamError::from_status(&resp);
+            if e.is_outage() {
+                stale(&e);
+                return Ok((cached, cached_m, CacheResult::Stale));
+            }
+            if resp.status() == StatusCode::NOT_FOUND {
+                let _ = self.store.remove_tag(up.registry(), name, tag);
+            }
+            return Err(e.into());
+        }
+        let upstream_digest = content_digest(resp.headers());
+        drop(resp);
+        if upstream_digest.as_ref() == Some(&cached) {
+            self.record_tag(from, tag, &cached, &cached_m.media_type);
+            return Ok((cached, cached_m, CacheResult::Hit));
+        }
+        if let Some(d) = &upstream_digest {
+            if let Some(m) = self.store.read_manifest(d)? {
+                self.record_tag(from, tag, d, &m.media_type);
+                return Ok((d.clone(), m, CacheResult::Hit));
+            }
+        }
+        // The tag moved to a manifest not cached (or upstream sent no digest): fetch it, by
+        // digest when known (digests are immutable, so that answer can never be a surprise).
+        let fetched = match &upstream_digest {
+            Some(d) => self.fetch(from, &d.to_string(), Some(d)).await,
+            None => self.fetch(from, tag, None).await,
+        };
+        match fetched {
+            Ok((d, m)) => {
+                self.record_tag(from, tag, &d, &m.media_type);
+                Ok((d, m, CacheResult::Miss))
+            }
+            Err(CacheError::Upstream(e)) if e.is_outage() => {
+                stale(&e);
+                Ok((cached, cached_m, CacheResult::Stale))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a tag's cached answer may be used without asking upstream (`tag_ttl` 0: never).
+    fn fresh(&self, entry: &TagEntry) -> bool {
+        !self.tag_ttl.is_zero() && entry.age() < self.tag_ttl
+    }
+
+    fn record_tag(&self, from: Origin<'_>, tag: &str, d: &Digest, media_type: &str) {
+        let entry = TagEntry {
+            digest: d.to_string(),
+            media_type: media_type.to_string(),
+            checked: unix_now(),
+        };
+        if let Err(e) = self
+            .store
+            .write_tag(from.upstream.registry(), from.name, tag, &entry)
+        {
+            tracing::warn!(name = from.name, tag, error = %e, "cannot record tag in the cache");
+        }
+    }
+
+    /// GETs a manifest (`reference` = tag or digest string), verifies it against `expected`
+    /// (or upstream's `Docker-Content-Digest`, or just hashes it for a tag), and stores it.
+    ///
+    /// Errors: the upstream's failure or error status; [`UpstreamError::Protocol`] for a
+    /// manifest that does not hash to its digest, is not a JSON object or has no usable media
+    /// type (never cached).
+    async fn fetch(
+        &self,
+        from: Origin<'_>,
+        reference: &str,
+        expected: Option<&Digest>,
+    ) -> Result<(Digest, StoredManifest), CacheError> {
+        let name = from.name;
+        let (bytes, header_digest, content_type) = download(from.upstream, name, reference).await?;
+        let bad = |m: String| CacheError::Upstream(UpstreamError::Protocol(m));
+        let digest = match (expected, &header_digest) {
+            (Some(e), _) => e.clone(),
+            (None, Some(h)) => h.clone(),
+            (None, None) => Hasher::digest_of(Algorithm::Sha256, &bytes),
+        };
+        let actual = Hasher::digest_of(digest.algorithm(), &bytes);
+        if actual != digest {
+            return Err(bad(format!(
+                "manifest {name}:{reference} hashes to {actual}, not {digest}"
+            )));
+        }
+        if let Some(h) = &header_digest {
+            if h.algorithm() == digest.algorithm() && *h != digest {
+                return Err(bad(format!(
+                    "upstream says manifest {name}:{reference} is {h}, but its bytes hash to {digest}"
+                )));
+            }
+        }
+        let media_type = media_type_of(&bytes, content_type)
+            .map_err(|why| bad(format!("manifest {name}:{reference} {why}")))?;
+        if let Err(e) = self.store.write_manifest(&digest, &media_type, &bytes) {
+            tracing::warn!(%digest, error = %e, "cannot store manifest; serving it uncached");
+        }
+        Ok((digest, StoredManifest { media_type, bytes }))
+    }
+}
+
+/// GETs a manifest: its bytes (at most [`MAX_MANIFEST_SIZE`]), upstream's
+/// `Docker-Content-Digest` and `Content-Type`.
+async fn download(
+    up: &Upstream,
+    name: &str,
+    reference: &str,
+) -> Result<(bytes::Bytes, Option<Digest>, Option<String>), UpstreamError> {
+    let path = format!("/v2/{name}/manifests/{reference}");
+    let resp = up.send(Method::GET, name, &path, &accept_all()).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(UpstreamError::from_status(&resp));
+    }
+    let header_digest = content_digest(resp.headers());
+    let content_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let bytes = read_limited(resp.into_body(), MAX_MANIFEST_SIZE)
+        .await
+        .map_err(|e| {
+            UpstreamError::Protocol(format!("reading manifest {name}:{reference}: {e}"))
+        })?;
+    Ok((bytes, header_digest, content_type))
+}
+
+/// Upstream's `Docker-Content-Digest`, when it is a valid digest.
+fn content_digest(headers: &HeaderMap) -> Option<Digest> {
+    headers
+        .get("Docker-Content-Digest")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<Digest>().ok())
+}
+
+/// The media type to store a manifest under: upstream's `Content-Type` when it is a manifest
+/// type, else the JSON's `mediaType`.
+///
+/// Errors: why the bytes are no manifest: not JSON, not a JSON object (a captive portal's HTML,
+/// a proxy's error page: an upstream fault, never cached), or no usable media type.
+fn media_type_of(bytes: &[u8], content_type: Option<String>) -> Result<String, &'static str> {
+    let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| "is not JSON")?;
+    if !json.is_object() {
+        return Err("is not a JSON object");
+    }
+    match content_type {
+        Some(ct) if is_manifest_content_type(&ct) => Ok(ct),
+        _ => json["mediaType"]
+            .as_str()
+            .filter(|t| is_storable_media_type(t) && is_manifest_content_type(t))
+            .map(str::to_string)
+            .ok_or("has no usable media type"),
+    }
+}
+
+/// `Accept` with the four modern manifest types, as sent upstream every time.
+fn accept_all() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(ACCEPT, HeaderValue::from_static(
+        "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json",
+    ));
+    debug_assert!(MANIFEST_TYPES
+        .iter()
+        .all(|t| h[ACCEPT].to_str().unwrap_or("").contains(t)));
+    h
+}
+
+/// Whether `ct` can be a manifest's media type: storable on one line, and a JSON type
+/// (`application/…+json` or `application/json`), never `text/html` or `application/octet-stream`.
+fn is_manifest_content_type(ct: &str) -> bool {
+    let base = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    is_storable_media_type(ct)
+        && base.starts_with("application/")
+        && (base.ends_with("+json") || base == "application/json")
+}
+
+/// Async locks by key, removed when nobody holds or waits for them.
+#[derive(Default)]
+struct KeyedLocks {
+    map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+struct KeyedGuard<'a> {
+    locks: &'a KeyedLocks,
+    key: String,
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl KeyedLocks {
+    async fn lock(&self, key: String) -> KeyedGuard<'_> {
+        let lock = self
+            .map
+            .lock()
+            .expect("locks")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let guard = lock.clone().lock_owned().await;
+        KeyedGuard {
+            locks: self,
+            key,
+            lock: Some(lock),
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for KeyedGuard<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        let mut map = self.locks.map.lock().expect("locks");
+        if let Some(lock) = self.lock.take() {
+            // Two references left: the map's and ours. Nobody else holds or waits.
+            if Arc::strong_count(&lock) == 2 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
