@@ -28,11 +28,16 @@
 //! Every request loop is bounded (counts and a per-request timeout); every daemon runs in its
 //! own process group and is stopped (SIGTERM, then SIGKILL) when its phase ends or on panic.
 
+/// The lab's process, port and HTTP helpers (one copy, shared with the e2e tests).
+#[allow(dead_code)]
+#[path = "../tests/lab/proc.rs"]
+mod proc;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -49,6 +54,8 @@ use hyper_util::rt::TokioIo;
 use regcache::cache::hash::Hasher;
 use regcache::reference::Algorithm;
 use serde::Serialize;
+
+use proc::{free_port, http_status, tail, which};
 
 // ------------------------------------------------------------------------------------------
 // Sizes (each overridable by the environment variable named in `Settings::from_env`).
@@ -309,12 +316,6 @@ impl Drop for Daemon {
     }
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let s = fs::read_to_string(path).unwrap_or_default();
-    let v: Vec<&str> = s.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
-}
-
 /// `perf record` of a daemon's processes during one phase (`BENCH_PERF=1`), written to
 /// `<out>/perf/<peer>-<phase>.data`. Figures of such a run carry perf's overhead.
 struct PerfRecord(Option<Child>);
@@ -378,23 +379,6 @@ fn sync() -> Duration {
     let t0 = Instant::now();
     let _ = Command::new("sync").status();
     t0.elapsed()
-}
-
-/// A free loopback port (bound then released; the daemon binds it right after).
-fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr")
-}
-
-/// Status of `GET path` (HTTP/1.0, blocking), or `None` when nothing answers.
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).ok()?;
-    let line = std::str::from_utf8(&buf[..n]).ok()?;
-    line.split(' ').nth(1)?.parse().ok()
 }
 
 /// Fields of /proc/<pid>/stat after the command name: [0] = state (field 3), [2] = pgrp
@@ -810,18 +794,9 @@ struct Tools {
     wrk: PathBuf,
 }
 
-fn which(name: &str, extra: &[&str]) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    path.split(':')
-        .map(PathBuf::from)
-        .chain(extra.iter().map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 fn tools() -> Tools {
     let need = |n: &str| {
-        which(n, &["/usr/sbin", "/usr/bin", "/sbin"]).unwrap_or_else(|| {
+        which(n).unwrap_or_else(|| {
             panic!("{n} not found: run scripts/bench (it installs docker-registry, nginx-light and wrk)")
         })
     };
@@ -841,7 +816,7 @@ struct Upstream {
 fn start_upstream(t: &Tools, work: &Path, pgids: &Path) -> Upstream {
     let dir = work.join("upstream");
     fs::create_dir_all(dir.join("storage")).expect("create upstream dir");
-    let addr = free_addr();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let cfg = format!(
         r#"version: 0.1
 log:
@@ -911,7 +886,7 @@ fn start_peer(
         fs::remove_dir_all(&dir).expect("clean peer dir");
     }
     fs::create_dir_all(&dir).expect("create peer dir");
-    let addr = free_addr();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let log = dir.join("server.log");
     let mut d = match peer {
         Peer::Regcache => {

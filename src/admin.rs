@@ -11,7 +11,8 @@ use bytesize::ByteSize;
 use crate::cache::eviction::{fs_space, Budget, EvictReport, MinFree};
 use crate::cache::hash::Hasher;
 use crate::cache::index::{Entry, ObjectKey};
-use crate::cache::store::{walk_objects, Store};
+use crate::cache::scan::walk_objects;
+use crate::cache::store::Store;
 use crate::config::CacheSettings;
 
 /// `regcache status`: size against the budget, object counts, free disk, oldest and newest use.

@@ -6,8 +6,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_
 use http::{Response, StatusCode};
 
 use crate::body::{self, ResponseBody};
-use crate::cache::fill::FillError;
-use crate::cache::CacheError;
+use crate::cache::{CacheError, FillError};
 use crate::mirror::SelectError;
 use crate::reference::{Digest, RouteError};
 use crate::upstream::UpstreamError;

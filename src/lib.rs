@@ -1,29 +1,34 @@
 //! regcache: a pull-through cache (mirror) for container registries.
 //!
 //! # Layout
+//! A request goes down through the layers, each visited once, and only its response body comes
+//! back up: [`http`] → [`mirror`] → [`cache`] → `cache::fill` → {[`upstream`], `cache::store`}.
+//!
+//! - [`http`]: the pull API — the listener ([`http::server`]), dispatch, one module per endpoint
+//!   (blobs, manifests, pass-through), `Range`.
+//! - [`mirror`]: the running mirror — configuration, the cache, the registries (`?ns=` and path
+//!   prefixes select among the configured ones), request counters.
+//! - [`cache`]: where a miss becomes a hit — `Cache::blob` answers `Hit(Committed)` or
+//!   `Filling(Follower)`, `Cache::manifest` applies the tag policy; below it the store, the
+//!   index, eviction and the fills (the streaming tee).
+//! - [`upstream`]: the upstream client — rustls, token auth, redirects without credentials,
+//!   back-off, the shared bandwidth cap.
+//! - [`body`]: response bodies, and zero-copy delivery with `sendfile` (the one `unsafe`
+//!   module, [`body::zero_copy`]).
+//! - `error`: the one OCI error response, and every mapping of an internal error to it.
+//! - [`reference`]: repository names, tags, digests and routes (spec grammars).
+//! - [`config`]: the TOML file, the flags, the embedded defaults, every value parser.
+//! - [`metrics`]: `/metrics` text from plain figures.
 //! - [`admin`]: operator commands on a cache directory (`status`, `verify`, `gc`).
-//! - [`config`]: the TOML file, the flags and the embedded defaults.
-//! - [`server`]: the listener, HTTP/1.1 + HTTP/2 serving, the access log, graceful shutdown.
-//! - [`http`]: the pull API — hit / miss / coalesced / stale decisions per endpoint.
-//! - [`prefetch`]: `regcache prefetch` — warming a cache with whole images ahead of time.
-//! - [`reference`]: repository names, tags, digests and route parsing (spec grammars).
+//! - [`prefetch`]: `regcache prefetch`, over the cache API.
 //! - [`tls`]: HTTPS for the listener; `regcache gen-cert`.
-//! - [`upstream`]: the upstream client — rustls, token auth, redirects without credentials.
-//! - [`store`]: the content-addressed cache on disk (temp file, hash, fsync, rename).
-//! - [`eviction`]: the disk budget (`max_size`, `min_free`) and LRU eviction off the request path.
-//! - [`fill`]: fills and the streaming tee — one upstream fetch per digest, many followers.
-//! - [`serial`]: in-order chunk queues on the blocking pool (a fill's disk writer and hasher).
-//! - [`metrics`]: Prometheus metrics at `GET /metrics`.
-//! - [`mmap`]: zero-copy hits (the one `unsafe` module).
-//! - [`body`]: response body types.
-//! - [`error`]: OCI error responses.
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod body;
 pub mod cache;
 pub mod config;
-pub mod error;
+pub(crate) mod error;
 pub mod http;
 pub mod metrics;
 pub mod mirror;

@@ -12,8 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
-use crate::cache::fill::FillStats;
-use crate::cache::CacheResult;
+use crate::cache::{CacheResult, FillStats};
 
 /// The cache results counted, in label order.
 const RESULTS: [CacheResult; 6] = [

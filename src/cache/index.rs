@@ -1,5 +1,5 @@
-//! The in-memory side of the cache: the LRU index of committed objects (sizes, recency,
-//! reservations of fills in progress) and the memory of recently read manifests.
+//! The in-memory index of the cache: the LRU order and sizes of committed objects, and the
+//! reservations of fills in progress.
 //!
 //! The index signals a [`tokio::sync::Notify`] whenever it grows (an insert or a reservation):
 //! the evictor waits on it. Nothing here knows eviction exists.
@@ -11,7 +11,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use lru::LruCache;
 use tokio::sync::Notify;
 
-use crate::cache::store::StoredManifest;
 use crate::reference::Digest;
 
 /// Seconds since the Unix epoch.
@@ -129,55 +128,6 @@ pub struct Usage {
     pub reserved: u64,
     /// Number of objects.
     pub objects: usize,
-}
-
-/// Bytes of manifests kept in memory.
-pub const MANIFEST_MEMORY: usize = 8 << 20;
-
-/// A small LRU of verified manifests, bounded by [`MANIFEST_MEMORY`] bytes.
-pub(crate) struct ManifestMemory {
-    /// Least recently used first.
-    lru: LruCache<Digest, StoredManifest>,
-    /// Sum of the manifests' lengths.
-    bytes: usize,
-}
-
-impl Default for ManifestMemory {
-    fn default() -> Self {
-        ManifestMemory {
-            lru: LruCache::unbounded(),
-            bytes: 0,
-        }
-    }
-}
-
-impl ManifestMemory {
-    pub(crate) fn get(&mut self, d: &Digest) -> Option<StoredManifest> {
-        self.lru.get(d).cloned()
-    }
-
-    pub(crate) fn put(&mut self, d: Digest, m: StoredManifest) {
-        let n = m.bytes.len();
-        if n > MANIFEST_MEMORY / 8 {
-            return;
-        }
-        if let Some(old) = self.lru.put(d, m) {
-            self.bytes -= old.bytes.len();
-        }
-        self.bytes += n;
-        while self.bytes > MANIFEST_MEMORY {
-            match self.lru.pop_lru() {
-                Some((_, old)) => self.bytes -= old.bytes.len(),
-                None => break,
-            }
-        }
-    }
-
-    pub(crate) fn remove(&mut self, d: &Digest) {
-        if let Some(old) = self.lru.pop(d) {
-            self.bytes -= old.bytes.len();
-        }
-    }
 }
 
 /// The index as the cache shares it: the LRU under a lock held only for in-memory updates,

@@ -16,7 +16,8 @@
 //!
 //! # Layout
 //! - [`store`]: the files (blobs, manifests, temp files, the commit protocol).
-//! - [`index`]: the LRU index of committed objects, reservations, the manifest memory.
+//! - [`index`]: the LRU index of committed objects, reservations.
+//! - [`scan`]: walking the directory (the startup index, `regcache verify`).
 //! - [`tags`]: each tag's last known answer.
 //! - [`manifests`]: manifest policy: by digest, by tag (TTL, HEAD revalidation, stale).
 //! - [`hash`]: sha256 / sha512 streaming digests.
@@ -25,10 +26,11 @@
 //! - [`serial`]: in-order chunk queues on the blocking pool (a fill's writer and hasher).
 
 pub mod eviction;
-pub mod fill;
+mod fill;
 pub mod hash;
 pub mod index;
 mod manifests;
+pub(crate) mod scan;
 mod serial;
 pub mod store;
 pub mod tags;
@@ -49,6 +51,7 @@ use crate::reference::{Digest, Reference};
 use crate::upstream::bandwidth::Bandwidth;
 use crate::upstream::{Upstream, UpstreamError};
 
+pub use fill::{FillError, FillStats};
 pub use manifests::ManifestAnswer;
 
 /// How a request was answered, for the access log and `/metrics`.

@@ -1,5 +1,7 @@
 //! The content-addressed store on disk: blob and manifest files, fills' temp files, the commit
-//! protocol. The in-memory index lives in [`crate::cache::index`], tags in [`crate::cache::tags`].
+//! protocol, and a small memory of verified manifests. The index lives in
+//! [`crate::cache::index`], the directory walk in [`crate::cache::scan`], tags in
+//! [`crate::cache::tags`].
 //!
 //! ```text
 //! <cache_dir>/blobs/sha256/ab/<hex>.<len>        blob bytes exactly as upstream sent them; the
@@ -24,7 +26,6 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -32,8 +33,10 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use crate::cache::hash::Hasher;
-use crate::cache::index::{unix_now, Entry, Index, ManifestMemory, ObjectKey, SharedIndex};
-use crate::reference::{Algorithm, Digest};
+use crate::cache::index::{unix_now, Entry, ObjectKey, SharedIndex};
+use crate::cache::scan::{disk_bytes, load_index, ScanReport};
+use crate::reference::Digest;
+use lru::LruCache;
 
 /// Longest media type stored with a manifest, in bytes.
 const MAX_MEDIA_TYPE_LEN: usize = 255;
@@ -160,19 +163,6 @@ impl std::fmt::Debug for Store {
             .field("root", &self.inner.root)
             .finish()
     }
-}
-
-/// What [`Store::open`] found and did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ScanReport {
-    /// Objects indexed.
-    pub objects: usize,
-    /// Bytes on disk they take.
-    pub bytes: u64,
-    /// Damaged blobs found (size disagreeing with the name); removed by [`Store::open`].
-    pub healed: usize,
-    /// Leftover temp files removed.
-    pub temp_removed: usize,
 }
 
 impl Store {
@@ -538,120 +528,52 @@ impl Store {
     }
 }
 
-/// One object file found on disk.
-pub struct FoundObject {
-    /// Which object.
-    pub key: ObjectKey,
-    /// Its path.
-    pub path: PathBuf,
-    /// Content length (blobs: from the name).
-    pub len: u64,
-    /// Metadata of the file.
-    pub meta: fs::Metadata,
+/// Bytes of manifests kept in memory.
+pub const MANIFEST_MEMORY: usize = 8 << 20;
+
+/// A small LRU of verified manifests, bounded by [`MANIFEST_MEMORY`] bytes.
+struct ManifestMemory {
+    /// Least recently used first.
+    lru: LruCache<Digest, StoredManifest>,
+    /// Sum of the manifests' lengths.
+    bytes: usize,
 }
 
-/// Walks `blobs/` and `manifests/`, calling `f` for each well-named object file. Blobs whose size
-/// disagrees with their name (`blobs/<alg>/<hh>/<hex>.<len>`) are added to `damaged` and, when
-/// `heal` is set, removed; `f` does not see them.
-pub fn walk_objects(
-    root: &Path,
-    heal: bool,
-    damaged: &mut Vec<Digest>,
-    mut f: impl FnMut(FoundObject),
-) -> io::Result<()> {
-    for (kind, alg) in [
-        ("blobs", Algorithm::Sha256),
-        ("blobs", Algorithm::Sha512),
-        ("manifests", Algorithm::Sha256),
-        ("manifests", Algorithm::Sha512),
-    ] {
-        let top = root.join(kind).join(alg.as_str());
-        let Ok(shards) = fs::read_dir(&top) else {
-            continue;
-        };
-        for shard in shards.flatten() {
-            let Ok(files) = fs::read_dir(shard.path()) else {
-                continue;
-            };
-            for file in files.flatten() {
-                let name = file.file_name();
-                let Some(name) = name.to_str() else { continue };
-                let (hex, len) = match kind {
-                    "blobs" => match name.split_once('.') {
-                        Some((h, l)) => match l.parse::<u64>() {
-                            Ok(l) => (h, Some(l)),
-                            Err(_) => continue,
-                        },
-                        None => continue,
-                    },
-                    _ => (name, None),
-                };
-                let Ok(digest) = format!("{}:{hex}", alg.as_str()).parse::<Digest>() else {
-                    continue;
-                };
-                let Ok(meta) = file.metadata() else { continue };
-                if !meta.is_file() {
-                    continue;
-                }
-                let path = file.path();
-                let key = match len {
-                    Some(l) if meta.len() != l => {
-                        if heal {
-                            tracing::warn!(%digest, expected = l, actual = meta.len(), "removing truncated or altered blob");
-                            let _ = fs::remove_file(&path);
-                        }
-                        damaged.push(digest);
-                        continue;
-                    }
-                    Some(_) => ObjectKey::Blob(digest),
-                    None => ObjectKey::Manifest(digest),
-                };
-                let len = len.unwrap_or(meta.len());
-                f(FoundObject {
-                    key,
-                    path,
-                    len,
-                    meta,
-                });
+impl Default for ManifestMemory {
+    fn default() -> Self {
+        ManifestMemory {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+        }
+    }
+}
+
+impl ManifestMemory {
+    fn get(&mut self, d: &Digest) -> Option<StoredManifest> {
+        self.lru.get(d).cloned()
+    }
+
+    fn put(&mut self, d: Digest, m: StoredManifest) {
+        let n = m.bytes.len();
+        if n > MANIFEST_MEMORY / 8 {
+            return;
+        }
+        if let Some(old) = self.lru.put(d, m) {
+            self.bytes -= old.bytes.len();
+        }
+        self.bytes += n;
+        while self.bytes > MANIFEST_MEMORY {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.bytes -= old.bytes.len(),
+                None => break,
             }
         }
     }
-    Ok(())
-}
 
-/// Scans the objects under `root` into a fresh index ordered by mtime (oldest first), counting
-/// them (and the damaged blobs found) in `report`.
-fn load_index(root: &Path, heal: bool, report: &mut ScanReport) -> io::Result<Index> {
-    let mut out = Vec::new();
-    let mut damaged = Vec::new();
-    walk_objects(root, heal, &mut damaged, |o| {
-        let mtime = o.meta.mtime();
-        let entry = Entry {
-            len: o.len,
-            disk: disk_bytes(&o.meta),
-            used: u64::try_from(mtime).unwrap_or(0),
-        };
-        out.push((mtime, o.key, entry));
-    })?;
-    report.healed += damaged.len();
-    out.sort_by_key(|(mtime, _, _)| *mtime);
-    let mut index = Index::new();
-    for (_, key, entry) in out {
-        index.insert(key, entry);
-    }
-    report.objects = index.len();
-    report.bytes = index.total();
-    Ok(index)
-}
-
-/// Bytes a file takes on disk (allocated 512-byte blocks), at least its length rounded up to
-/// a block when the filesystem reports no blocks.
-pub fn disk_bytes(meta: &fs::Metadata) -> u64 {
-    let blocks = meta.blocks() * 512;
-    if blocks == 0 {
-        meta.len().div_ceil(512) * 512
-    } else {
-        blocks
+    fn remove(&mut self, d: &Digest) {
+        if let Some(old) = self.lru.pop(d) {
+            self.bytes -= old.bytes.len();
+        }
     }
 }
 
@@ -675,6 +597,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::cache::tags::TagEntry;
+    use crate::reference::Algorithm;
     use std::time::Duration;
 
     fn open(dir: &Path) -> Store {

@@ -5,8 +5,8 @@
 //! break a pull. Redirects (blob GETs answer 307 to a CDN) are followed without `Authorization`
 //! unless they stay on the upstream's own origin; signed CDN URLs are never cached.
 
-pub mod auth;
-pub mod bandwidth;
+mod auth;
+pub(crate) mod bandwidth;
 
 use std::sync::Mutex;
 
