@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -11,10 +10,6 @@ use regcache::config::ServeArgs;
 use support::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn n(c: &std::sync::atomic::AtomicU64) -> u64 {
-    c.load(SeqCst)
-}
 
 /// Bytes the files under `dir` take on disk (like `du`).
 fn du(dir: &std::path::Path) -> u64 {
@@ -209,15 +204,6 @@ async fn a_blob_damaged_while_serving_is_refetched_not_served() {
     assert_eq!(n(&up.counters.cdn_get), 3);
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 /// Mounts a small tmpfs; unmounts on drop.
 struct SmallFs(std::path::PathBuf);
 
@@ -245,7 +231,7 @@ impl Drop for SmallFs {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_during_a_fill_still_delivers_the_whole_blob() {
-    if !is_root() {
+    if !proc::is_root() {
         println!("SKIP a_full_disk_during_a_fill_still_delivers_the_whole_blob: needs root to mount a small tmpfs (run `scripts/test-all` as root)");
         return;
     }

@@ -18,9 +18,8 @@
 mod lab;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use lab::images::{sha256_digest, TestImage};
+use lab::images::TestImage;
 use lab::upstream::Traffic;
 use lab::{say, step, Lab};
 
@@ -30,14 +29,7 @@ const CONCURRENT: &str = "library/e2e-concurrent";
 
 /// `docker pull NAME:TAG` (a docker.io name, so dockerd asks its registry mirror).
 fn docker_pull(lab: &Lab, img: &TestImage) {
-    let out = lab.dockerd().pull(&img.short_ref());
-    assert!(
-        out.stdout.contains(img.digest()),
-        "docker pull {} did not report digest {}:\n{}",
-        img.short_ref(),
-        img.digest(),
-        out.stdout
-    );
+    lab::pulls::docker_pull(lab, img, lab::clients::PULL_TIMEOUT);
 }
 
 /// `docker images --digests` shows the upstream manifest (or index) digest of each image.
@@ -86,7 +78,7 @@ fn skopeo_copy(lab: &Lab, img: &TestImage, phase: &str) {
     let out = lab.fresh_dir(&format!("skopeo-{phase}-{}", img.repo.replace('/', "-")));
     let reference = format!("{}/{}:{}", lab.mirror_addr(), img.repo, img.tag);
     lab.skopeo.copy_to_dir(&reference, &out, img.is_multi());
-    check_dir_copy(img, &out);
+    lab::pulls::check_dir_copy(img, &out);
 }
 
 /// `skopeo copy docker://docker.io/library/NAME:TAG dir:OUT` with a registries.conf that
@@ -105,29 +97,7 @@ fn skopeo_copy_via_registries_conf(lab: &Lab, img: &TestImage, phase: &str) {
     ));
     lab.skopeo
         .copy_via_registries_conf(&conf, &img.docker_io_ref(), &out, img.is_multi());
-    check_dir_copy(img, &out);
-}
-
-fn check_dir_copy(img: &TestImage, out: &Path) {
-    let manifest = std::fs::read(out.join("manifest.json"))
-        .unwrap_or_else(|e| panic!("skopeo dir copy of {} has no manifest.json: {e}", img.repo));
-    assert_eq!(
-        sha256_digest(&manifest),
-        img.digest(),
-        "skopeo: manifest digest of {}",
-        img.repo
-    );
-    for digest in img.blob_digests() {
-        let hex = digest.trim_start_matches("sha256:");
-        let bytes = std::fs::read(out.join(hex))
-            .unwrap_or_else(|e| panic!("skopeo dir copy of {} lacks blob {digest}: {e}", img.repo));
-        assert_eq!(
-            sha256_digest(&bytes),
-            digest,
-            "skopeo: blob content of {}",
-            img.repo
-        );
-    }
+    lab::pulls::check_dir_copy(img, &out);
 }
 
 /// A client scenario: (name, run(lab, images, phase)).

@@ -4,15 +4,10 @@
 
 mod support;
 
-use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
 use regcache::config::ServeArgs;
 use support::*;
-
-fn n(c: &std::sync::atomic::AtomicU64) -> u64 {
-    c.load(SeqCst)
-}
 
 fn args(up: &FakeUpstream, ttl: Duration) -> ServeArgs {
     ServeArgs {
@@ -28,6 +23,16 @@ async fn bounded(url: &str) -> Got {
     tokio::time::timeout(Duration::from_secs(10), get(url))
         .await
         .unwrap_or_else(|_| panic!("request hung: {url}"))
+}
+
+/// An upstream with `name:v1` and `library/cold:v1` (1000-byte layers, seeds `seed` and
+/// `seed + 1`), and a mirror revalidating every tag against it.
+async fn cached_and_cold(name: &str, seed: u64) -> (FakeUpstream, Image, Mirror) {
+    let up = FakeUpstream::start(300).await;
+    let img = up.add_image(name, "v1", 1000, seed);
+    up.add_image("library/cold", "v1", 1000, seed + 1);
+    let m = Mirror::start_args(args(&up, Duration::ZERO)).await;
+    (up, img, m)
 }
 
 #[tokio::test]
@@ -83,10 +88,7 @@ async fn blackholed_upstream_serves_cached_tags_and_fails_fast_for_the_rest() {
 
 #[tokio::test]
 async fn rate_limited_upstream_is_left_alone_until_retry_after() {
-    let up = FakeUpstream::start(300).await;
-    let img = up.add_image("library/rl", "v1", 1000, 3);
-    up.add_image("library/cold", "v1", 1000, 4);
-    let m = Mirror::start_args(args(&up, Duration::ZERO)).await;
+    let (up, img, m) = cached_and_cold("library/rl", 3).await;
     let url = m.url("/v2/library/rl/manifests/v1");
     assert_eq!(get(&url).await.status, 200);
     up.set_faults(Faults {
@@ -527,10 +529,7 @@ async fn absurd_token_lifetimes_are_bounded() {
 
 #[tokio::test]
 async fn html_from_a_captive_portal_is_never_cached_as_a_manifest() {
-    let up = FakeUpstream::start(300).await;
-    let img = up.add_image("library/cp", "v1", 1000, 63);
-    up.add_image("library/cold", "v1", 1000, 64);
-    let m = Mirror::start_args(args(&up, Duration::ZERO)).await;
+    let (up, img, m) = cached_and_cold("library/cp", 63).await;
     assert_eq!(get(&m.url("/v2/library/cp/manifests/v1")).await.status, 200);
     up.set_faults(Faults {
         html_manifests: true,

@@ -3,16 +3,11 @@
 
 mod support;
 
-use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use support::*;
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn n(c: &std::sync::atomic::AtomicU64) -> u64 {
-    c.load(SeqCst)
-}
 
 #[tokio::test]
 async fn base_endpoint_and_read_only() {

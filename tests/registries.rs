@@ -3,14 +3,9 @@
 
 mod support;
 
-use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use support::*;
-
-fn n(c: &std::sync::atomic::AtomicU64) -> u64 {
-    c.load(SeqCst)
-}
 
 async fn two_registries() -> (FakeUpstream, FakeUpstream, Mirror) {
     let hub = FakeUpstream::start(300).await;

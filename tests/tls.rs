@@ -44,6 +44,24 @@ fn client(
     cb.build(conn)
 }
 
+/// The whole body of a GET of `url`.
+async fn body_of(
+    c: &Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Empty<Bytes>,
+    >,
+    url: &str,
+) -> Bytes {
+    c.get(url.parse().unwrap())
+        .await
+        .unwrap()
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_listener_serves_h2_and_http1() {
     let up = FakeUpstream::start(300).await;
@@ -117,15 +135,7 @@ async fn a_blob_truncated_under_a_tls_download_fails_that_download_only() {
         m.addr.port()
     );
     let c = client(&pem, false);
-    let body = c
-        .get(url.parse().unwrap())
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes();
+    let body = body_of(&c, &url).await;
     assert_eq!(sha256(&body), d);
     eventually("committed", || m.has_blob(&d)).await;
     // Start a hit, read a little, truncate the file behind regcache's back, read on.
@@ -158,14 +168,6 @@ async fn a_blob_truncated_under_a_tls_download_fails_that_download_only() {
         "a truncated file must not yield a complete body"
     );
     // The process is alive, heals the blob and serves it again.
-    let body = c
-        .get(url.parse().unwrap())
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes();
+    let body = body_of(&c, &url).await;
     assert_eq!(sha256(&body), d);
 }

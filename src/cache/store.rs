@@ -604,10 +604,16 @@ mod tests {
         Store::open(dir).unwrap().0
     }
 
-    #[test]
-    fn fill_commits_only_matching_bytes() {
+    /// A store in a fresh temp directory.
+    fn fresh() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
+        (dir, store)
+    }
+
+    #[test]
+    fn fill_commits_only_matching_bytes() {
+        let (dir, store) = fresh();
         let good = Hasher::digest_of(Algorithm::Sha256, b"hello");
         let mut f = store.begin_fill(&good).unwrap();
         f.write(b"hel").unwrap();
@@ -635,8 +641,7 @@ mod tests {
 
     #[test]
     fn manifests_and_tags_round_trip_and_heal() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
+        let (dir, store) = fresh();
         let body = br#"{"schemaVersion":2}"#;
         let d = Hasher::digest_of(Algorithm::Sha256, body);
         store
@@ -675,8 +680,7 @@ mod tests {
 
     #[test]
     fn restart_rebuilds_index_in_mtime_order_and_heals() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
+        let (dir, store) = fresh();
         let mut digests = Vec::new();
         for i in 0..3u8 {
             let data = vec![i; 1000 + i as usize];
@@ -719,8 +723,7 @@ mod tests {
 
     #[test]
     fn startup_keeps_temp_files_of_live_fills() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
+        let (dir, store) = fresh();
         let d = Hasher::digest_of(Algorithm::Sha256, b"in progress");
         let mut live = store.begin_fill(&d).unwrap();
         live.write(b"in prog").unwrap();
@@ -734,8 +737,7 @@ mod tests {
 
     #[test]
     fn size_mismatch_at_open_is_healed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
+        let (_dir, store) = fresh();
         let data = vec![7u8; 5000];
         let d = Hasher::digest_of(Algorithm::Sha256, &data);
         let mut f = store.begin_fill(&d).unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::proc::{self, Daemon};
 use super::Tools;
 
-const PULL_TIMEOUT: Duration = Duration::from_secs(240);
+pub const PULL_TIMEOUT: Duration = Duration::from_secs(240);
 const CMD_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------- containerd / ctr

@@ -3,7 +3,7 @@
 //! timing. Also the pull a registry client makes (manifest by tag, then every blob), with the
 //! bytes checked against the test image.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -73,14 +73,7 @@ pub fn request(
     let started = Instant::now();
     let deadline = started + timeout;
     let mut s = TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(5)))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: regcache-e2e-lab\r\nConnection: close\r\n"
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
+    super::proc::write_request(&mut s, addr, method, path, headers)?;
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 256 * 1024];
     loop {
@@ -109,25 +102,12 @@ pub fn request(
             Err(e) => return Err(e),
         }
     }
-    let split = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| {
-            std::io::Error::other(format!(
-                "{method} {path}: no HTTP header terminator in {} bytes",
-                buf.len()
-            ))
-        })?;
-    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
+    let (status, head, body) = super::proc::split_response(&buf)
+        .map_err(|e| std::io::Error::other(format!("{method} {path}: {e}")))?;
     Ok(Response {
         status,
         head,
-        body: buf[split + 4..].to_vec(),
+        body: buf[body..].to_vec(),
         elapsed: started.elapsed(),
     })
 }

@@ -99,14 +99,6 @@ pub struct Tools {
     pub skopeo: PathBuf,
 }
 
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    // /proc/self is owned by the effective uid of the process.
-    std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
 /// Checks that the lab can run here. Returns the tools, or None after printing why the
 /// test is skipped. With `REGCACHE_E2E=require` a missing prerequisite panics instead.
 pub fn preflight(test: &str) -> Option<Tools> {
@@ -142,7 +134,7 @@ fn preflight_inner(test: &str, needs_regcache: bool) -> Option<Tools> {
     if !cfg!(target_os = "linux") {
         return skip("the lab needs Linux".into());
     }
-    if !is_root() {
+    if !proc::is_root() {
         return skip(
             "not running as root (dockerd and containerd need it); run `scripts/test-all` as root"
                 .into(),

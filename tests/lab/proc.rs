@@ -15,6 +15,14 @@ pub fn say(msg: impl AsRef<str>) {
     let _ = err.flush();
 }
 
+/// Whether the process runs as root (/proc/self is owned by the effective uid).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
 /// A free TCP port on 127.0.0.1 (bound once and released; races are unlikely on a test box).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0 to find a free port");
@@ -268,6 +276,24 @@ impl Drop for Daemon {
     }
 }
 
+/// Writes an HTTP/1.1 request head (`Connection: close`, the lab's User-Agent) to `s`.
+pub fn write_request(
+    s: &mut TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<()> {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: regcache-e2e-lab\r\nConnection: close\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())
+}
+
 /// A minimal blocking HTTP/1.1 request over loopback: returns (status, head, body).
 pub fn http_request(
     addr: SocketAddr,
@@ -277,27 +303,31 @@ pub fn http_request(
 ) -> std::io::Result<(u16, String, Vec<u8>)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: regcache-e2e-lab\r\nConnection: close\r\n"
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes())?;
+    write_request(&mut s, addr, method, path, headers)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
+    let (status, head, body) = split_response(&buf)?;
+    Ok((status, head, buf[body..].to_vec()))
+}
+
+/// Splits a whole HTTP/1.1 answer: its status, its head (status line and headers) and where
+/// the body starts.
+///
+/// Errors: no header terminator, or a status line without a status.
+pub fn split_response(buf: &[u8]) -> std::io::Result<(u16, String, usize)> {
     let split = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no HTTP header terminator"))?;
+        .ok_or_else(|| {
+            std::io::Error::other(format!("no HTTP header terminator in {} bytes", buf.len()))
+        })?;
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
-    Ok((status, head, buf[split + 4..].to_vec()))
+    Ok((status, head, split + 4))
 }
 
 /// Status of `GET path` on addr, or None if the connection failed.

@@ -21,6 +21,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 
+/// Process helpers shared with the e2e lab (`is_root`, ...).
+#[path = "../lab/proc.rs"]
+pub mod proc;
+
 type BoxBody =
     http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -80,10 +84,9 @@ pub struct Counters {
     pub token_auth: Mutex<Vec<Option<String>>>,
 }
 
-impl Counters {
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::SeqCst)
-    }
+/// A counter's value (`n(&up.counters.blob_get)`).
+pub fn n(c: &AtomicU64) -> u64 {
+    c.load(Ordering::SeqCst)
 }
 
 /// Fault switches.
@@ -323,7 +326,7 @@ async fn registry_handler(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         c.token_auth.lock().unwrap().push(auth);
-        let n = Counters::get(&c.token_get);
+        let n = n(&c.token_get);
         let tok = format!("tok-{n}");
         let mut st = state.lock().unwrap();
         let life = st.token_lifetime;

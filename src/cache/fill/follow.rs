@@ -150,6 +150,29 @@ mod tests {
         }
     }
 
+    /// A fill in `state` and a follower of it from byte 0 (its stream and its task).
+    fn follow_from_start(
+        state: FillState,
+    ) -> (
+        Arc<Fill>,
+        mpsc::Receiver<Result<Bytes, BoxError>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let digest: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
+        let fill = Arc::new(Fill::new(digest));
+        fill.state.send_replace(state);
+        let (tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(follow(
+            fill.clone(),
+            fill.reader(),
+            0,
+            None,
+            Delivery::Copy,
+            tx,
+        ));
+        (fill, rx, task)
+    }
+
     async fn next(rx: &mut mpsc::Receiver<Result<Bytes, BoxError>>) -> Option<Bytes> {
         match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
             Ok(Some(Ok(b))) => Some(b),
@@ -162,18 +185,7 @@ mod tests {
     /// and nothing past it is sent until the writer has more.
     #[tokio::test]
     async fn first_chunk_is_served_before_it_reaches_the_disk() {
-        let digest: Digest = format!("sha256:{}", "ab".repeat(32)).parse().unwrap();
-        let fill = Arc::new(Fill::new(digest));
-        fill.state.send_replace(streaming(10, 0, b"0123"));
-        let (tx, mut rx) = mpsc::channel(4);
-        let task = tokio::spawn(follow(
-            fill.clone(),
-            fill.reader(),
-            0,
-            None,
-            Delivery::Copy,
-            tx,
-        ));
+        let (_fill, mut rx, task) = follow_from_start(streaming(10, 0, b"0123"));
         assert_eq!(next(&mut rx).await.as_deref(), Some(&b"0123"[..]));
         assert_eq!(next(&mut rx).await, None, "nothing beyond the head yet");
         task.abort();
@@ -182,18 +194,7 @@ mod tests {
     /// A blob that fits in its first chunk still holds its last byte back until verified.
     #[tokio::test]
     async fn head_holds_back_the_last_byte_until_verified() {
-        let digest: Digest = format!("sha256:{}", "cd".repeat(32)).parse().unwrap();
-        let fill = Arc::new(Fill::new(digest));
-        fill.state.send_replace(streaming(4, 0, b"0123"));
-        let (tx, mut rx) = mpsc::channel(4);
-        let task = tokio::spawn(follow(
-            fill.clone(),
-            fill.reader(),
-            0,
-            None,
-            Delivery::Copy,
-            tx,
-        ));
+        let (fill, mut rx, task) = follow_from_start(streaming(4, 0, b"0123"));
         assert_eq!(next(&mut rx).await.as_deref(), Some(&b"012"[..]));
         assert_eq!(
             next(&mut rx).await,
