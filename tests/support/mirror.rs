@@ -1,0 +1,125 @@
+//! A regcache started in-process on `127.0.0.1:0`, and waiting for what it does in the
+//! background.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+
+/// A regcache running in-process on a free port.
+pub struct Mirror {
+    pub addr: SocketAddr,
+    pub app: Arc<regcache::mirror::Mirror>,
+    pub dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Mirror {
+    pub async fn start(upstream: &str, tag_ttl: Duration) -> Mirror {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(upstream, tag_ttl, dir).await
+    }
+
+    pub async fn start_in(upstream: &str, tag_ttl: Duration, dir: tempfile::TempDir) -> Mirror {
+        let args = regcache::config::ServeArgs {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            cache_dir: Some(dir.path().to_path_buf()),
+            upstream: Some(upstream.to_string()),
+            tag_ttl: Some(tag_ttl),
+            ..Default::default()
+        };
+        Self::start_with(args, dir).await
+    }
+
+    /// Starts with a TOML config file (written into the cache dir's sibling) plus a cache dir.
+    pub async fn start_with_config(toml: &str) -> Mirror {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("regcache.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let args = regcache::config::ServeArgs {
+            config: Some(cfg),
+            cache_dir: Some(dir.path().join("cache")),
+            ..Default::default()
+        };
+        Self::start_with(args, dir).await
+    }
+
+    /// Starts with explicit flags (cache dir defaults to a fresh temp dir's `cache/`).
+    pub async fn start_args(mut args: regcache::config::ServeArgs) -> Mirror {
+        let dir = tempfile::tempdir().expect("tempdir");
+        if args.cache_dir.is_none() {
+            args.cache_dir = Some(dir.path().join("cache"));
+        }
+        Self::start_with(args, dir).await
+    }
+
+    async fn start_with(args: regcache::config::ServeArgs, dir: tempfile::TempDir) -> Mirror {
+        let config = regcache::config::Config::load(&args).expect("config");
+        let app = Arc::new(regcache::mirror::Mirror::new(config).expect("mirror"));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mirror");
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let a = app.clone();
+        let task = tokio::spawn(async move {
+            let _ = regcache::http::server::run(listener, a, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Mirror {
+            addr,
+            app,
+            dir,
+            task,
+            stop: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Whether the blob file is committed in the cache directory.
+    pub fn has_blob(&self, digest: &str) -> bool {
+        let d: regcache::reference::Digest = digest.parse().unwrap();
+        self.store().has_blob(&d)
+    }
+
+    /// The mirror's store (files and index).
+    pub fn store(&self) -> &regcache::cache::store::Store {
+        self.app.cache().store()
+    }
+
+    /// Whether no fill is in progress.
+    pub fn fills_idle(&self) -> bool {
+        self.app.cache().fills_in_progress() == 0
+    }
+
+    /// Files under the cache's tmp/ directory.
+    pub fn temp_files(&self) -> usize {
+        std::fs::read_dir(self.store().root().join("tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Stops the server and returns the cache directory (for a restart).
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+}
+
+/// Waits (bounded) until `cond` holds; panics with `what` otherwise.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
