@@ -11,7 +11,9 @@
 //! offline = false           # true: serve only from the cache, never contact upstream
 //! revalidate_timeout = "5s" # wait this long for upstream, then serve cached (or fail fast)
 //! idle_timeout = "60s"      # drop and resume a download that receives nothing this long
-//! outage_backoff = "10s"    # after an upstream timeout, skip that upstream this long
+//! outage_backoff = "10s"    # after an upstream stops answering, skip it this long...
+//! outage_probe_interval = "500ms"   # ...but for one probe this often (its return is seen at once)
+//! min_fill_rate = "1KiB/s"  # a download slower than this over idle_timeout is resumed
 //! max_upstream_bandwidth = "2MiB/s"   # optional cap for all fills together
 //! tls_cert = "/etc/regcache/regcache.crt"  # optional: serve HTTPS (with tls_key)
 //! tls_key = "/etc/regcache/regcache.key"
@@ -88,11 +90,20 @@ pub struct FileConfig {
     /// resumed (at most 5 times, then the fill is aborted), e.g. `"60s"`.
     #[serde(default, deserialize_with = "de_duration")]
     pub idle_timeout: Option<Duration>,
-    /// `outage_backoff`: after an upstream does not answer within `revalidate_timeout`,
-    /// requests skip it for this long (cached answers are served, uncached ones fail fast with
-    /// 503 and `Retry-After`), e.g. `"10s"`.
+    /// `min_fill_rate`: a blob download receiving fewer bytes per second than this, measured over
+    /// each `idle_timeout`, is dropped and resumed like a stalled one (`"0B/s"`: no floor),
+    /// e.g. `"1KiB/s"`.
+    #[serde(default, deserialize_with = "de_rate_floor")]
+    pub min_fill_rate: Option<u64>,
+    /// `outage_backoff`: after an upstream does not answer within `revalidate_timeout` (3
+    /// times in a row), requests skip it for this long (cached answers are served, uncached
+    /// ones fail fast with 503 and `Retry-After`), but for probes, e.g. `"10s"`.
     #[serde(default, deserialize_with = "de_duration")]
     pub outage_backoff: Option<Duration>,
+    /// `outage_probe_interval`: while an upstream is skipped, one request for uncached content
+    /// goes through this often; its answer ends the outage at once, e.g. `"500ms"`.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub outage_probe_interval: Option<Duration>,
     /// `max_upstream_bandwidth`: cap on all fills together, e.g. `"2MiB/s"`.
     #[serde(default, deserialize_with = "de_rate")]
     pub max_upstream_bandwidth: Option<u64>,
@@ -155,6 +166,24 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         ));
     }
     Ok(v)
+}
+
+/// Parses a rate floor such as `"1KiB/s"`, where `"0B/s"` (or `"0"`) turns the floor off.
+///
+/// Errors: as [`parse_rate`].
+pub fn parse_rate_floor(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    match parse_size(t.strip_suffix("/s").unwrap_or(t)) {
+        Ok(0) => Ok(0),
+        _ => parse_rate(s),
+    }
+}
+
+fn de_rate_floor<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_rate_floor(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -235,10 +264,18 @@ pub struct ServeArgs {
     /// long, e.g. 60s [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// Resume a download slower than this over an idle_timeout window, e.g. 1KiB/s; 0B/s turns
+    /// the floor off [default: 1KiB/s].
+    #[arg(long, value_name = "RATE", value_parser = parse_rate_floor)]
+    pub min_fill_rate: Option<u64>,
     /// After an upstream timeout, skip that upstream this long (cached answers are served,
     /// uncached ones fail fast), e.g. 10s [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub outage_backoff: Option<Duration>,
+    /// While an upstream is skipped, let one request probe it this often, e.g. 500ms
+    /// [default: 500ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub outage_probe_interval: Option<Duration>,
     /// Cap on the upstream bandwidth of all fills together, e.g. 2MiB/s [default: none].
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub max_upstream_bandwidth: Option<u64>,
@@ -252,6 +289,10 @@ pub struct ServeArgs {
 
 /// Default for `revalidate_timeout`.
 pub const DEFAULT_REVALIDATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for `min_fill_rate`, in bytes per second.
+pub const DEFAULT_MIN_FILL_RATE: u64 = 1024;
+/// Default for `outage_probe_interval`.
+pub const DEFAULT_OUTAGE_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// Default for `outage_backoff`.
 pub const DEFAULT_OUTAGE_BACKOFF: Duration = Duration::from_secs(10);
 /// Default for `idle_timeout`.
@@ -352,8 +393,12 @@ pub struct Config {
     pub revalidate_timeout: Duration,
     /// A fill receiving nothing for this long is aborted.
     pub idle_timeout: Duration,
-    /// After an upstream timeout, how long requests skip that upstream.
+    /// After an upstream stops answering, how long requests skip that upstream.
     pub outage_backoff: Duration,
+    /// While an upstream is skipped, how often one request probes it.
+    pub outage_probe_interval: Duration,
+    /// Slowest fill, in bytes per second, before it is resumed (0: no floor).
+    pub min_fill_rate: u64,
     /// Cap on upstream bytes per second, all fills together.
     pub max_upstream_bandwidth: Option<u64>,
     /// Certificate and key files: the listener speaks HTTPS.
@@ -502,6 +547,16 @@ impl Config {
                 args.idle_timeout
                     .or(file.idle_timeout)
                     .unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            )?,
+            min_fill_rate: args
+                .min_fill_rate
+                .or(file.min_fill_rate)
+                .unwrap_or(DEFAULT_MIN_FILL_RATE),
+            outage_probe_interval: nonzero(
+                "outage_probe_interval",
+                args.outage_probe_interval
+                    .or(file.outage_probe_interval)
+                    .unwrap_or(DEFAULT_OUTAGE_PROBE_INTERVAL),
             )?,
             outage_backoff: nonzero(
                 "outage_backoff",

@@ -162,7 +162,10 @@ impl ApiError {
                 "UNKNOWN",
                 format!("bad answer from upstream: {m}"),
             ),
-            other => ApiError::unavailable(format!("{other}; retry later")),
+            // Unreachable, not answering, token trouble: retryable soon (the upstream's
+            // circuit probes for its return every second or so).
+            other => ApiError::unavailable(format!("{other}; retry later"))
+                .with_header(RETRY_AFTER, HeaderValue::from_static("1")),
         }
     }
 

@@ -107,8 +107,10 @@ fn cache_options(config: &Config) -> CacheOptions {
         budget: config.budget,
         idle_timeout: config.idle_timeout,
         bandwidth: config.max_upstream_bandwidth,
+        min_fill_rate: config.min_fill_rate,
         tag_ttl: config.tag_ttl,
         offline: config.offline,
+        revalidate_timeout: config.revalidate_timeout,
     }
 }
 
@@ -150,6 +152,7 @@ impl Registries {
             timeout: config.revalidate_timeout,
             offline: config.offline,
             outage_backoff: config.outage_backoff,
+            probe_interval: config.outage_probe_interval,
         };
         let mut map = BTreeMap::new();
         for r in &config.registries {

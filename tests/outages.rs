@@ -515,7 +515,7 @@ async fn absurd_token_lifetimes_are_bounded() {
     let up = FakeUpstream::start(300).await;
     let img = up.add_image("library/exp", "v1", 1000, 62);
     up.set_faults(Faults {
-        token_expires_in: Some(u64::MAX),
+        token_expires_in: Some(u64::MAX as i128),
         ..Default::default()
     });
     let m = Mirror::start_args(args(&up, Duration::ZERO)).await;
@@ -524,6 +524,28 @@ async fn absurd_token_lifetimes_are_bounded() {
     assert_eq!(
         get(&m.url("/v2/library/exp/manifests/v1")).await.status,
         200
+    );
+}
+
+/// A token answered with a negative `expires_in` is used as expired-now: the pull works, and
+/// the next request fetches a fresh token.
+#[tokio::test]
+async fn a_negative_token_lifetime_means_expired_now() {
+    let up = FakeUpstream::start(300).await;
+    let img = up.add_image("library/neg", "v1", 1000, 66);
+    up.set_faults(Faults {
+        token_expires_in: Some(-5),
+        ..Default::default()
+    });
+    let m = Mirror::start_args(args(&up, Duration::ZERO)).await;
+    let r = get(&m.url(&format!("/v2/library/neg/blobs/{}", img.layer_digest))).await;
+    assert_eq!(sha256(r.bytes()), img.layer_digest);
+    let tokens = n(&up.counters.token_get);
+    let r = get(&m.url("/v2/library/neg/manifests/v1")).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        n(&up.counters.token_get) > tokens,
+        "an expired-now token is not reused"
     );
 }
 

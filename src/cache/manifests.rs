@@ -20,7 +20,7 @@ use crate::cache::hash::Hasher;
 use crate::cache::index::unix_now;
 use crate::cache::store::{is_storable_media_type, Store, StoredManifest};
 use crate::cache::tags::TagEntry;
-use crate::cache::{CacheError, CacheResult, Origin};
+use crate::cache::{CacheError, CacheOptions, CacheResult, Origin};
 use crate::reference::{Algorithm, Digest, Reference, MANIFEST_TYPES};
 use crate::upstream::{read_limited, Upstream, UpstreamError};
 
@@ -46,16 +46,19 @@ pub(super) struct Manifests {
     tag_ttl: Duration,
     /// Never revalidate (serve what is cached).
     offline: bool,
+    /// Bound on a whole revalidation while a cached answer waits (zero: unbounded).
+    revalidate_timeout: Duration,
     /// Per-key locks coalescing manifest fetches and tag revalidations.
     locks: KeyedLocks,
 }
 
 impl Manifests {
-    pub(super) fn new(store: Store, tag_ttl: Duration, offline: bool) -> Manifests {
+    pub(super) fn new(store: Store, opts: &CacheOptions) -> Manifests {
         Manifests {
             store,
-            tag_ttl,
-            offline,
+            tag_ttl: opts.tag_ttl,
+            offline: opts.offline,
+            revalidate_timeout: opts.revalidate_timeout,
             locks: KeyedLocks::default(),
         }
     }
@@ -89,7 +92,7 @@ impl Manifests {
         if let Some(m) = self.store.read_manifest(d)? {
             return Ok((d.clone(), m, CacheResult::Coalesced));
         }
-        let (digest, m) = self.fetch(from, &d.to_string(), Some(d)).await?;
+        let (digest, m) = self.fetch(from, &d.to_string(), Some(d), false).await?;
         Ok((digest, m, CacheResult::Miss))
     }
 
@@ -131,11 +134,26 @@ impl Manifests {
         match cached {
             // Another request may have revalidated it while this one waited for the lock.
             Some((entry, d, m)) if self.fresh(&entry) => Ok((d, m, CacheResult::Hit)),
-            Some((_, d, m)) => self.revalidate(from, tag, d, m).await,
+            Some((_, d, m)) if self.revalidate_timeout.is_zero() => {
+                self.revalidate(from, tag, d, m).await
+            }
+            Some((_, d, m)) => {
+                let bounded = tokio::time::timeout(
+                    self.revalidate_timeout,
+                    self.revalidate(from, tag, d.clone(), m.clone()),
+                );
+                match bounded.await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        tracing::warn!(registry = %registry, name = from.name, tag, after = ?self.revalidate_timeout, "revalidation took too long; serving cached tag (stale)");
+                        Ok((d, m, CacheResult::Stale))
+                    }
+                }
+            }
             None => {
                 // Cold: one GET by tag (HEAD + GET would cost the same rate-limit unit and a
                 // round trip).
-                let (d, m) = self.fetch(from, tag, None).await?;
+                let (d, m) = self.fetch(from, tag, None, false).await?;
                 self.record_tag(from, tag, &d, &m.media_type);
                 Ok((d, m, CacheResult::Miss))
             }
@@ -156,7 +174,10 @@ impl Manifests {
             tracing::warn!(registry = %up.registry(), name, tag, error = %e, "upstream unavailable; serving cached tag (stale)");
         };
         let path = format!("/v2/{name}/manifests/{tag}");
-        let resp = match up.send(Method::HEAD, name, &path, &accept_all()).await {
+        let resp = match up
+            .send_cached(Method::HEAD, name, &path, &accept_all())
+            .await
+        {
             Ok(r) => r,
             Err(e) if e.is_outage() => {
                 stale(&e);
@@ -190,8 +211,8 @@ impl Manifests {
         // The tag moved to a manifest not cached (or upstream sent no digest): fetch it, by
         // digest when known (digests are immutable, so that answer can never be a surprise).
         let fetched = match &upstream_digest {
-            Some(d) => self.fetch(from, &d.to_string(), Some(d)).await,
-            None => self.fetch(from, tag, None).await,
+            Some(d) => self.fetch(from, &d.to_string(), Some(d), true).await,
+            None => self.fetch(from, tag, None, true).await,
         };
         match fetched {
             Ok((d, m)) => {
@@ -227,6 +248,8 @@ impl Manifests {
 
     /// GETs a manifest (`reference` = tag or digest string), verifies it against `expected`
     /// (or upstream's `Docker-Content-Digest`, or just hashes it for a tag), and stores it.
+    /// `cached_waiting`: a cached answer is served if this fails (never a probe of a down
+    /// upstream).
     ///
     /// Errors: the upstream's failure or error status; [`UpstreamError::Protocol`] for a
     /// manifest that does not hash to its digest, is not a JSON object or has no usable media
@@ -236,9 +259,11 @@ impl Manifests {
         from: Origin<'_>,
         reference: &str,
         expected: Option<&Digest>,
+        cached_waiting: bool,
     ) -> Result<(Digest, StoredManifest), CacheError> {
         let name = from.name;
-        let (bytes, header_digest, content_type) = download(from.upstream, name, reference).await?;
+        let (bytes, header_digest, content_type) =
+            download(from.upstream, name, reference, cached_waiting).await?;
         let bad = |m: String| CacheError::Upstream(UpstreamError::Protocol(m));
         let digest = match (expected, &header_digest) {
             (Some(e), _) => e.clone(),
@@ -273,9 +298,15 @@ async fn download(
     up: &Upstream,
     name: &str,
     reference: &str,
+    cached_waiting: bool,
 ) -> Result<(bytes::Bytes, Option<Digest>, Option<String>), UpstreamError> {
     let path = format!("/v2/{name}/manifests/{reference}");
-    let resp = up.send(Method::GET, name, &path, &accept_all()).await?;
+    let resp = if cached_waiting {
+        up.send_cached(Method::GET, name, &path, &accept_all())
+            .await?
+    } else {
+        up.send(Method::GET, name, &path, &accept_all()).await?
+    };
     if resp.status() != StatusCode::OK {
         return Err(UpstreamError::from_status(&resp));
     }

@@ -115,10 +115,16 @@ pub struct CacheOptions {
     pub idle_timeout: Duration,
     /// Shared cap on upstream bytes per second, all fills together.
     pub bandwidth: Option<u64>,
+    /// A fill slower than this many bytes per second over an `idle_timeout` window is resumed
+    /// (0: no floor).
+    pub min_fill_rate: u64,
     /// How long a tag's answer is trusted before it is revalidated (zero: always revalidate).
     pub tag_ttl: Duration,
     /// Serve only what is cached; never revalidate.
     pub offline: bool,
+    /// Bound on a whole tag revalidation (token fetch, HEAD, fetch of a moved tag) while a
+    /// cached answer waits: past it the cached answer is served stale.
+    pub revalidate_timeout: Duration,
 }
 
 /// The cache of a mirror: the store, the fills in progress, the manifest policy and, when
@@ -285,9 +291,10 @@ impl Cache {
             budget: opts.budget,
             idle_timeout: opts.idle_timeout,
             bandwidth: opts.bandwidth.map(|b| Arc::new(Bandwidth::new(b))),
+            min_rate: opts.min_fill_rate,
         });
         Cache {
-            manifests: manifests::Manifests::new(store.clone(), opts.tag_ttl, opts.offline),
+            manifests: manifests::Manifests::new(store.clone(), &opts),
             store,
             fills: Arc::new(fills),
             evictor: None,

@@ -118,16 +118,27 @@ impl FillFile {
         self.written
     }
 
-    /// Checks `actual` (the digest of everything written) against the fill's digest, syncs,
-    /// renames into place and records the blob in the index.
+    /// Checks `actual` (the digest of everything written) against the fill's digest and the
+    /// file's length on disk against the bytes written, syncs, renames into place and records
+    /// the blob in the index.
     ///
-    /// Errors: [`CommitError::DigestMismatch`] (temp file deleted, nothing stored) or an I/O error.
+    /// Errors: [`CommitError::DigestMismatch`] (temp file deleted, nothing stored), or an I/O
+    /// error (also when the temp file was changed on disk: nothing stored).
     pub fn commit(self, actual: &Digest) -> Result<u64, CommitError> {
         if *actual != self.digest {
             return Err(CommitError::DigestMismatch {
                 expected: self.digest,
                 actual: actual.clone(),
             });
+        }
+        // What is committed is what is on disk: a temp file changed behind regcache's back
+        // (shortened, so appended bytes moved) no longer has the length that was hashed.
+        let on_disk = self.file.as_file().metadata()?.len();
+        if on_disk != self.written {
+            return Err(CommitError::Io(io::Error::other(format!(
+                "the temp file holds {on_disk} bytes, not the {} written: it was changed behind regcache's back",
+                self.written
+            ))));
         }
         self.file.as_file().sync_data()?;
         let dest = self.store.blob_path(&self.digest, self.written);
@@ -418,9 +429,9 @@ impl Store {
 
     /// Starts a fill of `digest`: a temp file in `tmp/`.
     pub fn begin_fill(&self, digest: &Digest) -> io::Result<FillFile> {
-        let file = tempfile::Builder::new()
-            .prefix("fill-")
-            .tempfile_in(self.inner.root.join("tmp"))?;
+        // Appending: bytes land after what is on disk, so a file shortened behind our back
+        // ends up shorter than what was written, which the commit refuses (never a hole).
+        let file = self.temp_file("fill-", true)?;
         // Held while the fill lives: a starting mirror leaves locked temp files alone.
         let _ = file.as_file().try_lock();
         Ok(FillFile {
@@ -513,12 +524,30 @@ impl Store {
         Ok(())
     }
 
+    /// A new temp file in `tmp/`, recreating `tmp/` when it was removed while the mirror runs
+    /// (an operator emptying the cache directory must not stop caching until a restart).
+    fn temp_file(&self, prefix: &str, append: bool) -> io::Result<tempfile::NamedTempFile> {
+        let tmp = self.inner.root.join("tmp");
+        let make = || {
+            tempfile::Builder::new()
+                .prefix(prefix)
+                .append(append)
+                .tempfile_in(&tmp)
+        };
+        match make() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(dir = %tmp.display(), "the cache's tmp/ directory is gone; recreating it");
+                fs::create_dir_all(&tmp)?;
+                make()
+            }
+            other => other,
+        }
+    }
+
     pub(super) fn write_atomic(&self, dest: &Path, content: &[u8]) -> io::Result<fs::Metadata> {
         let parent = dest.parent().expect("cache paths have a parent");
         fs::create_dir_all(parent)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix("w-")
-            .tempfile_in(self.inner.root.join("tmp"))?;
+        let mut tmp = self.temp_file("w-", false)?;
         let _ = tmp.as_file().try_lock();
         tmp.write_all(content)?;
         tmp.as_file().sync_data()?;
@@ -719,6 +748,39 @@ mod tests {
             ObjectKey::Blob(digests[0].0.clone()),
             "least recently used first"
         );
+    }
+
+    /// A temp file shortened behind regcache's back mid-fill is never committed (the bytes
+    /// written after it land at the new end, so the length on disk no longer matches).
+    #[test]
+    fn a_temp_file_changed_under_a_fill_is_not_committed() {
+        let (_dir, store) = fresh();
+        let data = b"0123456789abcdefghij";
+        let d = Hasher::digest_of(Algorithm::Sha256, data);
+        let mut f = store.begin_fill(&d).unwrap();
+        f.write(&data[..10]).unwrap();
+        File::options()
+            .write(true)
+            .open(f.file.path())
+            .unwrap()
+            .set_len(5)
+            .unwrap();
+        f.write(&data[10..]).unwrap();
+        assert!(matches!(f.commit(&d), Err(CommitError::Io(_))));
+        assert!(!store.has_blob(&d));
+        assert!(!store.blob_path(&d, data.len() as u64).exists());
+    }
+
+    /// The tmp/ directory removed while the mirror runs is recreated by the next fill.
+    #[test]
+    fn a_removed_tmp_directory_is_recreated() {
+        let (dir, store) = fresh();
+        fs::remove_dir_all(dir.path().join("tmp")).unwrap();
+        let d = Hasher::digest_of(Algorithm::Sha256, b"x");
+        let mut f = store.begin_fill(&d).unwrap();
+        f.write(b"x").unwrap();
+        assert!(f.commit(&d).is_ok());
+        assert!(store.has_blob(&d));
     }
 
     #[test]

@@ -53,7 +53,7 @@ async fn route<B>(
     if req.uri().path() == "/metrics" {
         return Ok((metrics_response(mirror, head)?, CacheResult::None));
     }
-    let query = Query::parse(req.uri().query());
+    let query = Query::parse(req.uri().query())?;
     let (up, path) = mirror
         .registries()
         .select(req.uri().path(), query.ns.as_deref())
@@ -119,17 +119,25 @@ struct Query {
 }
 
 impl Query {
-    fn parse(q: Option<&str>) -> Query {
+    /// Errors: 400 NAME_INVALID for a second `ns=` (which registry would be meant?).
+    fn parse(q: Option<&str>) -> Result<Query, ApiError> {
         let mut out = Query::default();
         for (k, v) in url::form_urlencoded::parse(q.unwrap_or("").as_bytes()) {
             match &*k {
+                "ns" if out.ns.is_some() => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "NAME_INVALID",
+                        "the query names ns= twice; name one registry",
+                    ))
+                }
                 "ns" => out.ns = Some(v.into_owned()),
                 "n" => out.n = Some(v.into_owned()),
                 "last" => out.last = Some(v.into_owned()),
                 _ => {}
             }
         }
-        out
+        Ok(out)
     }
 }
 

@@ -36,8 +36,8 @@ pub(super) async fn tags_list(
     pass_through(idle, up, name, &path, head).await
 }
 
-/// GETs (or HEADs) `path` upstream and streams the answer: 200 and 404 pass on with their
-/// `Content-Type`, `Content-Length` and `Link`; other statuses become OCI errors.
+/// GETs (or HEADs) `path` upstream and streams the answer: a 200 passes on with its
+/// `Content-Type`, `Content-Length` and `Link`; other statuses (a 404 too) become OCI errors.
 pub(super) async fn pass_through(
     idle: Duration,
     up: &Arc<Upstream>,
@@ -50,13 +50,15 @@ pub(super) async fn pass_through(
         .send(method, name, path, &HeaderMap::new())
         .await
         .map_err(|e| ApiError::from_upstream(&e, Subject::Name))?;
-    let status = resp.status();
-    if status != StatusCode::OK && status != StatusCode::NOT_FOUND {
+    // A 404 is answered with regcache's own OCI error body (an upstream's 404 page may be
+    // anything); other failures map as everywhere.
+    if resp.status() != StatusCode::OK {
         return Err(ApiError::from_upstream(
             &UpstreamError::from_status(&resp),
             Subject::Name,
         ));
     }
+    let status = resp.status();
     let mut b = Response::builder()
         .status(status)
         .header("Docker-Distribution-API-Version", "registry/2.0");

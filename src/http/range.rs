@@ -26,7 +26,13 @@ pub enum RangeAnswer {
 /// Parses a `Range` value. Returns `None` for anything but one well-formed `bytes` range
 /// (RFC 9110 lets a server ignore such headers and answer 200 with the whole object).
 pub fn parse_range(v: &str) -> Option<RangeSpec> {
-    let spec = v.trim().strip_prefix("bytes=")?.trim();
+    // The range unit is case-insensitive (RFC 9110 §14.1): `Bytes=` is `bytes=`.
+    let v = v.trim();
+    let unit = v.get(..6)?;
+    if !unit.eq_ignore_ascii_case("bytes=") {
+        return None;
+    }
+    let spec = v[6..].trim();
     if spec.contains(',') {
         return None;
     }
@@ -57,12 +63,15 @@ pub fn resolve_range(spec: &RangeSpec, len: u64) -> RangeAnswer {
     }
 }
 
-/// The request's `Range`, when it is one well-formed byte range.
+/// The request's `Range`, when it is one well-formed byte range in one `Range` header (two
+/// headers are ambiguous: both are ignored, and the whole blob is answered).
 pub fn range_of(headers: &HeaderMap) -> Option<RangeSpec> {
-    headers
-        .get(RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_range)
+    let mut all = headers.get_all(RANGE).iter();
+    let first = all.next()?;
+    if all.next().is_some() {
+        return None;
+    }
+    first.to_str().ok().and_then(parse_range)
 }
 
 #[cfg(test)]
@@ -77,6 +86,16 @@ mod tests {
         );
         assert_eq!(parse_range("bytes=5-"), Some(RangeSpec::FromTo(5, None)));
         assert_eq!(parse_range("bytes=-3"), Some(RangeSpec::Suffix(3)));
+        assert_eq!(parse_range("Bytes=5-"), Some(RangeSpec::FromTo(5, None)));
+        assert_eq!(
+            parse_range("BYTES=0-9"),
+            Some(RangeSpec::FromTo(0, Some(9)))
+        );
+        let mut two = HeaderMap::new();
+        two.append(RANGE, "bytes=0-1".parse().unwrap());
+        assert_eq!(range_of(&two), Some(RangeSpec::FromTo(0, Some(1))));
+        two.append(RANGE, "bytes=5-9".parse().unwrap());
+        assert_eq!(range_of(&two), None, "two Range headers: neither is used");
         for bad in [
             "bytes=9-5",
             "bytes=a-b",

@@ -56,15 +56,17 @@ pub async fn run(
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     tokio::pin!(shutdown);
+    let mut fd_warning = Throttled::new(FD_WARNING_INTERVAL);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, _peer) = match accepted {
                     Ok(s) => s,
                     Err(e) => {
-                        // EMFILE/ENFILE: wait for descriptors to free up; others: client resets.
+                        // EMFILE/ENFILE: wait for descriptors to free up (said at most every
+                        // few seconds); others: client resets.
                         if matches!(e.raw_os_error(), Some(23) | Some(24)) {
-                            tracing::warn!(error = %e, "out of file descriptors; pausing accepts");
+                            fd_warning.say(&e);
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                         continue;
@@ -111,6 +113,37 @@ pub async fn run(
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("shutdown: connections still open after the drain timeout"),
     }
     Ok(())
+}
+
+/// Out of file descriptors is said at most this often (with the count of repeats).
+const FD_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A warning said at most once per interval, counting the repeats in between.
+struct Throttled {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttled {
+    fn new(every: Duration) -> Throttled {
+        Throttled {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn say(&mut self, e: &std::io::Error) {
+        let now = Instant::now();
+        if self.last.is_some_and(|l| now - l < self.every) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(error = %e, repeated = self.suppressed, "out of file descriptors; pausing accepts");
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
 }
 
 /// Serves one connection (HTTP/1.1 or HTTP/2) until it closes or shutdown drains it.

@@ -219,7 +219,7 @@ impl Upstream {
         struct TokenAnswer {
             token: Option<String>,
             access_token: Option<String>,
-            expires_in: Option<u64>,
+            expires_in: Option<serde_json::Number>,
         }
         let ans: TokenAnswer = serde_json::from_slice(&body)
             .map_err(|e| UpstreamError::Auth(format!("token endpoint answer is not JSON: {e}")))?;
@@ -228,11 +228,9 @@ impl Upstream {
             .or(ans.access_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| UpstreamError::Auth("token endpoint answer has no token".into()))?;
-        // Bounded: a token endpoint's `expires_in` is trusted up to a day.
-        let lifetime = ans
-            .expires_in
-            .unwrap_or(DEFAULT_TOKEN_LIFETIME)
-            .clamp(1, 86_400);
+        // Bounded: a token endpoint's `expires_in` is trusted up to a day; zero or negative
+        // means expired now (used for this request, fetched again for the next).
+        let lifetime = token_lifetime(ans.expires_in.as_ref());
         // Refresh before expiry: a fifth of the lifetime early, at most 30 s early.
         let margin = Duration::from_millis((lifetime * 1000 / 5).min(30_000));
         let refresh_at = fetched_at + Duration::from_secs(lifetime) - margin;
@@ -265,6 +263,22 @@ impl Upstream {
     }
 }
 
+/// A token's lifetime in seconds from the token server's `expires_in`: [`DEFAULT_TOKEN_LIFETIME`]
+/// when absent, trusted up to a day, and zero (expired now: used for this request, fetched
+/// again for the next) when zero or negative.
+fn token_lifetime(expires_in: Option<&serde_json::Number>) -> u64 {
+    const MAX: u64 = 86_400;
+    let Some(n) = expires_in else {
+        return DEFAULT_TOKEN_LIFETIME;
+    };
+    match (n.as_i64(), n.as_u64(), n.as_f64()) {
+        (Some(i), _, _) => i.clamp(0, MAX as i64) as u64,
+        (None, Some(_), _) => MAX,
+        (_, _, Some(f)) if f.is_finite() => f.clamp(0.0, MAX as f64) as u64,
+        _ => DEFAULT_TOKEN_LIFETIME,
+    }
+}
+
 pub(super) fn basic_header(c: &Credentials) -> HeaderValue {
     let raw =
         base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
@@ -277,6 +291,26 @@ pub(super) fn basic_header(c: &Credentials) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_lifetimes_are_bounded() {
+        let n = |v: serde_json::Value| match v {
+            serde_json::Value::Number(n) => n,
+            _ => unreachable!(),
+        };
+        assert_eq!(token_lifetime(None), DEFAULT_TOKEN_LIFETIME);
+        assert_eq!(token_lifetime(Some(&n(serde_json::json!(300)))), 300);
+        assert_eq!(
+            token_lifetime(Some(&n(serde_json::json!(-5)))),
+            0,
+            "expired now"
+        );
+        assert_eq!(
+            token_lifetime(Some(&n(serde_json::json!(u64::MAX)))),
+            86_400
+        );
+        assert_eq!(token_lifetime(Some(&n(serde_json::json!(12.5)))), 12);
+    }
 
     #[test]
     fn challenges() {

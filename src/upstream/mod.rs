@@ -7,6 +7,7 @@
 
 mod auth;
 pub(crate) mod bandwidth;
+pub mod breaker;
 
 use std::sync::Mutex;
 
@@ -18,7 +19,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::time::{Duration, Instant};
+use tokio::time::Duration;
 use url::Url;
 
 use crate::config::{Credentials, UpstreamConfig};
@@ -113,10 +114,8 @@ pub struct Upstream {
     timeout: Duration,
     /// `offline = true`: never send anything.
     offline: bool,
-    /// After a timeout, how long requests skip this upstream (`outage_backoff`).
-    outage_backoff: Duration,
-    /// Until when requests skip this upstream, and whether because of a 429.
-    backoff: Mutex<Option<(Instant, bool)>>,
+    /// Fail fast while the upstream is down or rate limiting; probe for its return.
+    breaker: breaker::Breaker,
     /// Docker Hub's last `ratelimit-limit` / `ratelimit-remaining` values.
     rate_limit: Mutex<Option<(String, String)>>,
     /// Requests sent (for `/metrics`).
@@ -130,8 +129,10 @@ pub struct UpstreamOptions {
     pub timeout: Duration,
     /// Never contact upstream.
     pub offline: bool,
-    /// After a timeout, how long requests skip the upstream.
+    /// After the upstream stops answering, how long requests skip it (but for probes).
     pub outage_backoff: Duration,
+    /// While it is skipped, how often one request probes whether it is back.
+    pub probe_interval: Duration,
 }
 
 impl Upstream {
@@ -162,8 +163,7 @@ impl Upstream {
             auth: Mutex::new(AuthState::default()),
             timeout: opts.timeout,
             offline: opts.offline,
-            outage_backoff: opts.outage_backoff,
-            backoff: Mutex::new(None),
+            breaker: breaker::Breaker::new(opts.outage_backoff, opts.probe_interval),
             rate_limit: Mutex::new(None),
             sent: Default::default(),
         })
@@ -183,6 +183,9 @@ impl Upstream {
     /// of repository `name`, with `headers` (Accept, Range), handling auth and redirects.
     /// Returns the final response whatever its status (the caller classifies it).
     ///
+    /// While the upstream is down this request may be the one probe that finds it back (see
+    /// [`breaker`]); use [`Upstream::send_cached`] when a cached answer is waiting.
+    ///
     /// Errors: [`UpstreamError::Offline`], `BackingOff` (nothing is sent), `Connect`, `Timeout`,
     /// `Auth`, `Protocol`.
     pub async fn send(
@@ -192,11 +195,43 @@ impl Upstream {
         path_and_query: &str,
         headers: &HeaderMap,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_inner(method, name, path_and_query, headers, true)
+            .await
+    }
+
+    /// [`Upstream::send`] for a request whose cached answer is waiting (a tag revalidation):
+    /// while the upstream is down it fails fast and is never the probe, so cached content is
+    /// never delayed by probing.
+    ///
+    /// Errors: as [`Upstream::send`].
+    pub async fn send_cached(
+        &self,
+        method: Method,
+        name: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        self.send_inner(method, name, path_and_query, headers, false)
+            .await
+    }
+
+    async fn send_inner(
+        &self,
+        method: Method,
+        name: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        may_probe: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
         if self.offline {
             return Err(UpstreamError::Offline);
         }
-        if let Some(e) = self.backing_off() {
-            return Err(e);
+        if let Err(r) = self.breaker.admit(may_probe) {
+            return Err(UpstreamError::BackingOff {
+                host: self.host(),
+                retry_after: r.retry_after,
+                rate_limited: r.rate_limited,
+            });
         }
         let mut url = self
             .base
@@ -326,27 +361,7 @@ impl Upstream {
             .unwrap_or(DEFAULT_RETRY_AFTER)
             .min(MAX_RETRY_AFTER);
         tracing::warn!(upstream = %self.host(), retry_after_s = wait.as_secs(), "upstream rate limit hit (429); serving from cache until Retry-After passes");
-        *self.backoff.lock().expect("backoff lock") = Some((Instant::now() + wait, true));
-    }
-
-    /// The back-off in force, if any, as an error.
-    fn backing_off(&self) -> Option<UpstreamError> {
-        let mut b = self.backoff.lock().expect("backoff lock");
-        match *b {
-            Some((until, rate_limited)) => {
-                let now = Instant::now();
-                if now >= until {
-                    *b = None;
-                    return None;
-                }
-                Some(UpstreamError::BackingOff {
-                    host: self.host(),
-                    retry_after: until - now,
-                    rate_limited,
-                })
-            }
-            None => None,
-        }
+        self.breaker.rate_limited(wait);
     }
 
     /// Keeps Docker Hub's `ratelimit-limit` / `ratelimit-remaining` and logs changes.
@@ -386,21 +401,38 @@ impl Upstream {
         url: &Url,
     ) -> Result<Response<Incoming>, UpstreamError> {
         self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Only the upstream's own origin drives its circuit: a slow CDN host after a redirect
+        // or a slow token realm is that request's trouble, not the registry's.
+        let origin = same_origin(url, &self.base);
         match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => {
-                tracing::warn!(upstream = %host_of(url), after = ?self.timeout, backoff = ?self.outage_backoff, "upstream did not answer; skipping it for a while");
-                *self.backoff.lock().expect("backoff lock") =
-                    Some((Instant::now() + self.outage_backoff, false));
+                if origin && self.breaker.timed_out() {
+                    tracing::warn!(upstream = %host_of(url), after = ?self.timeout, "upstream does not answer; failing fast (cached answers are served) and probing for its return");
+                } else {
+                    tracing::warn!(upstream = %host_of(url), after = ?self.timeout, "upstream did not answer in time");
+                }
                 Err(UpstreamError::Timeout {
                     host: host_of(url),
                     after: self.timeout,
                 })
             }
+            // A response head hyper cannot parse (oversized, malformed) is the upstream's
+            // fault, not an outage: 502, not 503.
+            Ok(Err(e)) if is_parse_error(&e) => Err(UpstreamError::Protocol(format!(
+                "{} sent a response head that cannot be read: {}",
+                host_of(url),
+                error_chain(&e)
+            ))),
             Ok(Err(e)) => Err(UpstreamError::Connect {
                 host: host_of(url),
                 reason: error_chain(&e),
             }),
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(r)) => {
+                if origin && self.breaker.answered() {
+                    tracing::info!(upstream = %host_of(url), "upstream answers again");
+                }
+                Ok(r)
+            }
         }
     }
 }
@@ -496,6 +528,20 @@ pub(crate) fn host_of(u: &Url) -> String {
         (Some(h), None) => h.to_string(),
         _ => String::from("?"),
     }
+}
+
+/// Whether hyper failed to parse the response (a head too large or malformed).
+fn is_parse_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_parse())
+        {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// An error and its sources, joined (hyper's top-level errors say little on their own).

@@ -70,6 +70,8 @@ pub struct Faults {
     pub token_status: Option<u16>,
     /// CDN: on the first GET of this digest, cut the connection after this many bytes.
     pub cut_once: Option<(String, usize)>,
+    /// CDN: cut every answer after this many bytes of it (resumes included).
+    pub cut_every: Option<usize>,
     /// CDN: ignore Range requests (answer 200 with the whole blob).
     pub no_range: bool,
     /// CDN: send this many bytes, then stall (no more bytes, connection kept open).
@@ -81,11 +83,15 @@ pub struct Faults {
     /// Registry: the realm its 401 challenges name (default: its own /token).
     pub realm: Option<String>,
     /// Token endpoint: the `expires_in` it answers (default: the upstream's token lifetime).
-    pub token_expires_in: Option<u64>,
+    pub token_expires_in: Option<i128>,
     /// Registry: answer manifest GETs and HEADs with a 200 HTML page (a captive portal).
     pub html_manifests: bool,
     /// Registry: tags/list sends a few bytes, then stalls with the connection open.
     pub stall_tags: bool,
+    /// Registry: every answer carries a 1 MiB header (more than any client reads).
+    pub huge_headers: bool,
+    /// Token endpoint: sends a few bytes of its answer, then stalls with the connection open.
+    pub stall_token: bool,
 }
 
 #[derive(Default)]
@@ -255,6 +261,19 @@ fn full(status: u16, body: impl Into<Bytes>) -> Response<BoxBody> {
         .unwrap()
 }
 
+/// A 200 that sends `prefix`, then nothing more, with the connection kept open.
+fn stalled(prefix: &'static [u8]) -> Response<BoxBody> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
+    >(1);
+    tokio::spawn(async move {
+        let _ = tx.send(Ok(Frame::data(Bytes::from_static(prefix)))).await;
+        tx.closed().await;
+    });
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+    Response::builder().status(200).body(body).unwrap()
+}
+
 fn oci_error(status: u16, code: &str) -> Response<BoxBody> {
     let mut r = full(
         status,
@@ -278,10 +297,20 @@ async fn registry_handler(
     if faults.blackhole {
         std::future::pending::<()>().await;
     }
+    if faults.huge_headers {
+        let mut r = full(200, "{}");
+        r.headers_mut()
+            .insert("x-junk", "j".repeat(1 << 20).parse().unwrap());
+        return r;
+    }
     if path == "/token" {
         if let Some(s) = faults.token_status {
             c.token_get.fetch_add(1, Ordering::SeqCst);
             return full(s, "token service trouble");
+        }
+        if faults.stall_token {
+            c.token_get.fetch_add(1, Ordering::SeqCst);
+            return stalled(b"{\"token\":");
         }
         c.token_get.fetch_add(1, Ordering::SeqCst);
         let auth = req
@@ -296,9 +325,10 @@ async fn registry_handler(
         let life = st.token_lifetime;
         st.tokens
             .insert(tok.clone(), Instant::now() + Duration::from_secs(life));
+        let answered = faults.token_expires_in.unwrap_or(life as i128);
         return full(
             200,
-            format!("{{\"token\":\"{tok}\",\"expires_in\":{life}}}"),
+            format!("{{\"token\":\"{tok}\",\"expires_in\":{answered}}}"),
         );
     }
     if let Some(s) = faults.status {
@@ -347,17 +377,7 @@ async fn registry_handler(
     if let Some(name) = rest.strip_suffix("/tags/list") {
         c.tags_list.fetch_add(1, Ordering::SeqCst);
         if faults.stall_tags {
-            let (tx, rx) = tokio::sync::mpsc::channel::<
-                Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>,
-            >(1);
-            tokio::spawn(async move {
-                let _ = tx
-                    .send(Ok(Frame::data(Bytes::from_static(b"{\"name\":"))))
-                    .await;
-                tx.closed().await;
-            });
-            let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
-            return Response::builder().status(200).body(body).unwrap();
+            return stalled(b"{\"name\":");
         }
         let st = state.lock().unwrap();
         let mut tags: Vec<&String> = st
@@ -515,6 +535,7 @@ async fn cdn_handler(
         }
     };
     let stall_at = stall_once.or(faults.stall_after);
+    let cut = cut.or(faults.cut_every);
     let limit = cut.or(stall_at).map(|n| n.min(len));
     let stall = cut.is_none() && stall_at.is_some();
     let throttle = match (faults.throttle, faults.no_length || limit.is_some()) {

@@ -12,8 +12,11 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::{Duration, Instant};
 
-use super::writer::{Hashing, Sink, Writer};
-use super::{Fill, FillError, FillGuard, FillState, MAX_RESUMES, WRITE_QUEUE};
+use super::writer::{Hashing, Reservation, Sink, Writer};
+use super::{
+    Fill, FillError, FillGuard, FillState, MAX_FILL_RESUMES, MAX_RESUMES, RESUME_PROGRESS,
+    WRITE_QUEUE,
+};
 use crate::cache::eviction::fs_space;
 use crate::cache::hash::Hasher;
 use crate::cache::serial::Serial;
@@ -83,7 +86,12 @@ async fn fetch(
     let writer = Serial::new(
         Writer {
             sink,
-            preallocate: len,
+            len,
+            preallocated: 0,
+            reservation: Reservation {
+                store: guard.store.clone(),
+                bytes: 0,
+            },
             max_size: guard.fills.settings.budget.max_size,
             fill: fill.clone(),
             fills: guard.fills.clone(),
@@ -147,8 +155,6 @@ fn open(guard: &mut FillGuard, len: Option<u64>) -> Result<Sink, FillError> {
         Some(f) => {
             let reader = Arc::new(f.reader().map_err(|e| FillError::Disk(e.to_string()))?);
             if let Some(l) = len {
-                store.index().reserve(l);
-                guard.reserved = l;
                 // If mapping fails, followers map chunk by chunk instead.
                 if let Ok(m) = crate::body::zero_copy::map_fill(&reader, l) {
                     let _ = fill.map.set(m);
@@ -168,11 +174,12 @@ fn open(guard: &mut FillGuard, len: Option<u64>) -> Result<Sink, FillError> {
     Ok(sink)
 }
 
-/// Reads the upstream body into the writer and the hasher, resuming when the connection drops
-/// or stalls for `idle_timeout` (at most [`MAX_RESUMES`] attempts in a row without progress;
-/// progress resets the count, so a long download over a flaky link survives any number of
-/// separate drops). Returns why the body failed, or `None` when it ended (or the writer
-/// stopped: its error is reported by the caller).
+/// Reads the upstream body into the writer and the hasher, resuming when the connection drops,
+/// stalls for `idle_timeout`, or trickles slower than `min_rate` over an `idle_timeout` window.
+/// At most [`MAX_RESUMES`] attempts in a row without [`RESUME_PROGRESS`] bytes of progress
+/// (so a long download over a flaky link survives many separate drops, but an upstream that
+/// sends a byte and cuts does not), and [`MAX_FILL_RESUMES`] in all. Returns why the body
+/// failed, or `None` when it ended (or the writer stopped: its error is reported by the caller).
 #[allow(clippy::too_many_arguments)]
 async fn read(
     guard: &FillGuard,
@@ -190,8 +197,48 @@ async fn read(
     let idle = settings.idle_timeout;
     let mut received: u64 = 0;
     let mut resumes = 0;
+    let mut total_resumes = 0;
     let mut resumed_at = 0;
+    // The rate window: bytes received since `window_start`.
+    let mut window_start = Instant::now();
+    let mut window_from = 0;
+    let mut throttled = Duration::ZERO;
     loop {
+        // Time spent in regcache's own bandwidth cap is not the upstream's slowness.
+        if settings.min_rate > 0 && window_start.elapsed() >= idle + throttled {
+            let got = received - window_from;
+            let upstream_time = window_start.elapsed().saturating_sub(throttled);
+            let floor = (settings.min_rate as f64 * upstream_time.as_secs_f64()) as u64;
+            throttled = Duration::ZERO;
+            window_start = Instant::now();
+            window_from = received;
+            if got < floor {
+                let broke = format!(
+                    "{got} bytes in {idle:?}, slower than the minimum fill rate of {} bytes/s",
+                    settings.min_rate
+                );
+                match resume_after(
+                    guard,
+                    upstream,
+                    name,
+                    path,
+                    len,
+                    received,
+                    &broke,
+                    &mut resumes,
+                    &mut total_resumes,
+                    &mut resumed_at,
+                )
+                .await
+                {
+                    Ok(b) => {
+                        body = b;
+                        continue;
+                    }
+                    Err(why) => return Some(why),
+                }
+            }
+        }
         let broke = match tokio::time::timeout(idle, body.frame()).await {
             // A stalled connection is as good as a dropped one: abandon it and resume.
             Err(_) => format!("no bytes for {idle:?} (idle_timeout)"),
@@ -210,7 +257,9 @@ async fn read(
                         return Some("upstream sent more bytes than its Content-Length".into());
                     }
                     if let Some(bw) = &settings.bandwidth {
+                        let t = Instant::now();
                         bw.consume(data.len()).await;
+                        throttled += t.elapsed();
                     }
                     if received == data.len() as u64 && !data.is_empty() && cached {
                         publish_head(fill, data.clone());
@@ -223,25 +272,71 @@ async fn read(
             }
         };
         // The connection dropped mid-blob: resume from where it broke.
-        if received > resumed_at {
-            resumes = 0;
-        }
-        resumed_at = received;
-        resumes += 1;
-        guard.fills.stats.resumes.fetch_add(1, Ordering::Relaxed);
-        if resumes > MAX_RESUMES {
-            return Some(format!(
-                "{broke}; gave up after {MAX_RESUMES} resume attempts"
-            ));
-        }
-        let pause = Duration::from_millis(100 << (resumes - 1)).min(Duration::from_secs(2));
-        tracing::warn!(digest = %fill.digest, at = received, attempt = resumes, error = %broke, "upstream download broke off; resuming");
-        tokio::time::sleep(pause).await;
-        match resume(upstream, name, path, received, len).await {
-            Ok(b) => body = b,
-            Err(why) => return Some(format!("{broke}; cannot resume: {why}")),
+        match resume_after(
+            guard,
+            upstream,
+            name,
+            path,
+            len,
+            received,
+            &broke,
+            &mut resumes,
+            &mut total_resumes,
+            &mut resumed_at,
+        )
+        .await
+        {
+            Ok(b) => {
+                body = b;
+                window_start = Instant::now();
+                window_from = received;
+                throttled = Duration::ZERO;
+            }
+            Err(why) => return Some(why),
         }
     }
+}
+
+/// One resume of a broken download at byte `received`, within the budgets (see [`read`]),
+/// after a back-off growing with the attempts in a row.
+///
+/// Errors: why the fill gives up (budget spent, or the resume request failed).
+#[allow(clippy::too_many_arguments)]
+async fn resume_after(
+    guard: &FillGuard,
+    upstream: &Upstream,
+    name: &str,
+    path: &str,
+    len: Option<u64>,
+    received: u64,
+    broke: &str,
+    resumes: &mut u32,
+    total_resumes: &mut u32,
+    resumed_at: &mut u64,
+) -> Result<Incoming, String> {
+    if received >= *resumed_at + RESUME_PROGRESS {
+        *resumes = 0;
+    }
+    *resumed_at = received;
+    *resumes += 1;
+    *total_resumes += 1;
+    guard.fills.stats.resumes.fetch_add(1, Ordering::Relaxed);
+    if *resumes > MAX_RESUMES {
+        return Err(format!(
+            "{broke}; gave up after {MAX_RESUMES} resume attempts without progress"
+        ));
+    }
+    if *total_resumes > MAX_FILL_RESUMES {
+        return Err(format!(
+            "{broke}; gave up after {MAX_FILL_RESUMES} resume attempts in all"
+        ));
+    }
+    let pause = Duration::from_millis(100 << (*resumes - 1)).min(Duration::from_secs(2));
+    tracing::warn!(digest = %guard.fill.digest, at = received, attempt = *resumes, error = %broke, "upstream download broke off; resuming");
+    tokio::time::sleep(pause).await;
+    resume(upstream, name, path, received, len)
+        .await
+        .map_err(|why| format!("{broke}; cannot resume: {why}"))
 }
 
 /// The first chunk: followers may send it before it reaches the disk (time to first byte).

@@ -54,6 +54,10 @@ const FOLLOW_CHUNK: usize = 4 << 20;
 /// Most resume attempts (`Range: bytes=N-`) in a row without progress after the upstream
 /// connection drops or stalls mid-blob.
 pub const MAX_RESUMES: u32 = 5;
+/// Bytes of progress since the last resume that reset the count of resumes in a row.
+pub const RESUME_PROGRESS: u64 = 64 << 10;
+/// Most resume attempts of one fill in all.
+pub const MAX_FILL_RESUMES: u32 = 50;
 /// Chunks buffered between the network reader and the disk writer.
 const WRITE_QUEUE: usize = 16;
 /// Most bytes a pass-through fill holds in memory for its followers.
@@ -347,6 +351,9 @@ pub struct FillSettings {
     pub idle_timeout: Duration,
     /// Shared cap on upstream bytes per second, all fills together.
     pub bandwidth: Option<Arc<crate::upstream::bandwidth::Bandwidth>>,
+    /// A fill receiving fewer bytes per second than this over an `idle_timeout` window is
+    /// treated as stalled and resumed (0: no floor).
+    pub min_rate: u64,
 }
 
 /// What [`Fills::join`] found.
@@ -453,7 +460,6 @@ impl Fills {
             fills: self.clone(),
             fill: fill.clone(),
             store: store.clone(),
-            reserved: 0,
         };
         tokio::spawn(download::run_fill(
             guard,
@@ -478,15 +484,13 @@ impl Fills {
     }
 }
 
-/// Removes the fill from the map and releases its space reservation when its task ends, however
-/// it ends (a panic included), and marks it failed if it never reached a final state, so
-/// followers are woken, never hung.
+/// Removes the fill from the map when its task ends, however it ends (a panic included), and
+/// marks it failed if it never reached a final state, so followers are woken, never hung. (The
+/// space reservation is the writer's: see `writer::Reservation`.)
 struct FillGuard {
     fills: Arc<Fills>,
     fill: Arc<Fill>,
     store: Store,
-    /// Bytes reserved against the budget for this fill.
-    reserved: u64,
 }
 
 impl Drop for FillGuard {
@@ -502,6 +506,5 @@ impl Drop for FillGuard {
             }
         });
         self.fills.detach(&self.fill);
-        self.store.index().unreserve(self.reserved);
     }
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::{Fill, FillError, FillState, Fills};
 use crate::cache::hash::Hasher;
 use crate::cache::serial::Step;
-use crate::cache::store::FillFile;
+use crate::cache::store::{FillFile, Store};
 
 /// Where the writer puts bytes.
 pub(super) enum Sink {
@@ -33,9 +33,13 @@ impl Step for Hashing {
 /// it deletes the temp file and switches to pass-through for the rest of the blob.
 pub(super) struct Writer {
     pub(super) sink: Sink,
-    /// The blob's length to reserve on disk once the first bytes are out (off the time to
+    /// The blob's length from upstream's `Content-Length`, preallocated on disk step by step.
+    pub(super) len: Option<u64>,
+    /// Bytes preallocated so far (the first step waits for the first bytes: off the time to
     /// first byte).
-    pub(super) preallocate: Option<u64>,
+    pub(super) preallocated: u64,
+    /// The bytes written so far, counted against the budget until the fill ends.
+    pub(super) reservation: Reservation,
     pub(super) max_size: Option<u64>,
     pub(super) fill: Arc<Fill>,
     pub(super) fills: Arc<Fills>,
@@ -56,6 +60,51 @@ fn publish(fill: &Fill, w: u64) {
     })
 }
 
+/// Most bytes preallocated ahead of what is written: disk space is taken for bytes about to
+/// come, never for a whole (possibly lying) `Content-Length` at once.
+pub(super) const PREALLOCATE_STEP: u64 = 16 << 20;
+
+/// The preallocation target once `written` bytes of a `len`-byte blob are on disk and
+/// `preallocated` are allocated, when one more step is due.
+fn preallocation_due(len: Option<u64>, preallocated: &mut u64, written: u64) -> Option<u64> {
+    let len = len?;
+    if *preallocated >= len || written + PREALLOCATE_STEP / 2 < *preallocated {
+        return None;
+    }
+    *preallocated = len.min(written + PREALLOCATE_STEP);
+    Some(*preallocated)
+}
+
+/// Bytes of a fill counted against the disk budget (the index's reservations, which the
+/// evictor sees), released when the fill ends however it ends.
+pub(super) struct Reservation {
+    /// Whose index holds the reservation.
+    pub(super) store: Store,
+    /// Bytes reserved.
+    pub(super) bytes: u64,
+}
+
+impl Reservation {
+    /// Reserves `n` more bytes.
+    fn grow(&mut self, n: u64) {
+        self.store.index().reserve(n);
+        self.bytes += n;
+    }
+
+    /// Releases everything (the fill is no longer cached).
+    fn release(&mut self) {
+        self.store
+            .index()
+            .unreserve(std::mem::take(&mut self.bytes));
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 impl Step for Writer {
     fn step(&mut self, chunk: Bytes) -> bool {
         let (fill, fills) = (&self.fill, &self.fills);
@@ -65,22 +114,35 @@ impl Step for Writer {
                     // No Content-Length, and it has outgrown the budget: stop caching.
                     let e = std::io::Error::other("blob is larger than max_size");
                     let w = f.written();
+                    self.reservation.release();
                     to_pass_through(&mut self.sink, fill, fills, &e);
                     // The chunk is on disk already; followers read it from the file.
                     publish(fill, w);
                     return true;
                 }
                 Ok(()) => {
+                    // Counted against the budget as the bytes arrive, never before: a lying
+                    // Content-Length cannot make the evictor empty the cache. (A blob of
+                    // unknown length is counted when it commits: it may yet outgrow max_size,
+                    // and nothing should be evicted for a blob that will not be cached.)
+                    if self.len.is_some() {
+                        self.reservation.grow(chunk.len() as u64);
+                    }
                     // Wake followers after every chunk (they may be waiting for the first bytes).
                     publish(fill, f.written());
-                    if let Some(l) = self.preallocate.take() {
-                        if let Err(e) = f.preallocate(l) {
+                    let due = preallocation_due(self.len, &mut self.preallocated, f.written());
+                    if let Some(target) = due {
+                        if let Err(e) = f.preallocate(target) {
+                            self.reservation.release();
                             to_pass_through(&mut self.sink, fill, fills, &e);
                         }
                     }
                     return true;
                 }
-                Err(e) => to_pass_through(&mut self.sink, fill, fills, &e), // this chunk goes below
+                Err(e) => {
+                    self.reservation.release();
+                    to_pass_through(&mut self.sink, fill, fills, &e) // this chunk goes below
+                }
             }
         }
         if let Sink::Mem { written } = &mut self.sink {

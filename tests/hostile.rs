@@ -1,0 +1,306 @@
+//! Hostile and broken clients and upstreams: garbage in never means a panic, a hang, a wrong
+//! byte or a lost cache; each test here fails on a mirror without the guard it names.
+
+mod support;
+
+use std::time::Duration;
+
+use regcache::config::ServeArgs;
+use support::*;
+
+fn args(up: &FakeUpstream) -> ServeArgs {
+    ServeArgs {
+        upstream: Some(up.url()),
+        tag_ttl: Some(Duration::ZERO),
+        revalidate_timeout: Some(Duration::from_millis(700)),
+        ..Default::default()
+    }
+}
+
+/// Two `ns=` name two registries: refused, nothing goes upstream.
+#[tokio::test]
+async fn a_second_ns_is_refused() {
+    let up = FakeUpstream::start(300).await;
+    up.add_image("library/ns", "v1", 100, 1);
+    let m = Mirror::start_args(args(&up)).await;
+    let r = get(&m.url("/v2/library/ns/manifests/v1?ns=docker.io&ns=docker.io")).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["errors"][0]["code"], "NAME_INVALID");
+    assert_eq!(n(&up.counters.total), 0, "nothing upstream");
+}
+
+/// An upstream whose response head no client would read is a bad gateway (502), not an
+/// outage (503).
+#[tokio::test]
+async fn an_oversized_upstream_head_is_a_bad_gateway() {
+    let up = FakeUpstream::start(300).await;
+    up.add_image("library/big", "v1", 100, 2);
+    up.set_faults(Faults {
+        huge_headers: true,
+        ..Default::default()
+    });
+    let m = Mirror::start_args(args(&up)).await;
+    let r = get(&m.url("/v2/library/big/manifests/v1")).await;
+    assert_eq!(r.status, 502, "{:?}", r.body);
+}
+
+/// An upstream 404 on the referrers API is answered with an OCI error body of regcache's own,
+/// not whatever page the upstream sent.
+#[tokio::test]
+async fn an_upstream_referrers_404_gets_an_oci_body() {
+    let up = FakeUpstream::start(300).await;
+    let img = up.add_image("library/rf", "v1", 100, 3);
+    let m = Mirror::start_args(args(&up)).await;
+    let r = get(&m.url(&format!("/v2/library/rf/referrers/{}", img.manifest_digest))).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_eq!(r.json()["errors"][0]["code"], "NAME_UNKNOWN");
+}
+
+/// Emptying the cache directory while the mirror runs does not stop caching: tmp/ comes back.
+#[tokio::test]
+async fn caching_goes_on_after_the_cache_directory_is_emptied() {
+    let up = FakeUpstream::start(300).await;
+    let a = up.add_blob(random_bytes(50_000, 4));
+    let b = up.add_blob(random_bytes(50_000, 5));
+    let m = Mirror::start_args(args(&up)).await;
+    assert_eq!(
+        sha256(
+            get(&m.url(&format!("/v2/library/e/blobs/{a}")))
+                .await
+                .bytes()
+        ),
+        a
+    );
+    eventually("first blob committed", || m.has_blob(&a)).await;
+    for e in std::fs::read_dir(m.store().root()).unwrap() {
+        std::fs::remove_dir_all(e.unwrap().path()).unwrap();
+    }
+    assert_eq!(
+        sha256(
+            get(&m.url(&format!("/v2/library/e/blobs/{b}")))
+                .await
+                .bytes()
+        ),
+        b
+    );
+    eventually("second blob committed", || m.has_blob(&b)).await;
+}
+
+/// `revalidate_timeout` bounds the whole revalidation of a cached tag, a token fetch whose
+/// answer trickles included: the cached answer is served stale within it, not after the 60 s
+/// body idle timeout.
+#[tokio::test]
+async fn a_trickling_token_endpoint_cannot_hold_a_cached_tag() {
+    let up = FakeUpstream::start(1).await;
+    let img = up.add_image("library/tt", "v1", 100, 6);
+    let m = Mirror::start_args(args(&up)).await;
+    let url = m.url("/v2/library/tt/manifests/v1");
+    assert_eq!(get(&url).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await; // the 1 s token has expired
+    up.set_faults(Faults {
+        stall_token: true,
+        ..Default::default()
+    });
+    let t = std::time::Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(10), get(&url))
+        .await
+        .expect("answered within 10 s");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("docker-content-digest"), img.manifest_digest);
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "stale within the revalidation bound, took {:?}",
+        t.elapsed()
+    );
+}
+
+/// An upstream that sends a byte and cuts, every time, is given up on after a few resumes:
+/// a byte of progress is not progress enough to start counting again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_cuts_after_every_byte_is_given_up_on() {
+    let up = FakeUpstream::start(300).await;
+    let d = up.add_blob(random_bytes(200_000, 7));
+    up.set_faults(Faults {
+        cut_every: Some(1),
+        ..Default::default()
+    });
+    let m = Mirror::start_args(args(&up)).await;
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        get(&m.url(&format!("/v2/library/cut/blobs/{d}"))),
+    )
+    .await
+    .expect("the fill gives up instead of resuming for ever");
+    assert!(r.body.is_err() || r.status != 200, "never a complete body");
+    eventually("fill ended", || m.fills_idle()).await;
+    assert!(!m.has_blob(&d));
+}
+
+/// A download trickling below `min_fill_rate` is treated as stalled (resumed, then given up),
+/// so it cannot hold a digest that every later client would coalesce onto.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_download_is_given_up_on() {
+    let up = FakeUpstream::start(300).await;
+    let d = up.add_blob(random_bytes(100_000, 8));
+    up.set_faults(Faults {
+        throttle: Some((100, Duration::from_millis(100))), // ~1 KB/s
+        ..Default::default()
+    });
+    let m = Mirror::start_args(ServeArgs {
+        idle_timeout: Some(Duration::from_millis(500)),
+        min_fill_rate: Some(10 << 10),
+        ..args(&up)
+    })
+    .await;
+    let t = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        get(&m.url(&format!("/v2/library/tr/blobs/{d}"))),
+    )
+    .await
+    .expect("the trickle is given up on well before it would end (100 s)");
+    assert!(r.body.is_err(), "cut short, never complete");
+    assert!(t.elapsed() < Duration::from_secs(20));
+    eventually("fill ended", || m.fills_idle()).await;
+}
+
+/// A fill is counted against `max_size` as its bytes arrive, never for its whole
+/// `Content-Length` up front: a download announcing 900 kB that sends 1 kB and stalls evicts
+/// nothing from a 1 MB cache holding 500 kB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_that_never_comes_evicts_nothing() {
+    let up = FakeUpstream::start(300).await;
+    let small: Vec<String> = (0..5)
+        .map(|i| up.add_blob(random_bytes(100_000, 20 + i)))
+        .collect();
+    let big = up.add_blob(random_bytes(900_000, 30));
+    let m = Mirror::start_args(ServeArgs {
+        max_size: Some(1_000_000),
+        ..args(&up)
+    })
+    .await;
+    for d in &small {
+        assert_eq!(
+            sha256(
+                get(&m.url(&format!("/v2/library/s/blobs/{d}")))
+                    .await
+                    .bytes()
+            ),
+            *d
+        );
+    }
+    eventually("small blobs committed", || {
+        small.iter().all(|d| m.has_blob(d))
+    })
+    .await;
+    up.set_faults(Faults {
+        stall_after: Some(1000),
+        ..Default::default()
+    });
+    let url = m.url(&format!("/v2/library/s/blobs/{big}"));
+    let stalled = tokio::spawn(async move { get(&url).await });
+    eventually("the big fill started", || !m.fills_idle()).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    for d in &small {
+        assert!(m.has_blob(d), "evicted for bytes that never came: {d}");
+    }
+    stalled.abort();
+}
+
+/// After an outage the upstream is used again as soon as it answers: while it is down,
+/// uncached requests fail fast and cached content is served at once, one probe per interval
+/// goes through, and the first answer ends the outage (not a fixed back-off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncached_pull_works_within_a_second_of_the_upstream_coming_back() {
+    let up = FakeUpstream::start(300).await;
+    let warm = up.add_image("library/warm", "v1", 1000, 40);
+    up.add_image("library/cold", "v1", 1000, 41);
+    let m = Mirror::start_args(ServeArgs {
+        revalidate_timeout: Some(Duration::from_millis(300)),
+        outage_backoff: Some(Duration::from_secs(60)),
+        outage_probe_interval: Some(Duration::from_millis(500)),
+        ..args(&up)
+    })
+    .await;
+    let tag = m.url("/v2/library/warm/manifests/v1");
+    let blob = m.url(&format!("/v2/library/warm/blobs/{}", warm.layer_digest));
+    let cold = m.url("/v2/library/cold/manifests/v1");
+    assert_eq!(get(&tag).await.status, 200);
+    assert_eq!(get(&blob).await.status, 200);
+    up.set_faults(Faults {
+        blackhole: true,
+        ..Default::default()
+    });
+    // Timeouts in a row open the circuit; then uncached requests fail fast.
+    for _ in 0..3 {
+        assert_eq!(get(&cold).await.status, 503);
+    }
+    let t = std::time::Instant::now();
+    let r = get(&cold).await;
+    assert_eq!(r.status, 503);
+    assert!(!r.header("retry-after").is_empty());
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "fail fast: {:?}",
+        t.elapsed()
+    );
+    // Cached content is never delayed by the outage (nor by probing).
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let r = get(&tag).await;
+        assert_eq!(r.header("docker-content-digest"), warm.manifest_digest);
+        assert_eq!(sha256(get(&blob).await.bytes()), warm.layer_digest);
+        assert!(
+            t.elapsed() < Duration::from_millis(250),
+            "cached: {:?}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    up.set_faults(Faults::default());
+    let back = std::time::Instant::now();
+    loop {
+        if get(&cold).await.status == 200 {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "still failing 5 s after the upstream came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        back.elapsed() <= Duration::from_secs(1),
+        "an uncached pull worked {:?} after the upstream came back (target ≤ 1 s)",
+        back.elapsed()
+    );
+}
+
+/// One slow repository does not back off the whole upstream: a single request timing out
+/// leaves every other repository's cold pulls going upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_slow_request_does_not_back_off_the_upstream() {
+    let up = FakeUpstream::start(300).await;
+    up.add_image("library/slow", "v1", 1000, 42);
+    up.add_image("library/other", "v1", 1000, 43);
+    let m = Mirror::start_args(ServeArgs {
+        revalidate_timeout: Some(Duration::from_millis(300)),
+        ..args(&up)
+    })
+    .await;
+    up.set_faults(Faults {
+        blackhole: true,
+        ..Default::default()
+    });
+    assert_eq!(
+        get(&m.url("/v2/library/slow/manifests/v1")).await.status,
+        503
+    );
+    up.set_faults(Faults::default());
+    assert_eq!(
+        get(&m.url("/v2/library/other/manifests/v1")).await.status,
+        200,
+        "other repositories still go upstream after one timeout"
+    );
+}
