@@ -304,3 +304,65 @@ async fn one_slow_request_does_not_back_off_the_upstream() {
         "other repositories still go upstream after one timeout"
     );
 }
+
+/// A range of a blob being filled carries only verified bytes: from an upstream that corrupts
+/// the blob, a range that ends before the last byte is refused, never a complete 206 of wrong
+/// bytes (nor is the blob cached).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_of_a_fill_never_carries_unverified_bytes() {
+    let up = FakeUpstream::start(300).await;
+    let data = random_bytes(200_000, 44);
+    let d = up.add_blob(data.clone());
+    up.set_faults(Faults {
+        corrupt: vec![d.clone()],
+        corrupt_first: true,
+        ..Default::default()
+    });
+    let m = Mirror::start_args(args(&up)).await;
+    let url = m.url(&format!("/v2/library/rg/blobs/{d}"));
+    let r = request("GET", &url, &[("range", "bytes=0-9")]).await;
+    match (&r.body, r.status.as_u16()) {
+        (Ok(b), 206) => panic!("a complete 206 from a blob that fails verification: {b:?}"),
+        (Ok(b), 200) => panic!("a complete 200 of {} bytes", b.len()),
+        _ => {}
+    }
+    assert_eq!(r.status, 502, "the digest mismatch is a bad gateway");
+    assert!(!m.has_blob(&d));
+    // The same range from an honest upstream: the exact bytes.
+    up.set_faults(Faults::default());
+    let r = request("GET", &url, &[("range", "bytes=0-9")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(&r.bytes()[..], &data[..10]);
+}
+
+/// A range of a blob too large to cache is asked of upstream as that range: three one-byte
+/// ranges of a 3 MB blob cost a few hundred kB upstream, not 9 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_of_an_uncacheable_blob_goes_upstream_as_a_range() {
+    let up = FakeUpstream::start(300).await;
+    let data = random_bytes(3_000_000, 45);
+    let d = up.add_blob(data.clone());
+    up.set_faults(Faults {
+        throttle: Some((64 << 10, Duration::from_millis(2))),
+        ..Default::default()
+    });
+    let m = Mirror::start_args(ServeArgs {
+        max_size: Some(1_000_000),
+        ..args(&up)
+    })
+    .await;
+    let url = m.url(&format!("/v2/library/big/blobs/{d}"));
+    for _ in 0..3 {
+        let r = request("GET", &url, &[("range", "bytes=-1")]).await;
+        assert_eq!(r.status, 206);
+        assert_eq!(r.header("content-range"), "bytes 2999999-2999999/3000000");
+        assert_eq!(&r.bytes()[..], &data[2_999_999..]);
+    }
+    eventually("fills ended", || m.fills_idle()).await;
+    let sent = n(&up.counters.cdn_bytes);
+    assert!(
+        sent < 2_000_000,
+        "{sent} bytes from upstream for 3 bytes served"
+    );
+    assert!(!m.has_blob(&d));
+}

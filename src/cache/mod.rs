@@ -212,6 +212,22 @@ impl Follower {
         self.fill.len().await
     }
 
+    /// Waits until the whole blob has arrived and verified against its digest, without holding
+    /// the fill back meanwhile: a range of an in-progress fill is answered only with verified
+    /// bytes (a range that ends before the last byte would otherwise go out unverified).
+    ///
+    /// Errors: the fill failed (the bytes did not verify, the download broke off...).
+    pub async fn verified(&self) -> Result<(), Arc<fill::FillError>> {
+        self.reader.advance(u64::MAX);
+        self.fill.verified().await
+    }
+
+    /// Whether the blob is not being cached (too large, disk full): its bytes pass through a
+    /// window that only keeps up with readers that read now.
+    pub fn is_pass_through(&self) -> bool {
+        self.fill.is_pass_through()
+    }
+
     /// The body: bytes `range` of the blob (`None`: all of it, length possibly unknown),
     /// following the fill at its pace. A fill that fails ends the body short (an error frame).
     pub fn body(self, range: Option<Range<u64>>, delivery: Delivery) -> ResponseBody {
@@ -390,6 +406,57 @@ impl Cache {
             len,
             result: CacheResult::Pass,
         })
+    }
+
+    /// Bytes `range` (within `0..total`) of a blob regcache is not caching (larger than
+    /// `max_size`, disk full), asked of upstream as a range: fetching it whole to answer a range
+    /// would cost the whole blob per request. These bytes cannot be verified (a digest covers
+    /// the whole blob).
+    ///
+    /// Errors: upstream's failure or error status; [`UpstreamError::Protocol`] when its answer
+    /// is not that range (no 206, another `Content-Range`).
+    pub async fn uncached_range(
+        &self,
+        digest: &Digest,
+        from: Origin<'_>,
+        range: Range<u64>,
+        total: u64,
+    ) -> Result<ResponseBody, CacheError> {
+        let path = format!("/v2/{}/blobs/{digest}", from.name);
+        let mut h = http::HeaderMap::new();
+        let want = format!("bytes {}-{}/{total}", range.start, range.end - 1);
+        h.insert(
+            http::header::RANGE,
+            http::HeaderValue::from_str(&format!("bytes={}-{}", range.start, range.end - 1))
+                .expect("ascii"),
+        );
+        let resp = from
+            .upstream
+            .send(http::Method::GET, from.name, &path, &h)
+            .await?;
+        if resp.status() != http::StatusCode::PARTIAL_CONTENT {
+            if resp.status().is_success() {
+                return Err(UpstreamError::Protocol(format!(
+                    "upstream answered {} to a Range request for {digest}",
+                    resp.status()
+                ))
+                .into());
+            }
+            return Err(UpstreamError::from_status(&resp).into());
+        }
+        let got = resp
+            .headers()
+            .get(http::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if got.trim() != want {
+            return Err(UpstreamError::Protocol(format!(
+                "upstream answered Content-Range {got:?} for {digest}, not {want:?}"
+            ))
+            .into());
+        }
+        let idle = self.fills.idle_timeout();
+        Ok(crate::body::IdleTimeout::new(resp.into_body(), idle).boxed_unsync())
     }
 
     /// A manifest by digest or tag, with how it was answered. See [`manifests`].

@@ -36,6 +36,31 @@ pub(super) async fn get(
         Some(total) => answer_range(headers, total)?,
         None => None,
     };
+    if let (BlobLookup::Filling(f), Some(r), Some(total)) = (&lookup, &range, len) {
+        if f.is_pass_through() {
+            // Not cached: ask upstream for the range itself, not the whole blob.
+            let body = cache
+                .uncached_range(digest, from, r.clone(), total)
+                .await
+                .map_err(|e| ApiError::from_cache(&e, Subject::Blob))?;
+            let resp = blob_headers(
+                Response::builder().status(StatusCode::PARTIAL_CONTENT),
+                digest,
+            )
+            .header(CONTENT_LENGTH, r.end - r.start)
+            .header(
+                CONTENT_RANGE,
+                format!("bytes {}-{}/{total}", r.start, r.end - 1),
+            )
+            .body(body)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+            return Ok((resp, CacheResult::Pass));
+        }
+        // A range carries only verified bytes: it waits for the whole blob to verify.
+        f.verified()
+            .await
+            .map_err(|e| ApiError::from_fill(&e, digest))?;
+    }
     let (status, body_len) = match (&range, len) {
         (Some(r), _) => (StatusCode::PARTIAL_CONTENT, Some(r.end - r.start)),
         (None, l) => (StatusCode::OK, l),

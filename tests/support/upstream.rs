@@ -58,8 +58,10 @@ pub struct Counters {
 pub struct Faults {
     /// Answer every registry request with this status (e.g. 503, 429).
     pub status: Option<u16>,
-    /// Serve these blobs with one byte flipped (same length).
+    /// Serve these blobs with one byte flipped (same length): the last one.
     pub corrupt: Vec<String>,
+    /// With `corrupt`: flip the first byte instead of the last.
+    pub corrupt_first: bool,
     /// CDN: pause this long after each chunk of `chunk` bytes.
     pub throttle: Option<(usize, Duration)>,
     /// CDN: send blobs chunked, without Content-Length.
@@ -490,27 +492,37 @@ async fn cdn_handler(
     };
     if faults.corrupt.contains(&digest) && !blob.is_empty() {
         let mut v = blob.to_vec();
-        let last = v.len() - 1;
-        v[last] ^= 0xff;
+        let at = if faults.corrupt_first { 0 } else { v.len() - 1 };
+        v[at] ^= 0xff;
         blob = Bytes::from(v);
     }
     let total = blob.len();
-    // Range: bytes=N- (what regcache sends to resume).
-    let range_start = req
+    // Range: bytes=N- (what regcache sends to resume) or bytes=A-B.
+    let range = req
         .headers()
         .get("range")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.strip_suffix('-'))
-        .and_then(|v| v.parse::<usize>().ok());
-    if range_start.is_some() {
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(a, b)| {
+            let a = a.parse::<usize>().ok()?;
+            let b = if b.is_empty() {
+                None
+            } else {
+                Some(b.parse::<usize>().ok()?)
+            };
+            Some((a, b))
+        });
+    if range.is_some() {
         c.cdn_ranges.fetch_add(1, Ordering::SeqCst);
     }
-    let (status, start) = match range_start {
-        Some(n) if !faults.no_range && n < total => (206, n),
-        _ => (200, 0),
+    let (status, start, end) = match range {
+        Some((a, b)) if !faults.no_range && a < total => {
+            (206, a, b.map_or(total, |b| (b + 1).min(total)))
+        }
+        _ => (200, 0, total),
     };
-    blob = blob.slice(start..);
+    blob = blob.slice(start..end);
     let len = blob.len();
     let cut = {
         let mut st = state.lock().unwrap();
@@ -589,7 +601,7 @@ async fn cdn_handler(
     if status == 206 {
         r.headers_mut().insert(
             "content-range",
-            format!("bytes {start}-{}/{total}", total - 1)
+            format!("bytes {start}-{}/{total}", end - 1)
                 .parse()
                 .unwrap(),
         );

@@ -153,7 +153,7 @@ pub struct Reader {
 
 impl Reader {
     /// Records that the follower needs nothing before `pos` any more.
-    fn advance(&self, pos: u64) {
+    pub(crate) fn advance(&self, pos: u64) {
         let mut t = self.fill.tail.lock().expect("tail lock");
         if let Some(p) = t.readers.get_mut(&self.id) {
             *p = pos;
@@ -215,6 +215,39 @@ impl Fill {
                 return FillState::Failed(Arc::new(FillError::Disk("fill task ended".into())));
             }
         }
+    }
+
+    /// Waits until every byte has arrived and hashed to the digest (the commit may follow).
+    ///
+    /// Errors: the fill failed (a digest mismatch included).
+    pub async fn verified(&self) -> Result<(), Arc<FillError>> {
+        let mut rx = self.subscribe();
+        loop {
+            match &*rx.borrow_and_update() {
+                FillState::Streaming { verified: true, .. } | FillState::Done { .. } => {
+                    return Ok(())
+                }
+                FillState::Failed(e) => return Err(e.clone()),
+                _ => {}
+            }
+            if rx.changed().await.is_err() {
+                return Err(Arc::new(FillError::Disk("fill task ended".into())));
+            }
+        }
+    }
+
+    /// Whether the fill passes (some of) its bytes through uncached.
+    pub fn is_pass_through(&self) -> bool {
+        matches!(
+            &*self.state.borrow(),
+            FillState::Streaming {
+                mem_start: Some(_),
+                ..
+            } | FillState::Done {
+                mem_start: Some(_),
+                ..
+            }
+        )
     }
 
     /// Waits for upstream's response headers: the length from its `Content-Length`, if given.
@@ -383,6 +416,11 @@ impl Fills {
             left: tokio::sync::Notify::new(),
             stats: StatCounters::default(),
         }
+    }
+
+    /// How long a fill may receive nothing before it is resumed.
+    pub fn idle_timeout(&self) -> Duration {
+        self.settings.idle_timeout
     }
 
     /// The disk budget fills are admitted against.
