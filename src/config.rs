@@ -26,6 +26,7 @@
 //! url = "https://ghcr.io"
 //! [registries."registry.internal:5443"]
 //! ca_file = "/etc/regcache/internal-ca.pem"
+//! redirect_hosts = ["minio.internal:9000"]   # private redirect targets allowed for this one
 //! ```
 
 use std::collections::BTreeMap;
@@ -132,6 +133,10 @@ pub struct RegistryFile {
     pub password_file: Option<PathBuf>,
     /// `ca_file`: PEM certificates trusted for this registry, in addition to the system roots.
     pub ca_file: Option<PathBuf>,
+    /// `redirect_hosts`: `host` or `host:port` entries this registry's redirects may lead to
+    /// although they are loopback, link-local or private addresses (by default only public
+    /// addresses and the registry's own host are followed).
+    pub redirect_hosts: Option<Vec<String>>,
 }
 
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -374,6 +379,8 @@ pub struct UpstreamConfig {
     pub credentials: Option<Credentials>,
     /// Extra trusted CA certificates (DER), from `ca_file`.
     pub extra_roots: Vec<Vec<u8>>,
+    /// Non-public redirect targets allowed (`host` or `host:port`), from `redirect_hosts`.
+    pub redirect_hosts: Vec<String>,
 }
 
 /// The effective configuration.
@@ -513,11 +520,19 @@ impl Config {
                     })?
                 }
             };
+            let redirect_hosts = t.redirect_hosts.clone().unwrap_or_default();
+            if let Some(bad) = redirect_hosts.iter().find(|h| !is_registry_name(h)) {
+                return Err(invalid(
+                    "redirect_hosts",
+                    format!("[{name}]: {bad:?} is not host or host:port"),
+                ));
+            }
             registries.push(UpstreamConfig {
                 registry: name,
                 url,
                 credentials,
                 extra_roots,
+                redirect_hosts,
             });
         }
         Ok(Config {

@@ -366,3 +366,73 @@ async fn a_range_of_an_uncacheable_blob_goes_upstream_as_a_range() {
     );
     assert!(!m.has_blob(&d));
 }
+
+/// A listener on another loopback address standing in for an internal service; counts the
+/// connections it gets (and answers them with a small JSON document, like a `_catalog`).
+async fn internal_service() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 27\r\n\r\n{\"repositories\":[\"secret\"]}",
+                )
+                .await;
+        }
+    });
+    (addr, hits)
+}
+
+/// A redirect into private or loopback space (another host than the registry's) is refused
+/// before any connection: a hostile upstream cannot read internal services through the mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_into_internal_space_is_refused() {
+    let up = FakeUpstream::start(300).await;
+    let d = up.add_blob(random_bytes(1000, 46));
+    let (internal, hits) = internal_service().await;
+    up.set_faults(Faults {
+        redirect_to: Some(format!("http://{internal}/v2/_catalog")),
+        ..Default::default()
+    });
+    let m = Mirror::start_args(args(&up)).await;
+    let r = get(&m.url(&format!("/v2/library/ssrf/blobs/{d}"))).await;
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    let msg = r.json()["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("redirect") && msg.contains("redirect_hosts"),
+        "{msg}"
+    );
+    assert!(!msg.contains("secret"));
+    assert_eq!(n(&hits), 0, "no connection to the internal address");
+}
+
+/// `redirect_hosts` lets a registry's redirects reach a private host on purpose (a CDN or
+/// object store on the site's network).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_hosts_allow_a_private_redirect_target() {
+    let up = FakeUpstream::start(300).await;
+    let d = up.add_blob(random_bytes(1000, 47));
+    let (internal, hits) = internal_service().await;
+    up.set_faults(Faults {
+        redirect_to: Some(format!("http://{internal}/blob")),
+        ..Default::default()
+    });
+    let m = Mirror::start_with_config(&format!(
+        "revalidate_timeout = \"700ms\"\n[upstream]\nurl = \"{}\"\nredirect_hosts = [\"127.0.0.2\"]\n",
+        up.url()
+    ))
+    .await;
+    let _ = get(&m.url(&format!("/v2/library/ok/blobs/{d}"))).await;
+    assert!(n(&hits) >= 1, "the allowed host was asked");
+}

@@ -104,6 +104,8 @@ pub struct Upstream {
     registry: String,
     /// Base URL (`https://registry-1.docker.io/`).
     base: Url,
+    /// Non-public redirect targets this registry may use (`host` or `host:port`).
+    redirect_hosts: Vec<String>,
     /// Basic credentials for the token realm or the registry.
     credentials: Option<Credentials>,
     /// Pooled HTTP/1.1 + HTTP/2 client.
@@ -159,6 +161,7 @@ impl Upstream {
             registry: cfg.registry.clone(),
             base: cfg.url.clone(),
             credentials: cfg.credentials.clone(),
+            redirect_hosts: cfg.redirect_hosts.clone(),
             client,
             auth: Mutex::new(AuthState::default()),
             timeout: opts.timeout,
@@ -260,6 +263,7 @@ impl Upstream {
             } else if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
                 redirects += 1;
                 (url, method) = follow_redirect(&resp, &url, method, redirects)?;
+                self.check_redirect_target(&url).await?;
                 continue;
             } else if status == StatusCode::TOO_MANY_REQUESTS && on_origin {
                 self.back_off_rate_limited(&resp);
@@ -347,6 +351,53 @@ impl Upstream {
         }
         st.challenge = Some(challenge);
         Ok(true)
+    }
+
+    /// Whether a redirect may lead to `url`: the registry's own host, a host in its
+    /// `redirect_hosts`, or a host whose every address is public. A redirect into loopback,
+    /// link-local or private space (an internal service) is refused before any connection, so
+    /// a hostile upstream can neither read internal services through the mirror nor probe
+    /// which ports are open.
+    ///
+    /// Errors: [`UpstreamError::Protocol`] naming the host and the fix.
+    async fn check_redirect_target(&self, url: &Url) -> Result<(), UpstreamError> {
+        let host = url.host_str().unwrap_or("");
+        let port = url.port_or_known_default().unwrap_or(0);
+        if self.base.host_str() == Some(host) {
+            return Ok(());
+        }
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let with_port = format!("{bare}:{port}");
+        if self
+            .redirect_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(bare) || h.eq_ignore_ascii_case(&with_port))
+        {
+            return Ok(());
+        }
+        let refused = |why: &str| {
+            UpstreamError::Protocol(format!(
+                "redirect to {host} refused: {why} (allow it with redirect_hosts = [\"{bare}\"] in [registries.\"{}\"])",
+                self.registry
+            ))
+        };
+        let addrs: Vec<std::net::IpAddr> = match bare.parse::<std::net::IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => tokio::time::timeout(self.timeout, tokio::net::lookup_host((bare, port)))
+                .await
+                .map_err(|_| refused("its name does not resolve in time"))?
+                .map_err(|_| refused("its name does not resolve"))?
+                .map(|a| a.ip())
+                .collect(),
+        };
+        match addrs.iter().find(|ip| !is_public(ip)) {
+            Some(ip) if ip.to_string() == bare => Err(refused("not a public address")),
+            Some(ip) => Err(refused(&format!(
+                "it resolves to {ip}, not a public address"
+            ))),
+            None if addrs.is_empty() => Err(refused("its name has no address")),
+            None => Ok(()),
+        }
     }
 
     /// A 429: nothing goes to this upstream until its `Retry-After` (delta-seconds; else 60 s,
@@ -480,6 +531,34 @@ fn follow_redirect(
     Ok((next, method))
 }
 
+/// Whether `ip` is a public address: not loopback, unspecified, link-local, private
+/// (RFC 1918, unique local `fc00::/7`), shared (`100.64.0.0/10`), multicast or broadcast.
+fn is_public(ip: &std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_unspecified()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || (o[0] == 100 && (64..128).contains(&o[1])))
+        }
+        std::net::IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(&std::net::IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
 /// rustls client configuration (ring provider): system roots, else webpki roots, plus `extra`
 /// DER certificates.
 fn tls_config(extra: &[Vec<u8>]) -> std::io::Result<rustls::ClientConfig> {
@@ -559,6 +638,30 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_addresses() {
+        for a in ["8.8.8.8", "2606:4700::1111", "100.128.0.1"] {
+            assert!(is_public(&a.parse().unwrap()), "{a}");
+        }
+        for a in [
+            "127.0.0.1",
+            "127.0.0.2",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(!is_public(&a.parse().unwrap()), "{a}");
+        }
+    }
 
     #[test]
     fn outage_classification() {

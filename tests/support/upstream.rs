@@ -94,6 +94,8 @@ pub struct Faults {
     pub huge_headers: bool,
     /// Token endpoint: sends a few bytes of its answer, then stalls with the connection open.
     pub stall_token: bool,
+    /// Registry: blob GETs redirect here instead of to the CDN (a hostile upstream).
+    pub redirect_to: Option<String>,
 }
 
 #[derive(Default)]
@@ -461,12 +463,12 @@ async fn registry_handler(
         }
         c.blob_get.fetch_add(1, Ordering::SeqCst);
         let mut r = full(307, Bytes::new());
-        r.headers_mut().insert(
-            "location",
-            format!("http://{cdn}/cdn/{digest}?signature=secret-signed-url")
-                .parse()
-                .unwrap(),
-        );
+        let location = faults
+            .redirect_to
+            .clone()
+            .unwrap_or_else(|| format!("http://{cdn}/cdn/{digest}?signature=secret-signed-url"));
+        r.headers_mut()
+            .insert("location", location.parse().unwrap());
         return r;
     }
     oci_error(404, "NOT_FOUND")
