@@ -436,3 +436,48 @@ async fn redirect_hosts_allow_a_private_redirect_target() {
     let _ = get(&m.url(&format!("/v2/library/ok/blobs/{d}"))).await;
     assert!(n(&hits) >= 1, "the allowed host was asked");
 }
+
+/// Stalled readers of uncached (pass-through) downloads hold no blocking-pool thread: with
+/// six such downloads stalled on a runtime of 3 blocking threads, another cold blob still fills.
+#[test]
+fn stalled_pass_through_readers_hold_no_thread() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(3)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use http_body_util::BodyExt;
+        let up = FakeUpstream::start(300).await;
+        let big = up.add_blob(random_bytes(32 << 20, 48));
+        let small = up.add_blob(random_bytes(200_000, 49));
+        let m = Mirror::start_args(ServeArgs {
+            max_size: Some(4 << 20),
+            ..args(&up)
+        })
+        .await;
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        // Six clients of the uncached blob read a little, then stop reading.
+        let mut stalled = Vec::new();
+        for _ in 0..6 {
+            let url = m.url(&format!("/v2/library/p/blobs/{big}"));
+            let resp = client.get(url.parse().unwrap()).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let mut body = resp.into_body();
+            let _ = body.frame().await;
+            stalled.push(body);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            get(&m.url(&format!("/v2/library/p/blobs/{small}"))),
+        )
+        .await
+        .expect("a cold fill goes on while uncached downloads are stalled");
+        assert_eq!(sha256(r.bytes()), small);
+        drop(stalled);
+    });
+}

@@ -267,6 +267,11 @@ async fn read(
                     if !hasher.push(data.clone()).await || !writer.push(data).await {
                         return None; // the writer failed; its error is reported by the caller
                     }
+                    if fill.is_pass_through() {
+                        // Uncached: the window holds what the slowest follower has not read;
+                        // wait here (holding no thread) until it has room.
+                        fill.room().await;
+                    }
                 }
                 continue;
             }

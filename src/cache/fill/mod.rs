@@ -17,9 +17,9 @@
 //!
 //! *Pass-through*: a blob larger than `max_size`, or a fill whose disk write fails (ENOSPC, EIO),
 //! is not cached. From that point on the bytes go through a small in-memory window
-//! ([`MEM_WINDOW`]) that followers read from; the writer waits for the slowest follower rather
-//! than growing the window, so memory stays bounded and every follower still gets the complete,
-//! digest-checked stream. Such a fill leaves the coalescing map, so later clients start afresh.
+//! ([`MEM_WINDOW`]) that followers read from; the download waits (asynchronously, holding no
+//! thread) for the slowest follower rather than growing the window, so memory stays bounded and
+//! every follower still gets the complete, digest-checked stream. Such a fill leaves the coalescing map, so later clients start afresh.
 //!
 //! After commit, followers switch to mmap windows of the (now immutable) file.
 //!
@@ -37,7 +37,7 @@ mod writer;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -139,8 +139,8 @@ pub struct Fill {
     /// Pass-through window and follower positions (std mutex: the writer runs on the blocking
     /// pool).
     tail: Mutex<Tail>,
-    /// Signalled when followers advance or leave (the writer may trim the window).
-    advanced: Condvar,
+    /// Signalled when followers advance or leave (the download may trim the window).
+    advanced: tokio::sync::Notify,
     /// The whole temp file mapped once (length from `Content-Length`), for zero-copy followers.
     map: std::sync::OnceLock<Bytes>,
 }
@@ -159,7 +159,7 @@ impl Reader {
             *p = pos;
         }
         drop(t);
-        self.fill.advanced.notify_all();
+        self.fill.advanced.notify_waiters();
     }
 }
 
@@ -171,7 +171,7 @@ impl Drop for Reader {
             .expect("tail lock")
             .readers
             .remove(&self.id);
-        self.fill.advanced.notify_all();
+        self.fill.advanced.notify_waiters();
     }
 }
 
@@ -181,7 +181,7 @@ impl Fill {
             digest,
             state: watch::channel(FillState::Connecting).0,
             tail: Mutex::new(Tail::default()),
-            advanced: Condvar::new(),
+            advanced: tokio::sync::Notify::new(),
             map: std::sync::OnceLock::new(),
         }
     }
@@ -283,28 +283,34 @@ impl Fill {
         t.chunks.push_back((offset, chunk));
     }
 
-    /// Drops chunks every follower has read, then waits (bounded by the idle timeout per step)
-    /// until the window is back under [`MEM_WINDOW`]; followers that stall past it are cut.
-    fn wait_room(&self) {
-        let mut t = self.tail.lock().expect("tail lock");
+    /// Waits until the pass-through window is back under [`MEM_WINDOW`] (dropping the chunks
+    /// every follower has read); a follower that keeps it full for the idle timeout is cut.
+    /// Async: a stalled reader holds no thread (the network reader waits here, not the writer).
+    pub(super) async fn room(&self) {
         loop {
-            let min = t.readers.values().copied().min().unwrap_or(u64::MAX);
-            while let Some((o, c)) = t.chunks.front() {
-                if o + c.len() as u64 > min {
-                    break;
+            let advanced = self.advanced.notified();
+            tokio::pin!(advanced);
+            advanced.as_mut().enable();
+            let min = {
+                let mut t = self.tail.lock().expect("tail lock");
+                let min = t.readers.values().copied().min().unwrap_or(u64::MAX);
+                while let Some((o, c)) = t.chunks.front() {
+                    if o + c.len() as u64 > min {
+                        break;
+                    }
+                    t.buffered -= c.len();
+                    t.chunks.pop_front();
                 }
-                t.buffered -= c.len();
-                t.chunks.pop_front();
-            }
-            if t.buffered <= MEM_WINDOW {
-                return;
-            }
-            let (g, res) = self
-                .advanced
-                .wait_timeout(t, BODY_IDLE_TIMEOUT)
-                .expect("tail lock");
-            t = g;
-            if res.timed_out() {
+                if t.buffered <= MEM_WINDOW {
+                    return;
+                }
+                min
+            };
+            if tokio::time::timeout(BODY_IDLE_TIMEOUT, advanced)
+                .await
+                .is_err()
+            {
+                let mut t = self.tail.lock().expect("tail lock");
                 let slow: Vec<u64> = t
                     .readers
                     .iter()

@@ -159,7 +159,6 @@ impl Step for Writer {
             let w = *written;
             fill.push_mem(at, chunk);
             publish(fill, w);
-            fill.wait_room();
         }
         true
     }
