@@ -14,6 +14,8 @@
 //! outage_backoff = "10s"    # after an upstream stops answering, skip it this long...
 //! outage_probe_interval = "500ms"   # ...but for one probe this often (its return is seen at once)
 //! min_fill_rate = "1KiB/s"  # a download slower than this over idle_timeout is resumed
+//! header_read_timeout = "30s"  # a client must send its request head (or HTTP/2 preface) this fast
+//! max_connections = 4096    # client connections at once (default: half the open-file limit)
 //! max_upstream_bandwidth = "2MiB/s"   # optional cap for all fills together
 //! tls_cert = "/etc/regcache/regcache.crt"  # optional: serve HTTPS (with tls_key)
 //! tls_key = "/etc/regcache/regcache.key"
@@ -91,6 +93,13 @@ pub struct FileConfig {
     /// resumed (at most 5 times, then the fill is aborted), e.g. `"60s"`.
     #[serde(default, deserialize_with = "de_duration")]
     pub idle_timeout: Option<Duration>,
+    /// `header_read_timeout`: a client connection must send its request head (HTTP/1) or its
+    /// preface (HTTP/2), or finish the TLS handshake, within this, e.g. `"30s"`.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub header_read_timeout: Option<Duration>,
+    /// `max_connections`: client connections served at once; more are answered 503 and closed
+    /// (default: half the process's open-file limit, which regcache raises to its hard limit).
+    pub max_connections: Option<usize>,
     /// `min_fill_rate`: a blob download receiving fewer bytes per second than this, measured over
     /// each `idle_timeout`, is dropped and resumed like a stalled one (`"0B/s"`: no floor),
     /// e.g. `"1KiB/s"`.
@@ -269,6 +278,13 @@ pub struct ServeArgs {
     /// long, e.g. 60s [default: 60s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub idle_timeout: Option<Duration>,
+    /// A client must send its request head (or HTTP/2 preface) within this, e.g. 30s
+    /// [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub header_read_timeout: Option<Duration>,
+    /// Client connections served at once; more get a 503 [default: half the open-file limit].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
     /// Resume a download slower than this over an idle_timeout window, e.g. 1KiB/s; 0B/s turns
     /// the floor off [default: 1KiB/s].
     #[arg(long, value_name = "RATE", value_parser = parse_rate_floor)]
@@ -294,6 +310,8 @@ pub struct ServeArgs {
 
 /// Default for `revalidate_timeout`.
 pub const DEFAULT_REVALIDATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for `header_read_timeout`.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for `min_fill_rate`, in bytes per second.
 pub const DEFAULT_MIN_FILL_RATE: u64 = 1024;
 /// Default for `outage_probe_interval`.
@@ -406,6 +424,11 @@ pub struct Config {
     pub outage_probe_interval: Duration,
     /// Slowest fill, in bytes per second, before it is resumed (0: no floor).
     pub min_fill_rate: u64,
+    /// Time a client has to send its request head, HTTP/2 preface or TLS handshake.
+    pub header_read_timeout: Duration,
+    /// Client connections served at once (`None`: half the open-file limit, decided by the
+    /// server when it starts).
+    pub max_connections: Option<usize>,
     /// Cap on upstream bytes per second, all fills together.
     pub max_upstream_bandwidth: Option<u64>,
     /// Certificate and key files: the listener speaks HTTPS.
@@ -563,6 +586,21 @@ impl Config {
                     .or(file.idle_timeout)
                     .unwrap_or(DEFAULT_IDLE_TIMEOUT),
             )?,
+            header_read_timeout: nonzero(
+                "header_read_timeout",
+                args.header_read_timeout
+                    .or(file.header_read_timeout)
+                    .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+            )?,
+            max_connections: match args.max_connections.or(file.max_connections) {
+                Some(0) => {
+                    return Err(ConfigError::Invalid {
+                        key: "max_connections",
+                        message: "must be at least 1".into(),
+                    })
+                }
+                n => n,
+            },
             min_fill_rate: args
                 .min_fill_rate
                 .or(file.min_fill_rate)
@@ -675,6 +713,18 @@ fn parse_upstream_url(s: &str) -> Result<Url, String> {
         ));
     }
     Ok(url)
+}
+
+/// Raises the open-file soft limit to the hard limit (what a server with many clients wants;
+/// the default soft limit of 1024 is for interactive shells). Errors are ignored: the limit
+/// stays as it was.
+pub fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current < l.maximum {
+        l.current = l.maximum;
+        let _ = setrlimit(Resource::Nofile, l);
+    }
 }
 
 /// `/var/cache/regcache` for root, else `$XDG_CACHE_HOME/regcache` (or `~/.cache/regcache`).

@@ -197,6 +197,7 @@ fn with_cache(
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
+    regcache::config::raise_open_file_limit();
     let config = match Config::load(&args) {
         Ok(c) => c,
         Err(e) => {

@@ -481,3 +481,52 @@ fn stalled_pass_through_readers_hold_no_thread() {
         drop(stalled);
     });
 }
+
+/// A client that sends part of the HTTP/2 preface and stops is dropped after the header
+/// timeout (protocol detection is bounded), like one that sends nothing.
+#[tokio::test]
+async fn a_partial_http2_preface_is_dropped_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = FakeUpstream::start(300).await;
+    let m = Mirror::start_args(ServeArgs {
+        header_read_timeout: Some(Duration::from_millis(500)),
+        ..args(&up)
+    })
+    .await;
+    for prefix in [&b"P"[..], b"PRI ", b"PRI * HTTP/2.0\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(m.addr).await.unwrap();
+        s.write_all(prefix).await.unwrap();
+        let mut buf = [0u8; 64];
+        let r = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await;
+        assert!(
+            matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+            "after {prefix:?} the connection must be closed, got {r:?}"
+        );
+    }
+}
+
+/// Past `max_connections` a connection gets a clear 503 and is closed, and the capacity comes
+/// back as soon as a connection ends.
+#[tokio::test]
+async fn connections_past_the_cap_get_a_503() {
+    let up = FakeUpstream::start(300).await;
+    let m = Mirror::start_args(ServeArgs {
+        max_connections: Some(4),
+        ..args(&up)
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(m.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = get(&m.url("/v2/")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["errors"][0]["code"], "UNAVAILABLE");
+    assert_eq!(r.header("retry-after"), "1");
+    idle.pop();
+    eventually_async("a slot is free again", || async {
+        get(&m.url("/v2/")).await.status == 200
+    })
+    .await;
+}

@@ -23,8 +23,6 @@ use crate::body::{BoxError, ResponseBody};
 use crate::cache::CacheResult;
 use crate::mirror::Mirror;
 
-/// Time a client has to send a request's headers (slowloris guard).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time in-flight responses (and fills) get to finish after shutdown is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -45,16 +43,30 @@ pub async fn run(
         None => None,
     };
     let graceful = GracefulShutdown::new();
+    let header_timeout = app.config().header_read_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
+    // The protocol is decided before hyper sees the connection (ALPN, or the first bytes on
+    // plain TCP, within the header timeout): hyper's own detection waits for ever.
+    let builders = Builders {
+        h1: builder.clone().http1_only(),
+        h2: builder.http2_only(),
+    };
+    let max = app
+        .config()
+        .max_connections
+        .unwrap_or_else(default_max_connections);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
     tokio::pin!(shutdown);
     let mut fd_warning = Throttled::new(FD_WARNING_INTERVAL);
     loop {
@@ -73,26 +85,42 @@ pub async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (app, builder, watcher) = (app.clone(), builder.clone(), graceful.watcher());
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    // A few refusals at a time are answered; past that, closed at once.
+                    if let Ok(r) = refusals.clone().try_acquire_owned() {
+                        tokio::spawn(async move {
+                            refuse(stream, max).await;
+                            drop(r);
+                        });
+                    }
+                    continue;
+                };
+                let (app, builders, watcher) = (app.clone(), builders.clone(), graceful.watcher());
                 match tls.clone() {
                     None => {
                         tokio::spawn(async move {
-                            // A connection that sends nothing is closed (the protocol detection
-                            // of the auto builder has no timeout of its own).
-                            let mut first = [0u8; 1];
-                            match tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await {
-                                Ok(Ok(n)) if n > 0 => {}
-                                _ => return,
-                            }
+                            let _slot = slot;
+                            // A connection that sends nothing, or stops inside the HTTP/2
+                            // preface, is closed after the header timeout.
+                            let Some(proto) = sniff(&stream, header_timeout).await else {
+                                return;
+                            };
                             let io = crate::body::zero_copy::ZeroCopyStream::new(stream);
-                            serve_connection(io, app, builder, watcher, true).await
+                            serve_connection(io, app, builders.pick(proto), watcher, true).await
                         });
                     }
                     Some(acceptor) => {
                         // The handshake runs in the connection's task, bounded like header reads.
                         tokio::spawn(async move {
-                            match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
-                                Ok(Ok(io)) => serve_connection(io, app, builder, watcher, false).await,
+                            let _slot = slot;
+                            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(io)) => {
+                                    let proto = match io.get_ref().1.alpn_protocol() {
+                                        Some(b"h2") => Proto::Http2,
+                                        _ => Proto::Http1,
+                                    };
+                                    serve_connection(io, app, builders.pick(proto), watcher, false).await
+                                }
                                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!("TLS handshake timed out"),
                             }
@@ -113,6 +141,108 @@ pub async fn run(
         _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("shutdown: connections still open after the drain timeout"),
     }
     Ok(())
+}
+
+/// Half the process's open-file limit (the other half is for upstream connections, temp and
+/// cache files), at least 64 and at most 16384.
+fn default_max_connections() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(4096);
+    (limit / 2).clamp(64, 16384) as usize
+}
+
+/// Connections over `max_connections` answered with a 503 at a time (the rest are closed).
+const MAX_REFUSALS: usize = 64;
+
+/// Concurrent streams per HTTP/2 connection (bounds what one connection can make regcache
+/// buffer).
+pub const H2_MAX_STREAMS: u32 = 128;
+
+/// The protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    Http1,
+    Http2,
+}
+
+/// The connection builders, one per protocol (no detection inside hyper).
+#[derive(Clone)]
+struct Builders {
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn pick(self, proto: Proto) -> auto::Builder<TokioExecutor> {
+        match proto {
+            Proto::Http1 => self.h1,
+            Proto::Http2 => self.h2,
+        }
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Reads (without consuming) the first bytes of a plain-TCP connection: the whole HTTP/2
+/// preface means HTTP/2, anything else HTTP/1. `None`: the client sent nothing, or stopped
+/// inside the preface, within `timeout` (or closed).
+async fn sniff(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<Proto> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.peek(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            return None;
+        }
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(Proto::Http1);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(Proto::Http2);
+        }
+        // A prefix of the preface so far: look again shortly (bounded by the deadline).
+        tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(10)))
+            .await
+            .ok()?;
+    }
+}
+
+/// Answers a connection over `max_connections` with a 503 (an OCI error body, `Retry-After`)
+/// and closes it, so the clients already connected keep their capacity.
+async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Read the request head first (bounded): clients treat an answer before their request as
+    // a broken connection, not as an answer.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 2048];
+        while head.len() < 16 << 10 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let body = crate::error::ApiError::unavailable(format!(
+        "too many connections (max_connections = {max}); retry shortly"
+    ))
+    .body_json();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nDocker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(body.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// Out of file descriptors is said at most this often (with the count of repeats).
