@@ -34,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the mirror (defaults: listen 127.0.0.1:5000, upstream Docker Hub).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Show the cache's size against its budget, object counts, free disk, oldest and newest use.
     Status(CacheArgs),
     /// Re-hash every cached object and remove those that do not match their digest
@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Prefetch(args) => prefetch(args),
         Command::GenCert { hostnames, out_dir } => {
             match regcache::tls::generate(&hostnames, &out_dir) {
