@@ -489,3 +489,84 @@ async fn a_blob_without_length_that_outgrows_the_budget_is_not_cached() {
     );
     eventually("temp space released", || m.temp_files() == 0).await;
 }
+
+/// A fill that fills the disk goes on uncached, and the space its deleted temp file still
+/// holds (until the fill ends) is no reason for `min_free` eviction: the cache is not emptied
+/// to make room that comes back by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_during_a_fill_does_not_empty_the_cache() {
+    use http_body_util::BodyExt;
+    if !proc::is_root() {
+        println!("SKIP a_full_disk_during_a_fill_does_not_empty_the_cache: needs root to mount a tmpfs (run `scripts/test-all` as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = SmallFs::mount(&dir.path().join("cache"), "64m") else {
+        if std::env::var("REGCACHE_E2E").as_deref() == Ok("require") {
+            panic!("cannot mount tmpfs although REGCACHE_E2E=require");
+        }
+        println!("SKIP a_full_disk_during_a_fill_does_not_empty_the_cache: mount -t tmpfs failed");
+        return;
+    };
+    let up = FakeUpstream::start(300).await;
+    let small: Vec<String> = (0..10)
+        .map(|i| up.add_blob(random_bytes(500_000, 80 + i)))
+        .collect();
+    let big = up.add_blob(random_bytes(80 << 20, 90));
+    let m = Mirror::start_args(ServeArgs {
+        upstream: Some(up.url()),
+        cache_dir: Some(fs.0.clone()),
+        min_free: Some(regcache::cache::eviction::MinFree::Bytes(8 << 20)),
+        ..Default::default()
+    })
+    .await;
+    for d in &small {
+        assert_eq!(
+            sha256(
+                get(&m.url(&format!("/v2/library/f/blobs/{d}")))
+                    .await
+                    .bytes()
+            ),
+            *d
+        );
+    }
+    eventually("small blobs committed", || {
+        small.iter().all(|d| m.has_blob(d))
+    })
+    .await;
+    // No Content-Length: regcache learns the blob does not fit only when the disk is full.
+    up.set_faults(Faults {
+        no_length: true,
+        ..Default::default()
+    });
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let resp = client
+        .get(
+            m.url(&format!("/v2/library/f/blobs/{big}"))
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    // Read until the fill has gone pass-through (the temp file is gone from tmp/), then stall.
+    let mut got = 0usize;
+    while m.temp_files() > 0 || got < 60 << 20 {
+        match body.frame().await {
+            Some(Ok(f)) => got += f.data_ref().map_or(0, |d| d.len()),
+            _ => break,
+        }
+        if m.temp_files() == 0 && got > 1 << 20 {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for d in &small {
+        assert!(
+            m.has_blob(d),
+            "evicted for space regcache's own fill holds: {d}"
+        );
+    }
+    drop(body);
+}

@@ -118,6 +118,12 @@ pub struct EvictReport {
 /// `regcache gc --dry-run` lists it.
 pub fn plan(index: &SharedIndex, budget: &Budget, fs: Option<FsSpace>) -> Vec<(ObjectKey, Entry)> {
     let usage = index.usage();
+    // Space held by regcache's own abandoned temp files (fills that hit a full disk and still
+    // stream to their clients) comes back when those fills end: never evict for it.
+    let fs = fs.map(|f| FsSpace {
+        available: f.available.saturating_add(usage.held),
+        ..f
+    });
     match budget.excess(usage.total + usage.reserved, fs) {
         0 => Vec::new(),
         need => index.plan(need),

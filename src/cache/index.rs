@@ -58,6 +58,9 @@ pub struct Index {
     total: u64,
     /// Bytes reserved by fills in progress (counted against the budget before they commit).
     reserved: u64,
+    /// Disk bytes held by temp files of fills that stopped caching (disk full) but still stream
+    /// to their clients: freed when those fills end, so not a reason to evict.
+    held: u64,
 }
 
 impl Default for Index {
@@ -73,6 +76,7 @@ impl Index {
             lru: LruCache::unbounded(),
             total: 0,
             reserved: 0,
+            held: 0,
         }
     }
 
@@ -126,6 +130,8 @@ pub struct Usage {
     pub total: u64,
     /// Bytes reserved by fills in progress.
     pub reserved: u64,
+    /// Disk bytes held by abandoned temp files of fills still streaming (freed when they end).
+    pub held: u64,
     /// Number of objects.
     pub objects: usize,
 }
@@ -192,6 +198,7 @@ impl SharedIndex {
         Usage {
             total: ix.total,
             reserved: ix.reserved,
+            held: ix.held,
             objects: ix.lru.len(),
         }
     }
@@ -200,6 +207,19 @@ impl SharedIndex {
     pub fn reserve(&self, bytes: u64) {
         self.lock().reserved += bytes;
         self.changed.notify_one();
+    }
+
+    /// Counts `bytes` of an abandoned temp file that stays open until its fill ends.
+    pub fn hold(&self, bytes: u64) {
+        self.lock().held += bytes;
+        // A disk just turned full: the evictor looks at once (and finds this held space).
+        self.changed.notify_one();
+    }
+
+    /// The fill of an abandoned temp file ended: its bytes are free again.
+    pub fn unhold(&self, bytes: u64) {
+        let mut ix = self.lock();
+        ix.held = ix.held.saturating_sub(bytes);
     }
 
     /// Releases a reservation.
@@ -230,6 +250,7 @@ impl SharedIndex {
         {
             let mut ix = self.lock();
             fresh.reserved = ix.reserved;
+            fresh.held = ix.held;
             let live = std::mem::replace(&mut *ix, fresh);
             for (k, e) in live.lru.iter().rev() {
                 ix.insert(k.clone(), *e);

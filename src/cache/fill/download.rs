@@ -91,6 +91,7 @@ async fn fetch(
             reservation: Reservation {
                 store: guard.store.clone(),
                 bytes: 0,
+                held: 0,
             },
             max_size: guard.fills.settings.budget.max_size,
             fill: fill.clone(),

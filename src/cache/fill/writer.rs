@@ -82,6 +82,8 @@ pub(super) struct Reservation {
     pub(super) store: Store,
     /// Bytes reserved.
     pub(super) bytes: u64,
+    /// Bytes of the abandoned temp file (still open for followers) counted as held.
+    pub(super) held: u64,
 }
 
 impl Reservation {
@@ -91,17 +93,24 @@ impl Reservation {
         self.bytes += n;
     }
 
-    /// Releases everything (the fill is no longer cached).
-    fn release(&mut self) {
+    /// The fill stopped caching: its reservation goes, and the `written` bytes of its temp
+    /// file (deleted, but open until the fill ends) are counted as held, not as a reason to
+    /// evict.
+    fn abandoned(&mut self, written: u64) {
         self.store
             .index()
             .unreserve(std::mem::take(&mut self.bytes));
+        self.store.index().hold(written);
+        self.held += written;
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.release();
+        self.store
+            .index()
+            .unreserve(std::mem::take(&mut self.bytes));
+        self.store.index().unhold(std::mem::take(&mut self.held));
     }
 }
 
@@ -114,8 +123,7 @@ impl Step for Writer {
                     // No Content-Length, and it has outgrown the budget: stop caching.
                     let e = std::io::Error::other("blob is larger than max_size");
                     let w = f.written();
-                    self.reservation.release();
-                    to_pass_through(&mut self.sink, fill, fills, &e);
+                    to_pass_through(&mut self.sink, fill, fills, &mut self.reservation, &e);
                     // The chunk is on disk already; followers read it from the file.
                     publish(fill, w);
                     return true;
@@ -133,16 +141,13 @@ impl Step for Writer {
                     let due = preallocation_due(self.len, &mut self.preallocated, f.written());
                     if let Some(target) = due {
                         if let Err(e) = f.preallocate(target) {
-                            self.reservation.release();
-                            to_pass_through(&mut self.sink, fill, fills, &e);
+                            to_pass_through(&mut self.sink, fill, fills, &mut self.reservation, &e);
                         }
                     }
                     return true;
                 }
-                Err(e) => {
-                    self.reservation.release();
-                    to_pass_through(&mut self.sink, fill, fills, &e) // this chunk goes below
-                }
+                // This chunk goes below.
+                Err(e) => to_pass_through(&mut self.sink, fill, fills, &mut self.reservation, &e),
             }
         }
         if let Sink::Mem { written } = &mut self.sink {
@@ -165,11 +170,18 @@ impl Step for Writer {
 }
 
 /// A disk error: delete the temp file and pass the rest of the blob through uncached.
-fn to_pass_through(sink: &mut Sink, fill: &Arc<Fill>, fills: &Fills, e: &std::io::Error) {
+fn to_pass_through(
+    sink: &mut Sink,
+    fill: &Arc<Fill>,
+    fills: &Fills,
+    reservation: &mut Reservation,
+    e: &std::io::Error,
+) {
     let Sink::Disk(f) = std::mem::replace(sink, Sink::Mem { written: 0 }) else {
         return;
     };
     let written = f.abandon();
+    reservation.abandoned(written);
     tracing::warn!(digest = %fill.digest, reason = %e, written,
         "not caching this blob; passing the rest of it through uncached");
     fills.detach(fill);
