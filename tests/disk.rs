@@ -520,20 +520,7 @@ async fn a_full_disk_during_a_fill_does_not_empty_the_cache() {
         ..Default::default()
     })
     .await;
-    for d in &small {
-        assert_eq!(
-            sha256(
-                get(&m.url(&format!("/v2/library/f/blobs/{d}")))
-                    .await
-                    .bytes()
-            ),
-            *d
-        );
-    }
-    eventually("small blobs committed", || {
-        small.iter().all(|d| m.has_blob(d))
-    })
-    .await;
+    m.fill_blobs("library/f", &small).await;
     // No Content-Length: regcache learns the blob does not fit only when the disk is full.
     up.set_faults(Faults {
         no_length: true,

@@ -289,16 +289,7 @@ fn cached_image_survives(lab: &Lab, single: &TestImage, mode: Mode) {
         pulls::docker_pull(lab, single, CLIENT_TIMEOUT)
     });
     lab.containerd().remove_everything();
-    timed("ctr pull", &|| {
-        pulls::ctr_pull(
-            lab,
-            &lab.containerd().hosts_dir,
-            &single.docker_io_ref(),
-            single,
-            None,
-            CLIENT_TIMEOUT,
-        )
-    });
+    timed("ctr pull", &|| ctr_pull_image(lab, single));
     timed("skopeo copy", &|| {
         pulls::skopeo_copy(
             lab,
@@ -333,6 +324,18 @@ fn cached_image_survives(lab: &Lab, single: &TestImage, mode: Mode) {
         access_report(lab, log, |_| true),
         proxy_report(lab, &m)
     );
+}
+
+/// `ctr images pull` of `img` (a docker.io name) through the lab's hosts dir, checked.
+fn ctr_pull_image(lab: &Lab, img: &TestImage) -> Duration {
+    pulls::ctr_pull(
+        lab,
+        &lab.containerd().hosts_dir,
+        &img.docker_io_ref(),
+        img,
+        None,
+        CLIENT_TIMEOUT,
+    )
 }
 
 /// Check 3b: An uncached image fails within BOUND: regcache answers 503 UNAVAILABLE to a manifest
@@ -606,14 +609,7 @@ fn warm_pulls(lab: &Lab, single: &TestImage, real_clients: bool) -> Vec<faults::
         lab.dockerd().remove_everything();
         pulls::docker_pull(lab, single, CLIENT_TIMEOUT);
         lab.containerd().remove_everything();
-        pulls::ctr_pull(
-            lab,
-            &lab.containerd().hosts_dir,
-            &single.docker_io_ref(),
-            single,
-            None,
-            CLIENT_TIMEOUT,
-        );
+        ctr_pull_image(lab, single);
         pulls::skopeo_copy(
             lab,
             &format!("{}/{}:{}", lab.mirror_addr(), single.repo, single.tag),

@@ -64,27 +64,11 @@ async fn caching_goes_on_after_the_cache_directory_is_emptied() {
     let a = up.add_blob(random_bytes(50_000, 4));
     let b = up.add_blob(random_bytes(50_000, 5));
     let m = Mirror::start_args(args(&up)).await;
-    assert_eq!(
-        sha256(
-            get(&m.url(&format!("/v2/library/e/blobs/{a}")))
-                .await
-                .bytes()
-        ),
-        a
-    );
-    eventually("first blob committed", || m.has_blob(&a)).await;
+    m.fill_blobs("library/e", std::slice::from_ref(&a)).await;
     for e in std::fs::read_dir(m.store().root()).unwrap() {
         std::fs::remove_dir_all(e.unwrap().path()).unwrap();
     }
-    assert_eq!(
-        sha256(
-            get(&m.url(&format!("/v2/library/e/blobs/{b}")))
-                .await
-                .bytes()
-        ),
-        b
-    );
-    eventually("second blob committed", || m.has_blob(&b)).await;
+    m.fill_blobs("library/e", std::slice::from_ref(&b)).await;
 }
 
 /// `revalidate_timeout` bounds the whole revalidation of a cached tag, a token fetch whose
@@ -180,20 +164,7 @@ async fn a_content_length_that_never_comes_evicts_nothing() {
         ..args(&up)
     })
     .await;
-    for d in &small {
-        assert_eq!(
-            sha256(
-                get(&m.url(&format!("/v2/library/s/blobs/{d}")))
-                    .await
-                    .bytes()
-            ),
-            *d
-        );
-    }
-    eventually("small blobs committed", || {
-        small.iter().all(|d| m.has_blob(d))
-    })
-    .await;
+    m.fill_blobs("library/s", &small).await;
     up.set_faults(Faults {
         stall_after: Some(1000),
         ..Default::default()
@@ -391,17 +362,31 @@ async fn internal_service() -> (
     (addr, hits)
 }
 
+/// An upstream whose blob GETs redirect to `path` on an internal service; returns it, a blob's
+/// digest and the service's connection counter.
+async fn redirecting_to_internal(
+    seed: u64,
+    path: &str,
+) -> (
+    FakeUpstream,
+    String,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
+    let up = FakeUpstream::start(300).await;
+    let d = up.add_blob(random_bytes(1000, seed));
+    let (internal, hits) = internal_service().await;
+    up.set_faults(Faults {
+        redirect_to: Some(format!("http://{internal}{path}")),
+        ..Default::default()
+    });
+    (up, d, hits)
+}
+
 /// A redirect into private or loopback space (another host than the registry's) is refused
 /// before any connection: a hostile upstream cannot read internal services through the mirror.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redirect_into_internal_space_is_refused() {
-    let up = FakeUpstream::start(300).await;
-    let d = up.add_blob(random_bytes(1000, 46));
-    let (internal, hits) = internal_service().await;
-    up.set_faults(Faults {
-        redirect_to: Some(format!("http://{internal}/v2/_catalog")),
-        ..Default::default()
-    });
+    let (up, d, hits) = redirecting_to_internal(46, "/v2/_catalog").await;
     let m = Mirror::start_args(args(&up)).await;
     let r = get(&m.url(&format!("/v2/library/ssrf/blobs/{d}"))).await;
     assert_eq!(r.status, 502, "{:?}", r.body);
@@ -421,13 +406,7 @@ async fn a_redirect_into_internal_space_is_refused() {
 /// object store on the site's network).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirect_hosts_allow_a_private_redirect_target() {
-    let up = FakeUpstream::start(300).await;
-    let d = up.add_blob(random_bytes(1000, 47));
-    let (internal, hits) = internal_service().await;
-    up.set_faults(Faults {
-        redirect_to: Some(format!("http://{internal}/blob")),
-        ..Default::default()
-    });
+    let (up, d, hits) = redirecting_to_internal(47, "/blob").await;
     let m = Mirror::start_with_config(&format!(
         "revalidate_timeout = \"700ms\"\n[upstream]\nurl = \"{}\"\nredirect_hosts = [\"127.0.0.2\"]\n",
         up.url()
@@ -441,12 +420,7 @@ async fn redirect_hosts_allow_a_private_redirect_target() {
 /// six such downloads stalled on a runtime of 3 blocking threads, another cold blob still fills.
 #[test]
 fn stalled_pass_through_readers_hold_no_thread() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(3)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = small_blocking_pool(3);
     rt.block_on(async {
         use http_body_util::BodyExt;
         let up = FakeUpstream::start(300).await;

@@ -515,12 +515,7 @@ async fn metrics_count_hits_misses_and_upstream_requests() {
 /// a fill's whole life, fills 2..6 would wait for fill 1 to end before writing a byte).
 #[test]
 fn slow_fills_share_a_small_blocking_pool() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(3)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = small_blocking_pool(3);
     rt.block_on(async {
         let up = FakeUpstream::start(300).await;
         let blobs: Vec<(String, usize)> = (0..6)

@@ -96,6 +96,9 @@ impl UpstreamError {
     }
 }
 
+/// An upstream's answer: the final response, whatever its status.
+pub type Answer = Result<Response<Incoming>, UpstreamError>;
+
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// One upstream registry: its base URL, credentials, token cache and connection pool.
@@ -207,15 +210,8 @@ impl Upstream {
     /// never delayed by probing.
     ///
     /// Errors: as [`Upstream::send`].
-    pub async fn send_cached(
-        &self,
-        method: Method,
-        name: &str,
-        path_and_query: &str,
-        headers: &HeaderMap,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        self.send_inner(method, name, path_and_query, headers, false)
-            .await
+    pub async fn send_cached(&self, m: Method, name: &str, path: &str, h: &HeaderMap) -> Answer {
+        self.send_inner(m, name, path, h, false).await
     }
 
     async fn send_inner(

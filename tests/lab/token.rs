@@ -311,6 +311,11 @@ fn respond(conn: &mut TcpStream, status: &str, extra_headers: &str, body: &str) 
     let _ = conn.flush();
 }
 
+/// Error answers of the token server: status line and body.
+const NOT_FOUND: (&str, &str) = ("404 Not Found", r#"{"error":"not found"}"#);
+const NOT_GET: (&str, &str) = ("405 Method Not Allowed", r#"{"error":"use GET"}"#);
+const BAD_SERVICE: (&str, &str) = ("400 Bad Request", r#"{"error":"unknown service"}"#);
+
 fn handle(mut conn: TcpStream, signer: &Signer, state: &State, log_path: &Path) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let mut buf = Vec::new();
@@ -349,26 +354,24 @@ fn handle(mut conn: TcpStream, signer: &Signer, state: &State, log_path: &Path) 
             );
         }
     };
+    // An error answer, logged.
+    let refuse = |conn: &mut TcpStream, line: String, (status, body): (&str, &str)| {
+        log(line);
+        respond(conn, status, "", body);
+    };
 
     let url = match url::Url::parse(&format!("http://token.local{target}")) {
         Ok(u) if u.path() == "/token" => u,
         _ => {
-            log(format!("404 {method} {target}"));
-            respond(&mut conn, "404 Not Found", "", r#"{"error":"not found"}"#);
-            return;
+            let line = format!("404 {method} {target}");
+            return refuse(&mut conn, line, NOT_FOUND);
         }
     };
     if method != "GET" {
         // containerd tries the OAuth2 POST flow when it has credentials and falls back to GET
         // on 404/405; Docker Hub's realm does the same dance.
-        log(format!("405 {method} {target}"));
-        respond(
-            &mut conn,
-            "405 Method Not Allowed",
-            "",
-            r#"{"error":"use GET"}"#,
-        );
-        return;
+        let line = format!("405 {method} {target}");
+        return refuse(&mut conn, line, NOT_GET);
     }
     let mut service = String::new();
     let mut scopes = Vec::new();
@@ -381,14 +384,8 @@ fn handle(mut conn: TcpStream, signer: &Signer, state: &State, log_path: &Path) 
         }
     }
     if service != signer.service {
-        log(format!("400 bad service {service:?} {target}"));
-        respond(
-            &mut conn,
-            "400 Bad Request",
-            "",
-            r#"{"error":"unknown service"}"#,
-        );
-        return;
+        let line = format!("400 bad service {service:?} {target}");
+        return refuse(&mut conn, line, BAD_SERVICE);
     }
 
     let mut subject = String::new();

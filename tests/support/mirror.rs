@@ -92,6 +92,19 @@ impl Mirror {
         self.app.cache().store()
     }
 
+    /// GETs each blob of `digests` through the mirror (in repository `repo`), checks its
+    /// digest, and waits until all are committed.
+    pub async fn fill_blobs(&self, repo: &str, digests: &[String]) {
+        for d in digests {
+            let r = super::get(&self.url(&format!("/v2/{repo}/blobs/{d}"))).await;
+            assert_eq!(super::sha256(r.bytes()), *d, "GET {repo} blob {d}");
+        }
+        eventually("blobs committed", || {
+            digests.iter().all(|d| self.has_blob(d))
+        })
+        .await;
+    }
+
     /// Whether no fill is in progress.
     pub fn fills_idle(&self) -> bool {
         self.app.cache().fills_in_progress() == 0
@@ -135,4 +148,15 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A runtime with two workers and only `threads` blocking-pool threads (for tests that a slow
+/// fill holds no pool thread).
+pub fn small_blocking_pool(threads: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(threads)
+        .enable_all()
+        .build()
+        .unwrap()
 }

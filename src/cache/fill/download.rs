@@ -197,152 +197,120 @@ async fn read(
     let settings = &guard.fills.settings;
     let idle = settings.idle_timeout;
     let mut received: u64 = 0;
-    let mut resumes = 0;
-    let mut total_resumes = 0;
-    let mut resumed_at = 0;
-    // The rate window: bytes received since `window_start`.
+    let mut resumes = Resumes::default();
+    // The rate window: bytes received since `window_start`, less time in our own bandwidth cap.
     let mut window_start = Instant::now();
     let mut window_from = 0;
     let mut throttled = Duration::ZERO;
     loop {
-        // Time spent in regcache's own bandwidth cap is not the upstream's slowness.
-        if settings.min_rate > 0 && window_start.elapsed() >= idle + throttled {
+        let slow = if settings.min_rate > 0 && window_start.elapsed() >= idle + throttled {
             let got = received - window_from;
             let upstream_time = window_start.elapsed().saturating_sub(throttled);
             let floor = (settings.min_rate as f64 * upstream_time.as_secs_f64()) as u64;
-            throttled = Duration::ZERO;
-            window_start = Instant::now();
-            window_from = received;
-            if got < floor {
-                let broke = format!(
+            (throttled, window_start, window_from) = (Duration::ZERO, Instant::now(), received);
+            (got < floor).then(|| {
+                format!(
                     "{got} bytes in {idle:?}, slower than the minimum fill rate of {} bytes/s",
                     settings.min_rate
-                );
-                match resume_after(
-                    guard,
-                    upstream,
-                    name,
-                    path,
-                    len,
-                    received,
-                    &broke,
-                    &mut resumes,
-                    &mut total_resumes,
-                    &mut resumed_at,
                 )
-                .await
-                {
-                    Ok(b) => {
-                        body = b;
-                        continue;
-                    }
-                    Err(why) => return Some(why),
-                }
-            }
-        }
-        let broke = match tokio::time::timeout(idle, body.frame()).await {
-            // A stalled connection is as good as a dropped one: abandon it and resume.
-            Err(_) => format!("no bytes for {idle:?} (idle_timeout)"),
-            Ok(None) if len.is_some_and(|l| received < l) => "connection closed early".to_string(),
-            Ok(None) => return None,
-            Ok(Some(Err(e))) => error_chain(&e),
-            Ok(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data() {
-                    received += data.len() as u64;
-                    guard
-                        .fills
-                        .stats
-                        .bytes
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
-                    if len.is_some_and(|l| received > l) {
-                        return Some("upstream sent more bytes than its Content-Length".into());
-                    }
-                    if let Some(bw) = &settings.bandwidth {
-                        let t = Instant::now();
-                        bw.consume(data.len()).await;
-                        throttled += t.elapsed();
-                    }
-                    if received == data.len() as u64 && !data.is_empty() && cached {
-                        publish_head(fill, data.clone());
-                    }
-                    if !hasher.push(data.clone()).await || !writer.push(data).await {
-                        return None; // the writer failed; its error is reported by the caller
-                    }
-                    if fill.is_pass_through() {
-                        // Uncached: the window holds what the slowest follower has not read;
-                        // wait here (holding no thread) until it has room.
-                        fill.room().await;
-                    }
-                }
-                continue;
-            }
+            })
+        } else {
+            None
         };
-        // The connection dropped mid-blob: resume from where it broke.
-        match resume_after(
-            guard,
-            upstream,
-            name,
-            path,
-            len,
-            received,
-            &broke,
-            &mut resumes,
-            &mut total_resumes,
-            &mut resumed_at,
-        )
-        .await
-        {
-            Ok(b) => {
-                body = b;
-                window_start = Instant::now();
-                window_from = received;
-                throttled = Duration::ZERO;
-            }
+        let broke = match slow {
+            Some(why) => why,
+            None => match tokio::time::timeout(idle, body.frame()).await {
+                // A stalled connection is as good as a dropped one: abandon it and resume.
+                Err(_) => format!("no bytes for {idle:?} (idle_timeout)"),
+                Ok(None) if len.is_some_and(|l| received < l) => {
+                    "connection closed early".to_string()
+                }
+                Ok(None) => return None,
+                Ok(Some(Err(e))) => error_chain(&e),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        received += data.len() as u64;
+                        guard
+                            .fills
+                            .stats
+                            .bytes
+                            .fetch_add(data.len() as u64, Ordering::Relaxed);
+                        if len.is_some_and(|l| received > l) {
+                            return Some("upstream sent more bytes than its Content-Length".into());
+                        }
+                        if let Some(bw) = &settings.bandwidth {
+                            let t = Instant::now();
+                            bw.consume(data.len()).await;
+                            throttled += t.elapsed();
+                        }
+                        if received == data.len() as u64 && !data.is_empty() && cached {
+                            publish_head(fill, data.clone());
+                        }
+                        if !hasher.push(data.clone()).await || !writer.push(data).await {
+                            return None; // the writer failed; its error is reported by the caller
+                        }
+                        if fill.is_pass_through() {
+                            // Uncached: the window holds what the slowest follower has not
+                            // read; wait here (holding no thread) until it has room.
+                            fill.room().await;
+                        }
+                    }
+                    continue;
+                }
+            },
+        };
+        // The connection dropped, stalled or trickled mid-blob: resume from where it broke.
+        match resumes.next(guard, received, &broke).await {
+            Ok(()) => {}
             Err(why) => return Some(why),
         }
+        match resume(upstream, name, path, received, len).await {
+            Ok(b) => body = b,
+            Err(why) => return Some(format!("{broke}; cannot resume: {why}")),
+        }
+        (throttled, window_start, window_from) = (Duration::ZERO, Instant::now(), received);
     }
 }
 
-/// One resume of a broken download at byte `received`, within the budgets (see [`read`]),
-/// after a back-off growing with the attempts in a row.
-///
-/// Errors: why the fill gives up (budget spent, or the resume request failed).
-#[allow(clippy::too_many_arguments)]
-async fn resume_after(
-    guard: &FillGuard,
-    upstream: &Upstream,
-    name: &str,
-    path: &str,
-    len: Option<u64>,
-    received: u64,
-    broke: &str,
-    resumes: &mut u32,
-    total_resumes: &mut u32,
-    resumed_at: &mut u64,
-) -> Result<Incoming, String> {
-    if received >= *resumed_at + RESUME_PROGRESS {
-        *resumes = 0;
+/// The resume attempts of one fill (see [`read`] for the budgets).
+#[derive(Default)]
+struct Resumes {
+    /// Attempts since the last [`RESUME_PROGRESS`] bytes of progress.
+    in_a_row: u32,
+    /// Attempts in all.
+    total: u32,
+    /// Where the last attempt resumed.
+    at: u64,
+}
+
+impl Resumes {
+    /// Counts one more resume at byte `received`, then waits a back-off growing with the
+    /// attempts in a row.
+    ///
+    /// Errors: why the fill gives up (a budget is spent).
+    async fn next(&mut self, guard: &FillGuard, received: u64, broke: &str) -> Result<(), String> {
+        if received >= self.at + RESUME_PROGRESS {
+            self.in_a_row = 0;
+        }
+        self.at = received;
+        self.in_a_row += 1;
+        self.total += 1;
+        guard.fills.stats.resumes.fetch_add(1, Ordering::Relaxed);
+        if self.in_a_row > MAX_RESUMES {
+            return Err(format!(
+                "{broke}; gave up after {MAX_RESUMES} resume attempts without progress"
+            ));
+        }
+        if self.total > MAX_FILL_RESUMES {
+            return Err(format!(
+                "{broke}; gave up after {MAX_FILL_RESUMES} resume attempts in all"
+            ));
+        }
+        let pause = Duration::from_millis(100 << (self.in_a_row - 1)).min(Duration::from_secs(2));
+        tracing::warn!(digest = %guard.fill.digest, at = received, attempt = self.in_a_row, error = %broke, "upstream download broke off; resuming");
+        tokio::time::sleep(pause).await;
+        Ok(())
     }
-    *resumed_at = received;
-    *resumes += 1;
-    *total_resumes += 1;
-    guard.fills.stats.resumes.fetch_add(1, Ordering::Relaxed);
-    if *resumes > MAX_RESUMES {
-        return Err(format!(
-            "{broke}; gave up after {MAX_RESUMES} resume attempts without progress"
-        ));
-    }
-    if *total_resumes > MAX_FILL_RESUMES {
-        return Err(format!(
-            "{broke}; gave up after {MAX_FILL_RESUMES} resume attempts in all"
-        ));
-    }
-    let pause = Duration::from_millis(100 << (*resumes - 1)).min(Duration::from_secs(2));
-    tracing::warn!(digest = %guard.fill.digest, at = received, attempt = *resumes, error = %broke, "upstream download broke off; resuming");
-    tokio::time::sleep(pause).await;
-    resume(upstream, name, path, received, len)
-        .await
-        .map_err(|why| format!("{broke}; cannot resume: {why}"))
 }
 
 /// The first chunk: followers may send it before it reaches the disk (time to first byte).
