@@ -86,7 +86,9 @@ pub struct FileConfig {
     /// `offline`: serve only from the cache; never contact an upstream.
     pub offline: Option<bool>,
     /// `revalidate_timeout`: how long an upstream may take to answer (headers) before regcache
-    /// serves its cached answer or, for uncached content, a retryable error, e.g. `"5s"`.
+    /// serves its cached answer or, for uncached content, a retryable error; a whole tag
+    /// revalidation (token, HEAD, moved tag) gets twice this before the cached answer is
+    /// served stale, e.g. `"5s"`.
     #[serde(default, deserialize_with = "de_duration")]
     pub revalidate_timeout: Option<Duration>,
     /// `idle_timeout`: an upstream download that receives no bytes for this long is dropped and

@@ -1,6 +1,7 @@
 //! Response bodies: whole buffers (hits from an mmap, manifests, errors) and channel-fed streams
 //! (fills), boxed into one type for the router.
 
+pub mod budget;
 pub mod zero_copy;
 
 use std::future::Future;

@@ -197,16 +197,37 @@ pub struct MmapBody {
     end: u64,
     /// Whether the connection sends mapped bytes with `sendfile` (plain TCP, HTTP/1).
     delivery: Delivery,
+    /// Bounds copied bytes not yet sent ([`Delivery::Copy`]).
+    budget: Arc<tokio::sync::Semaphore>,
+    /// Permits being waited for, for the next copied chunk.
+    waiting: Option<PermitFuture>,
 }
+
+/// The wait for copy-budget permits.
+type PermitFuture =
+    Pin<Box<dyn std::future::Future<Output = tokio::sync::OwnedSemaphorePermit> + Send>>;
 
 impl MmapBody {
     /// A body of bytes `[start, end)` of `file`.
     pub fn new(file: Arc<File>, start: u64, end: u64, delivery: Delivery) -> MmapBody {
+        MmapBody::with_budget(file, start, end, delivery, super::budget::copy_budget())
+    }
+
+    /// [`MmapBody::new`] with its own copy budget.
+    pub fn with_budget(
+        file: Arc<File>,
+        start: u64,
+        end: u64,
+        delivery: Delivery,
+        budget: Arc<tokio::sync::Semaphore>,
+    ) -> MmapBody {
         MmapBody {
             file,
             pos: start,
             end,
             delivery,
+            budget,
+            waiting: None,
         }
     }
 }
@@ -217,7 +238,7 @@ impl Body for MmapBody {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.pos >= self.end {
             return Poll::Ready(None);
@@ -228,9 +249,26 @@ impl Body for MmapBody {
         };
         let next = ((self.pos / step) + 1) * step;
         let stop = next.min(self.end);
+        // A copy waits for its bytes of the copy budget first.
+        let permit = match self.delivery {
+            Delivery::Sendfile => None,
+            Delivery::Copy => {
+                let (budget, n) = (self.budget.clone(), (stop - self.pos) as usize);
+                let waiting = self.waiting.get_or_insert_with(|| {
+                    Box::pin(async move { super::budget::reserve(&budget, n).await })
+                });
+                let permit = ready!(waiting.as_mut().poll(cx));
+                self.waiting = None;
+                Some(permit)
+            }
+        };
         match chunk(&self.file, self.pos, stop, self.delivery) {
             Ok(b) => {
                 self.pos = stop;
+                let b = match permit {
+                    Some(p) => super::budget::holding(b, p),
+                    None => b,
+                };
                 Poll::Ready(Some(Ok(Frame::data(b))))
             }
             Err(e) => {
@@ -354,6 +392,7 @@ impl AsyncWrite for ZeroCopyStream {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::time::Duration;
 
     /// A fill's whole-length mapping is made before its bytes are written; slices of the
     /// written prefix are found with the right file offsets (nothing is read through it).
@@ -395,5 +434,38 @@ mod tests {
             .range(..=(ptr as usize))
             .next_back()
             .is_none_or(|(s, i)| (ptr as usize) >= s + i.len));
+    }
+
+    /// Copied chunks not yet sent hold the copy budget: with it spent, the next copy waits
+    /// until a chunk is dropped (sent).
+    #[tokio::test]
+    async fn copies_wait_for_the_copy_budget() {
+        use http_body_util::BodyExt;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![3u8; 1 << 20]).unwrap();
+        let f = Arc::new(f);
+        let budget = Arc::new(tokio::sync::Semaphore::new(512 << 10));
+        let body = |b: &Arc<tokio::sync::Semaphore>| {
+            MmapBody::with_budget(f.clone(), 0, 1 << 20, Delivery::Copy, b.clone())
+        };
+        let (mut a, mut b, mut c) = (body(&budget), body(&budget), body(&budget));
+        let first = a.frame().await.unwrap().unwrap();
+        let _second = b.frame().await.unwrap().unwrap();
+        assert_eq!(budget.available_permits(), 0);
+        let wait = Duration::from_millis(50);
+        assert!(
+            tokio::time::timeout(wait, c.frame()).await.is_err(),
+            "no budget: waits"
+        );
+        drop(first);
+        let third = tokio::time::timeout(wait, c.frame()).await;
+        assert!(
+            matches!(third, Ok(Some(Ok(_)))),
+            "a sent chunk gives its budget back"
+        );
+        // Sendfile deliveries copy nothing and need no budget.
+        let mut z =
+            MmapBody::with_budget(f.clone(), 0, 1 << 20, Delivery::Sendfile, budget.clone());
+        assert!(tokio::time::timeout(wait, z.frame()).await.is_ok());
     }
 }

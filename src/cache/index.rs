@@ -203,10 +203,14 @@ impl SharedIndex {
         }
     }
 
-    /// Counts `bytes` against the budget until [`SharedIndex::unreserve`] (a fill in progress).
-    pub fn reserve(&self, bytes: u64) {
+    /// Counts `bytes` against the budget until [`SharedIndex::unreserve`] (a fill in progress),
+    /// waking the evictor when `wake` (a fill reserving chunk by chunk wakes it once per step,
+    /// not once per chunk).
+    pub fn reserve(&self, bytes: u64, wake: bool) {
         self.lock().reserved += bytes;
-        self.changed.notify_one();
+        if wake {
+            self.changed.notify_one();
+        }
     }
 
     /// Counts `bytes` of an abandoned temp file that stays open until its fill ends.

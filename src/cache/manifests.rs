@@ -138,14 +138,17 @@ impl Manifests {
                 self.revalidate(from, tag, d, m).await
             }
             Some((_, d, m)) => {
+                // Twice the per-request bound: a request to an origin that does not answer
+                // times out on its own first (and tells the upstream's circuit breaker), while
+                // a trickling token or manifest body is cut here.
                 let bounded = tokio::time::timeout(
-                    self.revalidate_timeout,
+                    self.revalidate_timeout * 2,
                     self.revalidate(from, tag, d.clone(), m.clone()),
                 );
                 match bounded.await {
                     Ok(answer) => answer,
                     Err(_) => {
-                        tracing::warn!(registry = %registry, name = from.name, tag, after = ?self.revalidate_timeout, "revalidation took too long; serving cached tag (stale)");
+                        tracing::warn!(registry = %registry, name = from.name, tag, after = ?self.revalidate_timeout * 2, "revalidation took too long; serving cached tag (stale)");
                         Ok((d, m, CacheResult::Stale))
                     }
                 }

@@ -122,8 +122,9 @@ pub struct CacheOptions {
     pub tag_ttl: Duration,
     /// Serve only what is cached; never revalidate.
     pub offline: bool,
-    /// Bound on a whole tag revalidation (token fetch, HEAD, fetch of a moved tag) while a
-    /// cached answer waits: past it the cached answer is served stale.
+    /// Bound on each upstream request; a whole tag revalidation (token fetch, HEAD, fetch of a
+    /// moved tag) while a cached answer waits gets twice this, then the cached answer is
+    /// served stale.
     pub revalidate_timeout: Duration,
 }
 

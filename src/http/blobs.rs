@@ -37,29 +37,21 @@ pub(super) async fn get(
         None => None,
     };
     if let (BlobLookup::Filling(f), Some(r), Some(total)) = (&lookup, &range, len) {
-        if f.is_pass_through() {
-            // Not cached: ask upstream for the range itself, not the whole blob.
-            let body = cache
-                .uncached_range(digest, from, r.clone(), total)
+        // A range that ends before the last byte would go out unverified: it waits for the
+        // whole blob to verify. A range to the end (a client resuming with `bytes=N-`) follows
+        // the fill: its last byte is held back until the digest verifies anyway.
+        if !f.is_pass_through() && r.end < total {
+            f.verified()
                 .await
-                .map_err(|e| ApiError::from_cache(&e, Subject::Blob))?;
-            let resp = blob_headers(
-                Response::builder().status(StatusCode::PARTIAL_CONTENT),
-                digest,
-            )
-            .header(CONTENT_LENGTH, r.end - r.start)
-            .header(
-                CONTENT_RANGE,
-                format!("bytes {}-{}/{total}", r.start, r.end - 1),
-            )
-            .body(body)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-            return Ok((resp, CacheResult::Pass));
+                .map_err(|e| ApiError::from_fill(&e, digest))?;
         }
-        // A range carries only verified bytes: it waits for the whole blob to verify.
-        f.verified()
-            .await
-            .map_err(|e| ApiError::from_fill(&e, digest))?;
+        if f.is_pass_through() {
+            // Not cached (too large, or the disk filled meanwhile): ask upstream for the range
+            // itself rather than the whole blob; this request stops following the fill first.
+            let r = r.clone();
+            drop(lookup);
+            return uncached_range(cache, from, digest, r, total).await;
+        }
     }
     let (status, body_len) = match (&range, len) {
         (Some(r), _) => (StatusCode::PARTIAL_CONTENT, Some(r.end - r.start)),
@@ -86,6 +78,32 @@ pub(super) async fn get(
         .body(body)
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok((resp, result))
+}
+
+/// A range of a blob regcache is not caching, from upstream.
+async fn uncached_range(
+    cache: &Cache,
+    from: Origin<'_>,
+    digest: &Digest,
+    r: Range<u64>,
+    total: u64,
+) -> Result<(Response<ResponseBody>, CacheResult), ApiError> {
+    let body = cache
+        .uncached_range(digest, from, r.clone(), total)
+        .await
+        .map_err(|e| ApiError::from_cache(&e, Subject::Blob))?;
+    let resp = blob_headers(
+        Response::builder().status(StatusCode::PARTIAL_CONTENT),
+        digest,
+    )
+    .header(CONTENT_LENGTH, r.end - r.start)
+    .header(
+        CONTENT_RANGE,
+        format!("bytes {}-{}/{total}", r.start, r.end - 1),
+    )
+    .body(body)
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((resp, CacheResult::Pass))
 }
 
 /// A blob HEAD: the headers a GET would send, with no body and no fill started.

@@ -53,6 +53,7 @@ pub async fn run(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_send_buf_size(H2_SEND_BUFFER)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     // The protocol is decided before hyper sees the connection (ALPN, or the first bytes on
@@ -86,7 +87,11 @@ pub async fn run(
                 };
                 let _ = stream.set_nodelay(true);
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    // A few refusals at a time are answered; past that, closed at once.
+                    // A few refusals at a time are answered (on plain HTTP; a TLS client would
+                    // see a plaintext answer as a broken handshake); past that, closed at once.
+                    if tls.is_some() {
+                        continue;
+                    }
                     if let Ok(r) = refusals.clone().try_acquire_owned() {
                         tokio::spawn(async move {
                             refuse(stream, max).await;
@@ -151,6 +156,10 @@ fn default_max_connections() -> usize {
         .unwrap_or(4096);
     (limit / 2).clamp(64, 16384) as usize
 }
+
+/// Bytes hyper buffers per HTTP/2 stream for a client that does not read (with the copy
+/// budget in `body::budget`, this bounds what non-reading HTTP/2 clients make regcache hold).
+pub const H2_SEND_BUFFER: usize = 128 << 10;
 
 /// Connections over `max_connections` answered with a 503 at a time (the rest are closed).
 const MAX_REFUSALS: usize = 64;

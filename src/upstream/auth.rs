@@ -190,6 +190,11 @@ impl Upstream {
             }
             q.append_pair("scope", scope);
         }
+        // The realm is the upstream's word, like a redirect: the same rule for where it may
+        // lead (and so where credentials may go).
+        self.check_target(&url)
+            .await
+            .map_err(|e| UpstreamError::Auth(format!("token realm: {e}")))?;
         let mut req = Request::builder()
             .method(Method::GET)
             .uri(url.as_str())

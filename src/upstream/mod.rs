@@ -259,7 +259,7 @@ impl Upstream {
             } else if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
                 redirects += 1;
                 (url, method) = follow_redirect(&resp, &url, method, redirects)?;
-                self.check_redirect_target(&url).await?;
+                self.check_target(&url).await?;
                 continue;
             } else if status == StatusCode::TOO_MANY_REQUESTS && on_origin {
                 self.back_off_rate_limited(&resp);
@@ -349,16 +349,24 @@ impl Upstream {
         Ok(true)
     }
 
-    /// Whether a redirect may lead to `url`: the registry's own host, a host in its
-    /// `redirect_hosts`, or a host whose every address is public. A redirect into loopback,
-    /// link-local or private space (an internal service) is refused before any connection, so
-    /// a hostile upstream can neither read internal services through the mirror nor probe
-    /// which ports are open.
+    /// Whether a redirect (or a token realm) may lead to `url`: the registry's own host, a host
+    /// in its `redirect_hosts`, or a host whose every address is public; never from https down
+    /// to http. A target in loopback, link-local or private space (an internal service) is
+    /// refused before any connection, so a hostile upstream can neither read internal services
+    /// through the mirror nor probe which ports are open.
     ///
     /// Errors: [`UpstreamError::Protocol`] naming the host and the fix.
-    async fn check_redirect_target(&self, url: &Url) -> Result<(), UpstreamError> {
+    async fn check_target(&self, url: &Url) -> Result<(), UpstreamError> {
         let host = url.host_str().unwrap_or("");
         let port = url.port_or_known_default().unwrap_or(0);
+        if self.base.scheme() == "https" && url.scheme() != "https" {
+            return Err(UpstreamError::Protocol(format!(
+                "redirect from https to {} refused (no downgrade to plain http)",
+                url.scheme()
+            )));
+        }
+        // The registry's own host (any port: a registry and its blob store side by side, as
+        // the lab's registry and CDN stand-in are) is the operator's choice, not the upstream's.
         if self.base.host_str() == Some(host) {
             return Ok(());
         }
@@ -527,30 +535,56 @@ fn follow_redirect(
     Ok((next, method))
 }
 
-/// Whether `ip` is a public address: not loopback, unspecified, link-local, private
-/// (RFC 1918, unique local `fc00::/7`), shared (`100.64.0.0/10`), multicast or broadcast.
+/// Whether `ip` is a public address: not "this network" (`0.0.0.0/8`), loopback, link-local,
+/// private (RFC 1918, unique local `fc00::/7`, site-local `fec0::/10`), shared
+/// (`100.64.0.0/10`), IETF protocol assignments (`192.0.0.0/24`), benchmarking
+/// (`198.18.0.0/15`), reserved (`240.0.0.0/4`), multicast or broadcast; IPv4 inside IPv6
+/// (mapped, compatible, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is judged as the IPv4 address.
 fn is_public(ip: &std::net::IpAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr};
     match ip {
-        std::net::IpAddr::V4(v4) => {
+        IpAddr::V4(v4) => {
             let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_unspecified()
+            !(o[0] == 0
+                || v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local()
                 || v4.is_multicast()
                 || v4.is_broadcast()
-                || (o[0] == 100 && (64..128).contains(&o[1])))
+                || o[0] >= 240
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || (o[0] == 198 && (18..20).contains(&o[1])))
         }
-        std::net::IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(&std::net::IpAddr::V4(v4));
-            }
+        IpAddr::V6(v6) => {
             let s = v6.segments();
+            let embedded = |hi: u16, lo: u16| {
+                IpAddr::V4(Ipv4Addr::new(
+                    (hi >> 8) as u8,
+                    hi as u8,
+                    (lo >> 8) as u8,
+                    lo as u8,
+                ))
+            };
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(&IpAddr::V4(v4));
+            }
+            // IPv4-compatible (::a.b.c.d) and NAT64 (64:ff9b::a.b.c.d): the last 32 bits.
+            if s[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified()
+                || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+            {
+                return is_public(&embedded(s[6], s[7]));
+            }
+            // 6to4 (2002:a.b.c.d::/48): the IPv4 address in bits 16..48.
+            if s[0] == 0x2002 {
+                return is_public(&embedded(s[1], s[2]));
+            }
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80)
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] & 0xffc0) == 0xfec0)
         }
     }
 }
@@ -637,7 +671,12 @@ mod tests {
 
     #[test]
     fn public_addresses() {
-        for a in ["8.8.8.8", "2606:4700::1111", "100.128.0.1"] {
+        for a in [
+            "8.8.8.8",
+            "2606:4700::1111",
+            "100.128.0.1",
+            "64:ff9b::808:808",
+        ] {
             assert!(is_public(&a.parse().unwrap()), "{a}");
         }
         for a in [
@@ -654,6 +693,15 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
             "224.0.0.1",
+            "0.1.2.3",
+            "192.0.0.8",
+            "198.18.0.1",
+            "240.0.0.1",
+            "::",
+            "fec0::1",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::1",
         ] {
             assert!(!is_public(&a.parse().unwrap()), "{a}");
         }

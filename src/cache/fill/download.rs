@@ -251,8 +251,11 @@ async fn read(
                         }
                         if fill.is_pass_through() {
                             // Uncached: the window holds what the slowest follower has not
-                            // read; wait here (holding no thread) until it has room.
+                            // read; wait here (holding no thread) until it has room. That wait
+                            // is the client's slowness, not the upstream's.
+                            let t = Instant::now();
                             fill.room().await;
+                            throttled += t.elapsed();
                         }
                     }
                     continue;

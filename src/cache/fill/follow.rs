@@ -8,6 +8,10 @@ use http_body_util::BodyExt;
 use tokio::sync::mpsc;
 
 use super::{Fill, FillState, Reader, FOLLOW_CHUNK};
+
+/// Most bytes a follower copies per step when it cannot use `sendfile` (TLS, HTTP/2).
+const COPY_CHUNK: usize = 256 << 10;
+use crate::body::budget;
 use crate::body::zero_copy::{Delivery, MmapBody};
 use crate::body::BoxError;
 
@@ -23,6 +27,7 @@ pub async fn follow(
     tx: mpsc::Sender<Result<Bytes, BoxError>>,
 ) {
     let zero_copy = delivery == Delivery::Sendfile;
+    let copy_budget = budget::copy_budget();
     let mut rx = fill.subscribe();
     let mut pos = start;
     reader.advance(pos);
@@ -75,7 +80,13 @@ pub async fn follow(
         }
         let limit = end.map_or(avail, |e| e.min(avail));
         if pos < limit {
-            let want = (limit - pos).min(FOLLOW_CHUNK as u64) as usize;
+            // Copies are smaller steps and hold copy-budget permits until sent.
+            let step = if zero_copy { FOLLOW_CHUNK } else { COPY_CHUNK };
+            let want = (limit - pos).min(step as u64) as usize;
+            let mut permit = match zero_copy {
+                true => None,
+                false => Some(budget::reserve(&copy_budget, want).await),
+            };
             let chunk = match (&head, mem_start) {
                 (Some(h), _) if pos < h.len() as u64 => {
                     let to = (pos + want as u64).min(h.len() as u64);
@@ -94,7 +105,10 @@ pub async fn follow(
                                     Ok(Some(m.slice(pos as usize..(pos + n) as usize)))
                                 }
                                 _ => crate::body::zero_copy::chunk(&f, pos, pos + n, delivery)
-                                    .map(Some)
+                                    .map(|b| match permit.take() {
+                                        Some(p) => Some(budget::holding(b, p)),
+                                        None => Some(b),
+                                    })
                                     .map_err(Into::into),
                             }
                         }

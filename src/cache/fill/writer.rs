@@ -75,6 +75,9 @@ fn preallocation_due(len: Option<u64>, preallocated: &mut u64, written: u64) -> 
     Some(*preallocated)
 }
 
+/// A growing reservation wakes the evictor once per this many bytes.
+const RESERVATION_STEP: u64 = 4 << 20;
+
 /// Bytes of a fill counted against the disk budget (the index's reservations, which the
 /// evictor sees), released when the fill ends however it ends.
 pub(super) struct Reservation {
@@ -87,9 +90,10 @@ pub(super) struct Reservation {
 }
 
 impl Reservation {
-    /// Reserves `n` more bytes.
+    /// Reserves `n` more bytes (waking the evictor each [`RESERVATION_STEP`]).
     fn grow(&mut self, n: u64) {
-        self.store.index().reserve(n);
+        let wake = self.bytes / RESERVATION_STEP != (self.bytes + n) / RESERVATION_STEP;
+        self.store.index().reserve(n, wake || self.bytes == 0);
         self.bytes += n;
     }
 
