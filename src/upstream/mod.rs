@@ -99,7 +99,53 @@ impl UpstreamError {
 /// An upstream's answer: the final response, whatever its status.
 pub type Answer = Result<Response<Incoming>, UpstreamError>;
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpsClient =
+    Client<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>, Empty<Bytes>>;
+
+/// The upstream client's name resolver: the names the operator configured (the registry's
+/// host, its `redirect_hosts`) resolve as usual; any other name (a redirect's, a token
+/// realm's) only to public addresses. Checked at connect time, so a name that answered public
+/// when the redirect was checked cannot rebind to an internal address for the connection.
+#[derive(Clone)]
+struct GuardedResolver {
+    /// Host names resolved without the filter, lowercase.
+    trusted: std::sync::Arc<Vec<String>>,
+}
+
+impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for GuardedResolver {
+    type Response = std::vec::IntoIter<std::net::SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Self::Response>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        let host = name.as_str().to_ascii_lowercase();
+        let trusted = self.trusted.iter().any(|t| *t == host);
+        Box::pin(async move {
+            let all: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let kept: Vec<_> = if trusted {
+                all
+            } else {
+                all.into_iter().filter(|a| is_public(&a.ip())).collect()
+            };
+            if kept.is_empty() {
+                return Err(std::io::Error::other(format!(
+                    "{host} has no public address (allow it with redirect_hosts)"
+                )));
+            }
+            Ok(kept.into_iter())
+        })
+    }
+}
 
 /// One upstream registry: its base URL, credentials, token cache and connection pool.
 pub struct Upstream {
@@ -147,7 +193,19 @@ impl Upstream {
     /// Errors: an I/O error when the TLS configuration cannot be built (a bad `ca_file`
     /// certificate).
     pub fn new(cfg: &UpstreamConfig, opts: UpstreamOptions) -> std::io::Result<Upstream> {
-        let mut http = HttpConnector::new();
+        let mut trusted: Vec<String> = cfg
+            .redirect_hosts
+            .iter()
+            .map(|h| {
+                h.rsplit_once(':')
+                    .map_or(h.as_str(), |(host, _)| host)
+                    .to_ascii_lowercase()
+            })
+            .collect();
+        trusted.extend(cfg.url.host_str().map(str::to_ascii_lowercase));
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+            trusted: std::sync::Arc::new(trusted),
+        });
         http.enforce_http(false);
         http.set_connect_timeout(Some(opts.timeout));
         http.set_nodelay(true);
@@ -705,6 +763,22 @@ mod tests {
         ] {
             assert!(!is_public(&a.parse().unwrap()), "{a}");
         }
+    }
+
+    /// Names outside the configured ones resolve to public addresses only, at connect time.
+    #[tokio::test]
+    async fn only_configured_names_resolve_to_internal_addresses() {
+        use tower_service::Service;
+        let name = || "localhost".parse::<hyper_util::client::legacy::connect::dns::Name>();
+        let mut untrusted = GuardedResolver {
+            trusted: std::sync::Arc::new(vec![]),
+        };
+        assert!(untrusted.call(name().unwrap()).await.is_err());
+        let mut trusted = GuardedResolver {
+            trusted: std::sync::Arc::new(vec!["localhost".into()]),
+        };
+        let addrs: Vec<_> = trusted.call(name().unwrap()).await.unwrap().collect();
+        assert!(addrs.iter().all(|a| a.ip().is_loopback()) && !addrs.is_empty());
     }
 
     #[test]
