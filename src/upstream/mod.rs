@@ -128,7 +128,7 @@ impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for 
 
     fn call(&mut self, name: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
         let host = name.as_str().to_ascii_lowercase();
-        let trusted = self.trusted.iter().any(|t| *t == host);
+        let trusted = self.trusted.contains(&host);
         Box::pin(async move {
             let all: Vec<std::net::SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
