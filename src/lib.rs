@@ -22,6 +22,7 @@
 //! - [`admin`]: operator commands on a cache directory (`status`, `verify`, `gc`).
 //! - [`prefetch`]: `regcache prefetch`, over the cache API.
 //! - [`tls`]: HTTPS for the listener; `regcache gen-cert`.
+//! - `fuzzing`: the fuzz targets' bodies (`fuzz/`, replayed by `tests/fuzz_corpus.rs`).
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -29,6 +30,8 @@ pub mod body;
 pub mod cache;
 pub mod config;
 pub(crate) mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod metrics;
 pub mod mirror;

@@ -266,6 +266,8 @@ fn many_registries_through_one_mirror() {
         LabOptions {
             second_registry: true,
             chain: true,
+            // Every level, so the leak check below reads everything regcache can log.
+            log_filter: Some("trace".into()),
             ..LabOptions::default()
         },
     );
@@ -409,7 +411,51 @@ fn many_registries_through_one_mirror() {
             );
         },
     );
+    f.check(
+        "no regcache log line, at any level, holds a password, a Basic credential or a token",
+        || no_secrets_in_logs(&lab),
+    );
     lab.assert_alive();
     say(format!("{test}: {:.1}s", started.elapsed().as_secs_f64()));
     f.finish();
+}
+
+/// Greps both regcaches' logs (written at `trace`) for the ghcr.io password, its Basic
+/// encoding and every token either token server issued during the run.
+fn no_secrets_in_logs(lab: &Lab) {
+    use base64::Engine as _;
+    let password = lab.second().puller_password.clone();
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{SECOND_PULLER}:{password}"));
+    let mut secrets = vec![
+        ("the ghcr.io password", password),
+        ("its Basic encoding", basic),
+    ];
+    for t in lab.tokens().issued() {
+        secrets.push(("a docker.io token", t.token));
+    }
+    for t in lab.second().tokens.issued() {
+        secrets.push(("a ghcr.io token", t.token));
+    }
+    let mut lines = 0;
+    for mirror in [lab.mirror(), lab.middle()] {
+        let log = mirror.log.as_ref().expect("regcache log");
+        let text = std::fs::read_to_string(log).expect("read regcache log");
+        lines += text.lines().count();
+        for (what, s) in &secrets {
+            assert!(
+                !text.contains(s.as_str()),
+                "{what} appears in {}",
+                log.display()
+            );
+        }
+    }
+    assert!(
+        lines > 100,
+        "the logs hold {lines} lines: too few to mean anything"
+    );
+    say(format!(
+        "    {} secrets checked against {lines} log lines (trace level)",
+        secrets.len()
+    ));
 }

@@ -340,7 +340,10 @@ fn content_digest(headers: &HeaderMap) -> Option<Digest> {
 ///
 /// Errors: why the bytes are no manifest: not JSON, not a JSON object (a captive portal's HTML,
 /// a proxy's error page: an upstream fault, never cached), or no usable media type.
-fn media_type_of(bytes: &[u8], content_type: Option<String>) -> Result<String, &'static str> {
+pub(crate) fn media_type_of(
+    bytes: &[u8],
+    content_type: Option<String>,
+) -> Result<String, &'static str> {
     let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| "is not JSON")?;
     if !json.is_object() {
         return Err("is not a JSON object");

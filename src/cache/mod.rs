@@ -29,7 +29,7 @@ pub mod eviction;
 mod fill;
 pub mod hash;
 pub mod index;
-mod manifests;
+pub(crate) mod manifests;
 pub(crate) mod scan;
 mod serial;
 pub mod store;

@@ -23,7 +23,8 @@ use tokio::time::Duration;
 use url::Url;
 
 use crate::config::{Credentials, UpstreamConfig};
-use auth::{parse_challenge, AuthState, Challenge};
+use auth::AuthState;
+pub use auth::{parse_challenge, Challenge};
 
 /// `Retry-After` assumed for a 429 that gives none (or gives an HTTP-date).
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);

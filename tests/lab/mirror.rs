@@ -41,6 +41,8 @@ pub struct RegcacheSpec {
     pub extra_args: Vec<String>,
     /// stdout+stderr (appended to across restarts).
     pub log: PathBuf,
+    /// `REGCACHE_LOG` (the log filter), e.g. `trace` [default: info].
+    pub log_filter: Option<String>,
 }
 
 impl RegcacheSpec {
@@ -57,6 +59,7 @@ impl RegcacheSpec {
             tag_ttl: "0s".to_owned(),
             extra_args: Vec::new(),
             log: dir.join(log),
+            log_filter: None,
         }
     }
 
@@ -140,8 +143,10 @@ impl Mirror {
         let mut daemon = Daemon::spawn(
             &spec.name,
             Command::new(regcache_bin()).args(spec.args()).env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                "REGCACHE_LOG",
+                spec.log_filter.clone().unwrap_or_else(|| {
+                    std::env::var("REGCACHE_LOG").unwrap_or_else(|_| "info".into())
+                }),
             ),
             &spec.log,
             Duration::from_secs(10),

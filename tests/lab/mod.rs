@@ -64,6 +64,8 @@ pub struct LabOptions {
     pub mirror_args: Vec<String>,
     /// `--tag-ttl` of the mirror the clients use (default `0s`).
     pub mirror_tag_ttl: Option<String>,
+    /// `REGCACHE_LOG` of every regcache in the lab (default `info`).
+    pub log_filter: Option<String>,
 }
 
 impl LabOptions {
@@ -295,6 +297,7 @@ impl Lab {
                 "regcache-middle-cache",
                 "regcache-middle.log",
             );
+            spec.log_filter = options.log_filter.clone();
             spec.upstream = Some(upstream_url.clone());
             lab.middle = Some(Mirror::start_regcache(spec));
         }
@@ -308,6 +311,7 @@ impl Lab {
                 "regcache-cache",
                 "regcache.log",
             );
+            spec.log_filter = options.log_filter.clone();
             spec.upstream = Some(match &lab.middle {
                 Some(m) => format!("http://{}", m.addr),
                 None => upstream_url,

@@ -45,6 +45,8 @@ pub const REGISTRY_LEEWAY_SECS: i64 = 60;
 #[derive(Clone, Debug)]
 pub struct Issued {
     pub subject: String,
+    /// The token itself (the JWT).
+    pub token: String,
     pub scopes: Vec<String>,
     pub granted: Vec<String>,
     pub at: SystemTime,
@@ -473,6 +475,7 @@ fn handle(mut conn: TcpStream, signer: &Signer, state: &State, log_path: &Path) 
         "200 sub={subject:?} scopes={scopes:?} granted={granted_desc:?}"
     ));
     state.issued.lock().expect("token state lock").push(Issued {
+        token: jwt.clone(),
         subject,
         scopes,
         granted: granted_desc,
