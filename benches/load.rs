@@ -8,7 +8,7 @@
 //! must stay flat), and upstream blob GETs against the distinct blobs fetched (every fill once).
 //! Bounded in count and time, loopback only; stops by itself.
 
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -130,7 +130,9 @@ async fn run() {
         tasks.push(tokio::spawn(async move {
             let mut n = i as u64;
             while Instant::now() < deadline {
-                n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let pick = (n >> 33) % 100;
                 let (kind, digest, data, range) = match pick {
                     0..=49 => {
@@ -150,7 +152,9 @@ async fn run() {
                     }
                     _ => {
                         // Everyone on the same second asks for the same cold blob.
-                        let k = cold.len() - 1 - (started.elapsed().as_secs() as usize % (cold.len() / 2));
+                        let k = cold.len()
+                            - 1
+                            - (started.elapsed().as_secs() as usize % (cold.len() / 2));
                         let (d, b) = &cold[k];
                         (3, d.clone(), b.clone(), None)
                     }
@@ -187,7 +191,15 @@ async fn run() {
     let distinct = warm.len() as u64
         + (next_cold.load(Ordering::Relaxed).min(cold.len() as u64))
         + (secs.min(cold.len() as u64 / 2));
-    report(conns, secs, elapsed, &tally, &samples, support::n(&up.counters.cdn_get), distinct);
+    report(
+        conns,
+        secs,
+        elapsed,
+        &tally,
+        &samples,
+        support::n(&up.counters.cdn_get),
+        distinct,
+    );
 }
 
 /// GET `url` (with an inclusive byte range): status and whole body.

@@ -99,6 +99,10 @@ pub struct FileConfig {
     /// preface (HTTP/2), or finish the TLS handshake, within this, e.g. `"30s"`.
     #[serde(default, deserialize_with = "de_duration")]
     pub header_read_timeout: Option<Duration>,
+    /// `client_idle_timeout`: a client connection with no request in progress for this long
+    /// (HTTP/1.1 keep-alive, HTTP/2 answering only pings) is closed gracefully, e.g. `"2m"`.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub client_idle_timeout: Option<Duration>,
     /// `max_connections`: client connections served at once; more are answered 503 and closed
     /// (default: half the process's open-file limit, which regcache raises to its hard limit).
     pub max_connections: Option<usize>,
@@ -284,6 +288,9 @@ pub struct ServeArgs {
     /// [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub header_read_timeout: Option<Duration>,
+    /// Close a client connection idle (no request in progress) this long, e.g. 2m [default: 2m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub client_idle_timeout: Option<Duration>,
     /// Client connections served at once; more get a 503 [default: half the open-file limit].
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
@@ -312,6 +319,8 @@ pub struct ServeArgs {
 
 /// Default for `revalidate_timeout`.
 pub const DEFAULT_REVALIDATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for `client_idle_timeout`.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default for `header_read_timeout`.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for `min_fill_rate`, in bytes per second.
@@ -428,6 +437,8 @@ pub struct Config {
     pub min_fill_rate: u64,
     /// Time a client has to send its request head, HTTP/2 preface or TLS handshake.
     pub header_read_timeout: Duration,
+    /// A client connection with no request in progress this long is closed.
+    pub client_idle_timeout: Duration,
     /// Client connections served at once (`None`: half the open-file limit, decided by the
     /// server when it starts).
     pub max_connections: Option<usize>,
@@ -593,6 +604,12 @@ impl Config {
                 args.header_read_timeout
                     .or(file.header_read_timeout)
                     .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+            )?,
+            client_idle_timeout: nonzero(
+                "client_idle_timeout",
+                args.client_idle_timeout
+                    .or(file.client_idle_timeout)
+                    .unwrap_or(DEFAULT_CLIENT_IDLE_TIMEOUT),
             )?,
             max_connections: match args.max_connections.or(file.max_connections) {
                 Some(0) => {

@@ -555,3 +555,49 @@ async fn a_token_realm_in_internal_space_is_refused() {
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert_eq!(n(&hits), 0, "nothing sent to the internal realm");
 }
+
+/// An idle keep-alive connection (no request in progress) is closed after
+/// `client_idle_timeout`, over HTTP/1.1 and over HTTP/2 (where the client answering pings
+/// would otherwise keep it for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_client_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = FakeUpstream::start(300).await;
+    let m = Mirror::start_args(ServeArgs {
+        client_idle_timeout: Some(Duration::from_millis(500)),
+        ..args(&up)
+    })
+    .await;
+    // HTTP/1.1: one request, then nothing.
+    let mut s = tokio::net::TcpStream::connect(m.addr).await.unwrap();
+    s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "HTTP/1.1 idle connection kept: {r:?}"
+    );
+    // HTTP/2 (prior knowledge): one request, then only the connection's own pings.
+    let tcp = tokio::net::TcpStream::connect(m.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let driver = tokio::spawn(conn);
+    let resp = send
+        .send_request(
+            http::Request::get(m.url("/v2/"))
+                .body(Default::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    assert!(ended.is_ok(), "HTTP/2 idle connection kept open");
+}

@@ -18,6 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::body::{BoxError, ResponseBody};
 use crate::cache::CacheResult;
@@ -42,7 +43,10 @@ pub async fn run(
         )),
         None => None,
     };
-    let graceful = GracefulShutdown::new();
+    // Shutdown: `stop` tells every connection to finish gracefully; `conns` counts them.
+    let (stop, stopping) = watch::channel(false);
+    let conns = Arc::new(Live::default());
+    let client_idle = app.config().client_idle_timeout;
     let header_timeout = app.config().header_read_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -100,7 +104,12 @@ pub async fn run(
                     }
                     continue;
                 };
-                let (app, builders, watcher) = (app.clone(), builders.clone(), graceful.watcher());
+                let (app, builders) = (app.clone(), builders.clone());
+                let watch = Watch {
+                    stopping: stopping.clone(),
+                    idle: client_idle,
+                    _live: conns.enter(),
+                };
                 match tls.clone() {
                     None => {
                         tokio::spawn(async move {
@@ -111,7 +120,7 @@ pub async fn run(
                                 return;
                             };
                             let io = crate::body::zero_copy::ZeroCopyStream::new(stream);
-                            serve_connection(io, app, builders.pick(proto), watcher, true).await
+                            serve_connection(io, app, builders.pick(proto), watch, true).await
                         });
                     }
                     Some(acceptor) => {
@@ -124,7 +133,7 @@ pub async fn run(
                                         Some(b"h2") => Proto::Http2,
                                         _ => Proto::Http1,
                                     };
-                                    serve_connection(io, app, builders.pick(proto), watcher, false).await
+                                    serve_connection(io, app, builders.pick(proto), watch, false).await
                                 }
                                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -137,9 +146,10 @@ pub async fn run(
         }
     }
     drop(listener);
+    let _ = stop.send(true);
     tokio::select! {
         _ = async {
-            graceful.shutdown().await;
+            conns.wait_none().await;
             // Fills whose clients are gone finish and commit rather than being cut.
             app.cache().wait_idle().await;
         } => {}
@@ -285,31 +295,144 @@ impl Throttled {
     }
 }
 
-/// Serves one connection (HTTP/1.1 or HTTP/2) until it closes or shutdown drains it.
+/// The connections being served, for draining at shutdown.
+#[derive(Default)]
+struct Live {
+    count: std::sync::atomic::AtomicUsize,
+    gone: tokio::sync::Notify,
+}
+
+impl Live {
+    fn enter(self: &Arc<Self>) -> LiveGuard {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        LiveGuard(self.clone())
+    }
+
+    async fn wait_none(&self) {
+        loop {
+            let gone = self.gone.notified();
+            tokio::pin!(gone);
+            gone.as_mut().enable();
+            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            gone.await;
+        }
+    }
+}
+
+/// One served connection; counted until dropped.
+struct LiveGuard(Arc<Live>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        self.0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.gone.notify_waiters();
+    }
+}
+
+/// What ends a connection gracefully: shutdown, or no request for `idle`.
+struct Watch {
+    stopping: watch::Receiver<bool>,
+    idle: Duration,
+    _live: LiveGuard,
+}
+
+/// Requests in progress on one connection and when the last one ended (an idle connection —
+/// HTTP/1.1 keep-alive, or HTTP/2 that only answers pings — is closed after `client_idle_timeout`).
+struct Activity {
+    active: std::sync::atomic::AtomicUsize,
+    since: std::sync::Mutex<Instant>,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> ActiveGuard {
+        self.active
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ActiveGuard(self.clone())
+    }
+
+    fn idle_for(&self, limit: Duration) -> bool {
+        self.active.load(std::sync::atomic::Ordering::SeqCst) == 0
+            && self.since.lock().expect("activity lock").elapsed() >= limit
+    }
+}
+
+/// A request in progress (until its response body is done or dropped).
+struct ActiveGuard(Arc<Activity>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        *self.0.since.lock().expect("activity lock") = Instant::now();
+        self.0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Serves one connection (HTTP/1.1 or HTTP/2) until it closes, shutdown drains it, or it has
+/// been idle (no request in progress) for `client_idle_timeout`.
 async fn serve_connection<I>(
     io: I,
     app: Arc<Mirror>,
     builder: auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut watch: Watch,
     zero_copy: bool,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = Arc::new(Activity {
+        active: Default::default(),
+        since: std::sync::Mutex::new(Instant::now()),
+    });
+    let act = activity.clone();
     let svc = service_fn(move |mut req: Request<Incoming>| {
-        let app = app.clone();
+        let (app, active) = (app.clone(), act.begin());
         if zero_copy {
             req.extensions_mut()
                 .insert(crate::body::zero_copy::ZeroCopyConnection);
         }
-        async move { Ok::<_, Infallible>(serve(app, req).await) }
+        async move { Ok::<_, Infallible>(serve(app, req, active).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+    // A per-connection graceful shutdown, triggered by the server's or by idleness.
+    let graceful = GracefulShutdown::new();
+    let served = graceful.watcher().watch(conn);
+    tokio::pin!(served);
+    let idle = watch.idle;
+    let reason = async {
+        let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = watch.stopping.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(tick) => {
+                    if activity.idle_for(idle) {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let ended = tokio::select! {
+        r = &mut served => Some(r),
+        _ = reason => None,
+    };
+    let r = match ended {
+        Some(r) => r,
+        None => tokio::join!(graceful.shutdown(), served).1,
+    };
+    if let Err(e) = r {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
-async fn serve(app: Arc<Mirror>, req: Request<Incoming>) -> Response<LoggedBody> {
+async fn serve(
+    app: Arc<Mirror>,
+    req: Request<Incoming>,
+    active: ActiveGuard,
+) -> Response<LoggedBody> {
     let started = Instant::now();
     let (resp, cache) = super::handle(&app, &req).await;
     let (parts, body) = resp.into_parts();
@@ -330,6 +453,7 @@ async fn serve(app: Arc<Mirror>, req: Request<Incoming>) -> Response<LoggedBody>
             expected,
             finished: false,
             log,
+            _active: active,
         },
     )
 }
@@ -363,6 +487,8 @@ pub struct LoggedBody {
     finished: bool,
     /// The rest of the log line.
     log: AccessLog,
+    /// Keeps the connection counted as busy until the response is done.
+    _active: ActiveGuard,
 }
 
 impl Body for LoggedBody {
