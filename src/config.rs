@@ -16,6 +16,8 @@
 //! min_fill_rate = "1KiB/s"  # a download slower than this over idle_timeout is resumed
 //! header_read_timeout = "30s"  # a client must send its request head (or HTTP/2 preface) this fast
 //! max_connections = 4096    # client connections at once (default: half the open-file limit)
+//! client_idle_timeout = "2m"   # close a client connection with no request in progress this long
+//! max_manifest_size = "4MiB"   # larger manifests from upstream are refused
 //! max_upstream_bandwidth = "2MiB/s"   # optional cap for all fills together
 //! tls_cert = "/etc/regcache/regcache.crt"  # optional: serve HTTPS (with tls_key)
 //! tls_key = "/etc/regcache/regcache.key"
@@ -99,6 +101,10 @@ pub struct FileConfig {
     /// preface (HTTP/2), or finish the TLS handshake, within this, e.g. `"30s"`.
     #[serde(default, deserialize_with = "de_duration")]
     pub header_read_timeout: Option<Duration>,
+    /// `max_manifest_size`: the largest manifest (or index) accepted from upstream; a larger
+    /// one is refused (502) and never cached, e.g. `"4MiB"`.
+    #[serde(default, deserialize_with = "de_size")]
+    pub max_manifest_size: Option<u64>,
     /// `client_idle_timeout`: a client connection with no request in progress for this long
     /// (HTTP/1.1 keep-alive, HTTP/2 answering only pings) is closed gracefully, e.g. `"2m"`.
     #[serde(default, deserialize_with = "de_duration")]
@@ -288,6 +294,9 @@ pub struct ServeArgs {
     /// [default: 30s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub header_read_timeout: Option<Duration>,
+    /// Largest manifest accepted from upstream, e.g. 4MiB [default: 4MiB].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_manifest_size: Option<u64>,
     /// Close a client connection idle (no request in progress) this long, e.g. 2m [default: 2m].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub client_idle_timeout: Option<Duration>,
@@ -439,6 +448,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// A client connection with no request in progress this long is closed.
     pub client_idle_timeout: Duration,
+    /// Largest manifest accepted from upstream, in bytes.
+    pub max_manifest_size: usize,
     /// Client connections served at once (`None`: half the open-file limit, decided by the
     /// server when it starts).
     pub max_connections: Option<usize>,
@@ -605,6 +616,16 @@ impl Config {
                     .or(file.header_read_timeout)
                     .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
             )?,
+            max_manifest_size: match args.max_manifest_size.or(file.max_manifest_size) {
+                None => crate::cache::DEFAULT_MAX_MANIFEST_SIZE,
+                Some(n) if n == 0 || n > 64 << 20 => {
+                    return Err(ConfigError::Invalid {
+                        key: "max_manifest_size",
+                        message: format!("{n} bytes: must be between 1 B and 64 MiB"),
+                    })
+                }
+                Some(n) => n as usize,
+            },
             client_idle_timeout: nonzero(
                 "client_idle_timeout",
                 args.client_idle_timeout

@@ -111,6 +111,7 @@ fn cache_options(config: &Config) -> CacheOptions {
         tag_ttl: config.tag_ttl,
         offline: config.offline,
         revalidate_timeout: config.revalidate_timeout,
+        max_manifest_size: config.max_manifest_size,
     }
 }
 

@@ -601,3 +601,18 @@ async fn idle_client_connections_are_closed() {
     let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
     assert!(ended.is_ok(), "HTTP/2 idle connection kept open");
 }
+
+/// A manifest larger than `max_manifest_size` is refused (502) and never cached.
+#[tokio::test]
+async fn a_manifest_over_the_size_limit_is_refused() {
+    let up = FakeUpstream::start(300).await;
+    up.add_image("library/huge", "v1", 100, 52);
+    let m = Mirror::start_args(ServeArgs {
+        max_manifest_size: Some(64),
+        ..args(&up)
+    })
+    .await;
+    let r = get(&m.url("/v2/library/huge/manifests/v1")).await;
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    assert_eq!(m.store().index().usage().objects, 0, "nothing cached");
+}

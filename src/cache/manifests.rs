@@ -24,7 +24,7 @@ use crate::cache::{CacheError, CacheOptions, CacheResult, Origin};
 use crate::reference::{Algorithm, Digest, Reference, MANIFEST_TYPES};
 use crate::upstream::{read_limited, Upstream, UpstreamError};
 
-/// Largest manifest accepted from upstream, in bytes (distribution's default limit is 4 MiB).
+/// Default for the largest manifest accepted from upstream, in bytes (distribution's limit).
 pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
 
 /// A manifest answer: its digest, exact bytes and media type, and how it was answered.
@@ -48,6 +48,8 @@ pub(super) struct Manifests {
     offline: bool,
     /// Bound on a whole revalidation while a cached answer waits (zero: unbounded).
     revalidate_timeout: Duration,
+    /// Largest manifest accepted from upstream, in bytes.
+    max_manifest_size: usize,
     /// Per-key locks coalescing manifest fetches and tag revalidations.
     locks: KeyedLocks,
 }
@@ -59,6 +61,10 @@ impl Manifests {
             tag_ttl: opts.tag_ttl,
             offline: opts.offline,
             revalidate_timeout: opts.revalidate_timeout,
+            max_manifest_size: match opts.max_manifest_size {
+                0 => MAX_MANIFEST_SIZE,
+                n => n,
+            },
             locks: KeyedLocks::default(),
         }
     }
@@ -265,8 +271,14 @@ impl Manifests {
         cached_waiting: bool,
     ) -> Result<(Digest, StoredManifest), CacheError> {
         let name = from.name;
-        let (bytes, header_digest, content_type) =
-            download(from.upstream, name, reference, cached_waiting).await?;
+        let (bytes, header_digest, content_type) = download(
+            from.upstream,
+            name,
+            reference,
+            cached_waiting,
+            self.max_manifest_size,
+        )
+        .await?;
         let bad = |m: String| CacheError::Upstream(UpstreamError::Protocol(m));
         let digest = match (expected, &header_digest) {
             (Some(e), _) => e.clone(),
@@ -295,13 +307,14 @@ impl Manifests {
     }
 }
 
-/// GETs a manifest: its bytes (at most [`MAX_MANIFEST_SIZE`]), upstream's
-/// `Docker-Content-Digest` and `Content-Type`.
+/// GETs a manifest: its bytes (at most `limit`), upstream's `Docker-Content-Digest` and
+/// `Content-Type`.
 async fn download(
     up: &Upstream,
     name: &str,
     reference: &str,
     cached_waiting: bool,
+    limit: usize,
 ) -> Result<(bytes::Bytes, Option<Digest>, Option<String>), UpstreamError> {
     let path = format!("/v2/{name}/manifests/{reference}");
     let resp = if cached_waiting {
@@ -319,11 +332,9 @@ async fn download(
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let bytes = read_limited(resp.into_body(), MAX_MANIFEST_SIZE)
-        .await
-        .map_err(|e| {
-            UpstreamError::Protocol(format!("reading manifest {name}:{reference}: {e}"))
-        })?;
+    let bytes = read_limited(resp.into_body(), limit).await.map_err(|e| {
+        UpstreamError::Protocol(format!("reading manifest {name}:{reference}: {e}"))
+    })?;
     Ok((bytes, header_digest, content_type))
 }
 

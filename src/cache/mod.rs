@@ -52,7 +52,7 @@ use crate::upstream::bandwidth::Bandwidth;
 use crate::upstream::{Upstream, UpstreamError};
 
 pub use fill::{FillError, FillStats};
-pub use manifests::ManifestAnswer;
+pub use manifests::{ManifestAnswer, MAX_MANIFEST_SIZE as DEFAULT_MAX_MANIFEST_SIZE};
 
 /// How a request was answered, for the access log and `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +122,8 @@ pub struct CacheOptions {
     pub tag_ttl: Duration,
     /// Serve only what is cached; never revalidate.
     pub offline: bool,
+    /// Largest manifest accepted from upstream, in bytes (0: 4 MiB, distribution's limit).
+    pub max_manifest_size: usize,
     /// Bound on each upstream request; a whole tag revalidation (token fetch, HEAD, fetch of a
     /// moved tag) while a cached answer waits gets twice this, then the cached answer is
     /// served stale.
