@@ -616,3 +616,37 @@ async fn a_manifest_over_the_size_limit_is_refused() {
     assert_eq!(r.status, 502, "{:?}", r.body);
     assert_eq!(m.store().index().usage().objects, 0, "nothing cached");
 }
+
+/// A client that stops reading a response (or takes it a few bytes at a time) has its
+/// connection closed after `client_idle_timeout`, instead of holding it (and its file) for
+/// ever: the response ends (and is counted) on the server while the client still sits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = FakeUpstream::start(300).await;
+    let d = up.add_blob(random_bytes(32 << 20, 53));
+    let m = Mirror::start_args(ServeArgs {
+        client_idle_timeout: Some(Duration::from_secs(1)),
+        ..args(&up)
+    })
+    .await;
+    m.fill_blobs("library/slow", std::slice::from_ref(&d)).await;
+    let hits = || m.app.figures().requests[0].0;
+    assert_eq!(hits(), 0);
+    let mut s = tokio::net::TcpStream::connect(m.addr).await.unwrap();
+    s.write_all(format!("GET /v2/library/slow/blobs/{d} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    let _ = s.read(&mut buf).await.unwrap();
+    // Then a byte now and then.
+    let t = std::time::Instant::now();
+    while hits() == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the stalled response is still being served"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let _ = s.read(&mut buf[..1]).await;
+    }
+}

@@ -8,12 +8,14 @@
 //!
 //! # Layout
 //! - [`server`]: the listener, HTTP/1.1 + HTTP/2, TLS, the access log, graceful shutdown.
+//! - `guard`: a client that stops reading (or trickles) has its connection closed.
 //! - `blobs`: blob GET / HEAD (hit, miss, coalesced; ranges).
 //! - `manifests`: manifest GET / HEAD (content negotiation against `Accept`).
 //! - `passthrough`: `tags/list` and `referrers`, not cached.
 //! - [`range`]: the `Range` header (RFC 9110).
 
 mod blobs;
+mod guard;
 mod manifests;
 mod passthrough;
 pub mod range;

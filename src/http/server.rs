@@ -396,6 +396,7 @@ async fn serve_connection<I>(
         }
         async move { Ok::<_, Infallible>(serve(app, req, active).await) }
     });
+    let io = super::guard::SendGuard::new(io, watch.idle);
     let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
     // A per-connection graceful shutdown, triggered by the server's or by idleness.
     let graceful = GracefulShutdown::new();
