@@ -5,8 +5,10 @@ mod support;
 
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use regcache::config::ServeArgs;
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn args(up: &FakeUpstream) -> ServeArgs {
     ServeArgs {
@@ -15,6 +17,15 @@ fn args(up: &FakeUpstream) -> ServeArgs {
         revalidate_timeout: Some(Duration::from_millis(700)),
         ..Default::default()
     }
+}
+
+/// A fake upstream and a mirror on it, with `set` applied to the mirror's flags.
+async fn mirror_with(set: impl FnOnce(&mut ServeArgs)) -> (FakeUpstream, Mirror) {
+    let up = FakeUpstream::start(300).await;
+    let mut a = args(&up);
+    set(&mut a);
+    let m = Mirror::start_args(a).await;
+    (up, m)
 }
 
 /// Two `ns=` name two registries: refused, nothing goes upstream.
@@ -284,8 +295,7 @@ async fn one_slow_request_does_not_back_off_the_upstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_of_a_fill_never_carries_unverified_bytes() {
     let up = FakeUpstream::start(300).await;
-    let data = random_bytes(200_000, 44);
-    let d = up.add_blob(data.clone());
+    let (d, data) = up.add_random_blob(200_000, 44);
     up.set_faults(Faults {
         corrupt: vec![d.clone()],
         corrupt_first: true,
@@ -313,8 +323,7 @@ async fn a_range_of_a_fill_never_carries_unverified_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_of_an_uncacheable_blob_goes_upstream_as_a_range() {
     let up = FakeUpstream::start(300).await;
-    let data = random_bytes(3_000_000, 45);
-    let d = up.add_blob(data.clone());
+    let (d, data) = up.add_random_blob(3_000_000, 45);
     up.set_faults(Faults {
         throttle: Some((64 << 10, Duration::from_millis(2))),
         ..Default::default()
@@ -346,7 +355,6 @@ async fn internal_service() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
-    use tokio::io::AsyncWriteExt;
     let l = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -424,7 +432,6 @@ async fn redirect_hosts_allow_a_private_redirect_target() {
 fn stalled_pass_through_readers_hold_no_thread() {
     let rt = small_blocking_pool(3);
     rt.block_on(async {
-        use http_body_util::BodyExt;
         let up = FakeUpstream::start(300).await;
         let big = up.add_blob(random_bytes(32 << 20, 48));
         let small = up.add_blob(random_bytes(200_000, 49));
@@ -462,13 +469,7 @@ fn stalled_pass_through_readers_hold_no_thread() {
 /// timeout (protocol detection is bounded), like one that sends nothing.
 #[tokio::test]
 async fn a_partial_http2_preface_is_dropped_after_the_header_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = FakeUpstream::start(300).await;
-    let m = Mirror::start_args(ServeArgs {
-        header_read_timeout: Some(Duration::from_millis(500)),
-        ..args(&up)
-    })
-    .await;
+    let (_up, m) = mirror_with(|a| a.header_read_timeout = Some(Duration::from_millis(500))).await;
     for prefix in [&b"P"[..], b"PRI ", b"PRI * HTTP/2.0\r\n"] {
         let mut s = tokio::net::TcpStream::connect(m.addr).await.unwrap();
         s.write_all(prefix).await.unwrap();
@@ -485,12 +486,7 @@ async fn a_partial_http2_preface_is_dropped_after_the_header_timeout() {
 /// back as soon as a connection ends.
 #[tokio::test]
 async fn connections_past_the_cap_get_a_503() {
-    let up = FakeUpstream::start(300).await;
-    let m = Mirror::start_args(ServeArgs {
-        max_connections: Some(4),
-        ..args(&up)
-    })
-    .await;
+    let (_up, m) = mirror_with(|a| a.max_connections = Some(4)).await;
     let mut idle = Vec::new();
     for _ in 0..4 {
         idle.push(tokio::net::TcpStream::connect(m.addr).await.unwrap());
@@ -512,10 +508,8 @@ async fn connections_past_the_cap_get_a_503() {
 /// back until the digest verifies, as for a whole GET).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_range_of_a_fill_starts_at_once() {
-    use http_body_util::BodyExt;
     let up = FakeUpstream::start(300).await;
-    let data = random_bytes(2_000_000, 50);
-    let d = up.add_blob(data.clone());
+    let (d, data) = up.add_random_blob(2_000_000, 50);
     up.set_faults(Faults {
         throttle: Some((50_000, Duration::from_millis(100))), // ~4 s for the blob
         ..Default::default()
@@ -561,13 +555,7 @@ async fn a_token_realm_in_internal_space_is_refused() {
 /// would otherwise keep it for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_client_connections_are_closed() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let up = FakeUpstream::start(300).await;
-    let m = Mirror::start_args(ServeArgs {
-        client_idle_timeout: Some(Duration::from_millis(500)),
-        ..args(&up)
-    })
-    .await;
+    let (_up, m) = mirror_with(|a| a.client_idle_timeout = Some(Duration::from_millis(500))).await;
     // HTTP/1.1: one request, then nothing.
     let mut s = tokio::net::TcpStream::connect(m.addr).await.unwrap();
     s.write_all(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -622,7 +610,6 @@ async fn a_manifest_over_the_size_limit_is_refused() {
 /// ever: the response ends (and is counted) on the server while the client still sits on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_dropped() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = FakeUpstream::start(300).await;
     let d = up.add_blob(random_bytes(32 << 20, 53));
     let m = Mirror::start_args(ServeArgs {

@@ -74,6 +74,26 @@ impl<I> SendGuard<I> {
     }
 }
 
+impl<I> SendGuard<I> {
+    /// A write's result `r` of `asked` bytes, or the error that ends a too slow client.
+    fn judge(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+        asked: usize,
+    ) -> Poll<io::Result<usize>> {
+        let wrote = match &r {
+            Poll::Ready(Ok(n)) => Some(*n),
+            Poll::Pending => None,
+            Poll::Ready(Err(_)) => return r,
+        };
+        if self.check(cx, wrote, asked) {
+            return Poll::Ready(Err(too_slow(self.window)));
+        }
+        r
+    }
+}
+
 fn too_slow(window: Duration) -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
@@ -98,16 +118,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for SendGuard<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        let wrote = match &r {
-            Poll::Ready(Ok(n)) => Some(*n),
-            Poll::Pending => None,
-            Poll::Ready(Err(_)) => return r,
-        };
-        if self.check(cx, wrote, buf.len()) {
-            let w = self.window;
-            return Poll::Ready(Err(too_slow(w)));
-        }
-        r
+        self.judge(cx, r, buf.len())
     }
 
     fn poll_write_vectored(
@@ -116,17 +127,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for SendGuard<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        let wrote = match &r {
-            Poll::Ready(Ok(n)) => Some(*n),
-            Poll::Pending => None,
-            Poll::Ready(Err(_)) => return r,
-        };
-        let asked = bufs.iter().map(|b| b.len()).sum();
-        if self.check(cx, wrote, asked) {
-            let w = self.window;
-            return Poll::Ready(Err(too_slow(w)));
-        }
-        r
+        self.judge(cx, r, bufs.iter().map(|b| b.len()).sum())
     }
 
     fn is_write_vectored(&self) -> bool {

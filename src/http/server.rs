@@ -45,7 +45,7 @@ pub async fn run(
     };
     // Shutdown: `stop` tells every connection to finish gracefully; `conns` counts them.
     let (stop, stopping) = watch::channel(false);
-    let conns = Arc::new(Live::default());
+    let conns = Gauge::new();
     let client_idle = app.config().client_idle_timeout;
     let header_timeout = app.config().header_read_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -295,41 +295,58 @@ impl Throttled {
     }
 }
 
-/// The connections being served, for draining at shutdown.
-#[derive(Default)]
-struct Live {
+/// A count of things in progress — the server's connections (drained at shutdown), one
+/// connection's requests (an idle connection is closed) — with when it last fell.
+struct Gauge {
     count: std::sync::atomic::AtomicUsize,
-    gone: tokio::sync::Notify,
+    since: std::sync::Mutex<Instant>,
+    fell: tokio::sync::Notify,
 }
 
-impl Live {
-    fn enter(self: &Arc<Self>) -> LiveGuard {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        LiveGuard(self.clone())
+impl Gauge {
+    fn new() -> Arc<Gauge> {
+        Arc::new(Gauge {
+            count: Default::default(),
+            since: std::sync::Mutex::new(Instant::now()),
+            fell: tokio::sync::Notify::new(),
+        })
     }
 
+    fn enter(self: &Arc<Self>) -> Entered {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Entered(self.clone())
+    }
+
+    /// Nothing in progress, for at least `limit`.
+    fn idle_for(&self, limit: Duration) -> bool {
+        self.count.load(std::sync::atomic::Ordering::SeqCst) == 0
+            && self.since.lock().expect("gauge lock").elapsed() >= limit
+    }
+
+    /// Waits until nothing is in progress.
     async fn wait_none(&self) {
         loop {
-            let gone = self.gone.notified();
-            tokio::pin!(gone);
-            gone.as_mut().enable();
-            if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            let fell = self.fell.notified();
+            tokio::pin!(fell);
+            fell.as_mut().enable();
+            if self.idle_for(Duration::ZERO) {
                 return;
             }
-            gone.await;
+            fell.await;
         }
     }
 }
 
-/// One served connection; counted until dropped.
-struct LiveGuard(Arc<Live>);
+/// One thing in progress, counted until dropped.
+struct Entered(Arc<Gauge>);
 
-impl Drop for LiveGuard {
+impl Drop for Entered {
     fn drop(&mut self) {
+        *self.0.since.lock().expect("gauge lock") = Instant::now();
         self.0
             .count
             .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.0.gone.notify_waiters();
+        self.0.fell.notify_waiters();
     }
 }
 
@@ -337,39 +354,7 @@ impl Drop for LiveGuard {
 struct Watch {
     stopping: watch::Receiver<bool>,
     idle: Duration,
-    _live: LiveGuard,
-}
-
-/// Requests in progress on one connection and when the last one ended (an idle connection —
-/// HTTP/1.1 keep-alive, or HTTP/2 that only answers pings — is closed after `client_idle_timeout`).
-struct Activity {
-    active: std::sync::atomic::AtomicUsize,
-    since: std::sync::Mutex<Instant>,
-}
-
-impl Activity {
-    fn begin(self: &Arc<Self>) -> ActiveGuard {
-        self.active
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        ActiveGuard(self.clone())
-    }
-
-    fn idle_for(&self, limit: Duration) -> bool {
-        self.active.load(std::sync::atomic::Ordering::SeqCst) == 0
-            && self.since.lock().expect("activity lock").elapsed() >= limit
-    }
-}
-
-/// A request in progress (until its response body is done or dropped).
-struct ActiveGuard(Arc<Activity>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        *self.0.since.lock().expect("activity lock") = Instant::now();
-        self.0
-            .active
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
+    _live: Entered,
 }
 
 /// Serves one connection (HTTP/1.1 or HTTP/2) until it closes, shutdown drains it, or it has
@@ -383,13 +368,12 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity {
-        active: Default::default(),
-        since: std::sync::Mutex::new(Instant::now()),
-    });
+    // Requests in progress on this connection: an idle one (HTTP/1.1 keep-alive, or HTTP/2
+    // that only answers pings) is closed after `client_idle_timeout`.
+    let activity = Gauge::new();
     let act = activity.clone();
     let svc = service_fn(move |mut req: Request<Incoming>| {
-        let (app, active) = (app.clone(), act.begin());
+        let (app, active) = (app.clone(), act.enter());
         if zero_copy {
             req.extensions_mut()
                 .insert(crate::body::zero_copy::ZeroCopyConnection);
@@ -429,11 +413,7 @@ async fn serve_connection<I>(
     }
 }
 
-async fn serve(
-    app: Arc<Mirror>,
-    req: Request<Incoming>,
-    active: ActiveGuard,
-) -> Response<LoggedBody> {
+async fn serve(app: Arc<Mirror>, req: Request<Incoming>, active: Entered) -> Response<LoggedBody> {
     let started = Instant::now();
     let (resp, cache) = super::handle(&app, &req).await;
     let (parts, body) = resp.into_parts();
@@ -489,7 +469,7 @@ pub struct LoggedBody {
     /// The rest of the log line.
     log: AccessLog,
     /// Keeps the connection counted as busy until the response is done.
-    _active: ActiveGuard,
+    _active: Entered,
 }
 
 impl Body for LoggedBody {

@@ -291,13 +291,7 @@ impl Lab {
             lab.second = Some(lab.start_second_registry());
         }
         if options.chain {
-            let mut spec = RegcacheSpec::new(
-                "regcache (middle tier)",
-                &lab.root,
-                "regcache-middle-cache",
-                "regcache-middle.log",
-            );
-            spec.log_filter = options.log_filter.clone();
+            let mut spec = lab.regcache_spec("middle tier", "regcache-middle", &options);
             spec.upstream = Some(upstream_url.clone());
             lab.middle = Some(Mirror::start_regcache(spec));
         }
@@ -305,13 +299,7 @@ impl Lab {
         let mirror = if kind == MirrorKind::Direct {
             Mirror::start(kind, &lab.root, registry)
         } else {
-            let mut spec = RegcacheSpec::new(
-                "regcache (mirror)",
-                &lab.root,
-                "regcache-cache",
-                "regcache.log",
-            );
-            spec.log_filter = options.log_filter.clone();
+            let mut spec = lab.regcache_spec("mirror", "regcache", &options);
             spec.upstream = Some(match &lab.middle {
                 Some(m) => format!("http://{}", m.addr),
                 None => upstream_url,
@@ -356,6 +344,19 @@ impl Lab {
             lab.started.elapsed().as_secs_f64()
         ));
         lab
+    }
+
+    /// A regcache of the lab, "regcache (<role>)", with its cache in `<stem>-cache` and its log
+    /// in `<stem>.log` under the lab's root, logging at the options' filter.
+    fn regcache_spec(&self, role: &str, stem: &str, options: &LabOptions) -> RegcacheSpec {
+        let mut spec = RegcacheSpec::new(
+            &format!("regcache ({role})"),
+            &self.root,
+            &format!("{stem}-cache"),
+            &format!("{stem}.log"),
+        );
+        spec.log_filter = options.log_filter.clone();
+        spec
     }
 
     /// Starts the ghcr.io stand-in: its own token server (pull needs credentials), registry

@@ -163,6 +163,12 @@ impl FakeUpstream {
         format!("http://{}", self.registry)
     }
 
+    /// Stores `len` seeded random bytes as a blob; returns its digest and the bytes.
+    pub fn add_random_blob(&self, len: usize, seed: u64) -> (String, Vec<u8>) {
+        let data = random_bytes(len, seed);
+        (self.add_blob(data.clone()), data)
+    }
+
     /// Stores a blob; returns its digest.
     pub fn add_blob(&self, data: Vec<u8>) -> String {
         let d = sha256(&data);
