@@ -637,3 +637,18 @@ async fn a_client_that_stops_reading_is_dropped() {
         let _ = s.read(&mut buf[..1]).await;
     }
 }
+
+/// Shutdown does not wait for a connection that never sent a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_silent_connections() {
+    let (_up, m) = mirror_with(|_| {}).await;
+    let _silent = tokio::net::TcpStream::connect(m.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = std::time::Instant::now();
+    let _ = m.stop().await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
+}

@@ -115,8 +115,13 @@ pub async fn run(
                         tokio::spawn(async move {
                             let _slot = slot;
                             // A connection that sends nothing, or stops inside the HTTP/2
-                            // preface, is closed after the header timeout.
-                            let Some(proto) = sniff(&stream, header_timeout).await else {
+                            // preface, is closed after the header timeout (or at shutdown).
+                            let mut stopping = watch.stopping.clone();
+                            let proto = tokio::select! {
+                                p = sniff(&stream, header_timeout) => p,
+                                _ = stopping.wait_for(|s| *s) => None,
+                            };
+                            let Some(proto) = proto else {
                                 return;
                             };
                             let io = crate::body::zero_copy::ZeroCopyStream::new(stream);
@@ -127,7 +132,12 @@ pub async fn run(
                         // The handshake runs in the connection's task, bounded like header reads.
                         tokio::spawn(async move {
                             let _slot = slot;
-                            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                            let mut stopping = watch.stopping.clone();
+                            let handshake = tokio::select! {
+                                r = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => r,
+                                _ = stopping.wait_for(|s| *s) => return,
+                            };
+                            match handshake {
                                 Ok(Ok(io)) => {
                                     let proto = match io.get_ref().1.alpn_protocol() {
                                         Some(b"h2") => Proto::Http2,
