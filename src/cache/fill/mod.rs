@@ -236,6 +236,11 @@ impl Fill {
         }
     }
 
+    /// Whether the fill has failed.
+    fn has_failed(&self) -> bool {
+        matches!(&*self.state.borrow(), FillState::Failed(_))
+    }
+
     /// Whether the fill passes (some of) its bytes through uncached.
     pub fn is_pass_through(&self) -> bool {
         matches!(
@@ -485,7 +490,9 @@ impl Fills {
         digest: &Digest,
     ) -> Joined {
         let mut map = self.map.lock().expect("fills lock");
-        if let Some(f) = map.get(digest) {
+        // A fill that has just failed may still be in the map for a moment (it leaves when its
+        // task ends): a new request starts afresh rather than inheriting that failure.
+        if let Some(f) = map.get(digest).filter(|f| !f.has_failed()) {
             return Joined::Fill {
                 reader: f.reader(),
                 fill: f.clone(),
