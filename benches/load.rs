@@ -186,6 +186,13 @@ async fn run() {
         let _ = t.await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let hold = hold_h2_streams(
+        port,
+        &warm,
+        env_or("LOAD_H2_HOLD_STREAMS", 4096) as usize,
+        pid,
+    )
+    .await;
     let _ = child.kill();
     let _ = child.wait();
     let distinct = warm.len() as u64
@@ -200,6 +207,60 @@ async fn run() {
         support::n(&up.counters.cdn_get),
         distinct,
     );
+    println!("{hold}");
+    let _ = std::fs::write("target/bench/load-h2-hold.md", &hold);
+}
+
+/// HTTP/2 clients that grant no flow-control credit: `streams` GETs of warm blobs over
+/// connections of 128 streams each, with a stream window of 0 bytes, held for 5 s. Returns a
+/// report of regcache's RSS before, while held, and after they close.
+async fn hold_h2_streams(port: u16, warm: &[(String, Bytes)], streams: usize, pid: u32) -> String {
+    let before = rss_kib(pid);
+    let mut conns = Vec::new();
+    let mut pending = Vec::new();
+    for c in 0..streams.div_ceil(128) {
+        let Ok(tcp) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+            break;
+        };
+        let Ok((send, conn)) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .initial_connection_window_size(65_535)
+            .handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+        else {
+            break;
+        };
+        conns.push(tokio::spawn(conn));
+        for s in 0..128.min(streams - c * 128) {
+            let (d, _) = &warm[s % warm.len()];
+            let uri = format!("http://127.0.0.1:{port}/v2/library/load/blobs/{d}");
+            let req = http::Request::get(uri).body(Empty::new()).unwrap();
+            let mut send = send.clone();
+            pending.push(tokio::spawn(async move {
+                let _ = send.ready().await;
+                // Headers come back; the body never can (no credit): hold the response.
+                let resp = send.send_request(req).await;
+                tokio::time::sleep(Duration::from_secs(8)).await;
+                drop(resp);
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let held = rss_kib(pid);
+    for p in pending {
+        p.abort();
+    }
+    for c in conns {
+        c.abort();
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid);
+    format!(
+        "### HTTP/2 clients granting no credit\n\n{streams} streams (128 per connection, stream window 0) of 256 KiB hits, held 5 s: regcache RSS {:.1} MiB before, {:.1} MiB while held, {:.1} MiB after they closed.\n",
+        before as f64 / 1024.0,
+        held as f64 / 1024.0,
+        after as f64 / 1024.0
+    )
 }
 
 /// GET `url` (with an inclusive byte range): status and whole body.
