@@ -331,7 +331,7 @@ async fn blob(
     let lookup = mirror
         .cache()
         .blob(digest, from)
-        .map_err(|e| describe(&ApiError::internal(format!("reading the cache: {e}"))))?;
+        .map_err(|e| describe(&ApiError::from_cache(&e.into(), Subject::Blob)))?;
     let f = match lookup {
         BlobLookup::Hit(c) => {
             bar.inc(c.len());

@@ -23,7 +23,7 @@ pub(super) async fn get(
 ) -> Result<(Response<ResponseBody>, CacheResult), ApiError> {
     let lookup = cache
         .blob(digest, from)
-        .map_err(|e| ApiError::internal(format!("reading the cache: {e}")))?;
+        .map_err(|e| ApiError::from_cache(&e.into(), Subject::Blob))?;
     let (len, result) = match &lookup {
         BlobLookup::Hit(c) => (Some(c.len()), CacheResult::Hit),
         BlobLookup::Filling(f) => (
