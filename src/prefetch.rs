@@ -342,7 +342,7 @@ async fn blob(
     f.len()
         .await
         .map_err(|e| describe(&ApiError::from_fill(&e, digest)))?;
-    let mut body = f.body(None, Delivery::Copy);
+    let mut body = f.body(None, Delivery::copy());
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("download broke off: {e}"))?;
         if let Ok(data) = frame.into_data() {

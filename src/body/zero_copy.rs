@@ -25,18 +25,28 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::body::budget::{holding, CopyBudget, Permits};
 use crate::body::BoxError;
 
 /// How a response's file bytes may leave: mapped slices that [`ZeroCopyStream`] sends with
 /// `sendfile(2)` (plain TCP, HTTP/1), or `pread` copies (TLS, HTTP/2 framing, in-process
 /// readers), where a file truncated under us must fail one response rather than fault the
 /// process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Delivery {
     /// Mapped slices, sent with `sendfile`.
     Sendfile,
-    /// Copies read with `pread`.
-    Copy,
+    /// Copies read with `pread`, each holding its bytes of the connection's copy budget until
+    /// sent.
+    Copy(CopyBudget),
+}
+
+impl Delivery {
+    /// A copying delivery with a budget of its own (a reader that is not a client connection,
+    /// such as prefetch).
+    pub fn copy() -> Delivery {
+        Delivery::Copy(CopyBudget::connection())
+    }
 }
 
 /// Bytes mapped per window (a multiple of every page size in use).
@@ -167,10 +177,10 @@ pub fn read_range(file: &File, start: u64, end: u64) -> io::Result<Bytes> {
 /// for [`Delivery::Sendfile`], else a `pread` copy.
 ///
 /// Errors: the `mmap(2)` or read error.
-pub fn chunk(file: &Arc<File>, start: u64, end: u64, delivery: Delivery) -> io::Result<Bytes> {
+pub fn chunk(file: &Arc<File>, start: u64, end: u64, delivery: &Delivery) -> io::Result<Bytes> {
     match delivery {
         Delivery::Sendfile => map_range(file, start, end),
-        Delivery::Copy => read_range(file, start, end),
+        Delivery::Copy(_) => read_range(file, start, end),
     }
 }
 
@@ -197,36 +207,21 @@ pub struct MmapBody {
     end: u64,
     /// Whether the connection sends mapped bytes with `sendfile` (plain TCP, HTTP/1).
     delivery: Delivery,
-    /// Bounds copied bytes not yet sent ([`Delivery::Copy`]).
-    budget: Arc<tokio::sync::Semaphore>,
     /// Permits being waited for, for the next copied chunk.
     waiting: Option<PermitFuture>,
 }
 
 /// The wait for copy-budget permits.
-type PermitFuture =
-    Pin<Box<dyn std::future::Future<Output = tokio::sync::OwnedSemaphorePermit> + Send>>;
+type PermitFuture = Pin<Box<dyn std::future::Future<Output = Permits> + Send>>;
 
 impl MmapBody {
     /// A body of bytes `[start, end)` of `file`.
     pub fn new(file: Arc<File>, start: u64, end: u64, delivery: Delivery) -> MmapBody {
-        MmapBody::with_budget(file, start, end, delivery, super::budget::copy_budget())
-    }
-
-    /// [`MmapBody::new`] with its own copy budget.
-    pub fn with_budget(
-        file: Arc<File>,
-        start: u64,
-        end: u64,
-        delivery: Delivery,
-        budget: Arc<tokio::sync::Semaphore>,
-    ) -> MmapBody {
         MmapBody {
             file,
             pos: start,
             end,
             delivery,
-            budget,
             waiting: None,
         }
     }
@@ -245,28 +240,28 @@ impl Body for MmapBody {
         }
         let step = match self.delivery {
             Delivery::Sendfile => WINDOW,
-            Delivery::Copy => READ_CHUNK,
+            Delivery::Copy(_) => READ_CHUNK,
         };
         let next = ((self.pos / step) + 1) * step;
         let stop = next.min(self.end);
         // A copy waits for its bytes of the copy budget first.
-        let permit = match self.delivery {
+        let permit = match &self.delivery {
             Delivery::Sendfile => None,
-            Delivery::Copy => {
-                let (budget, n) = (self.budget.clone(), (stop - self.pos) as usize);
-                let waiting = self.waiting.get_or_insert_with(|| {
-                    Box::pin(async move { super::budget::reserve(&budget, n).await })
-                });
+            Delivery::Copy(budget) => {
+                let (budget, n) = (budget.clone(), (stop - self.pos) as usize);
+                let waiting = self
+                    .waiting
+                    .get_or_insert_with(|| Box::pin(async move { budget.reserve(n).await }));
                 let permit = ready!(waiting.as_mut().poll(cx));
                 self.waiting = None;
                 Some(permit)
             }
         };
-        match chunk(&self.file, self.pos, stop, self.delivery) {
+        match chunk(&self.file, self.pos, stop, &self.delivery) {
             Ok(b) => {
                 self.pos = stop;
                 let b = match permit {
-                    Some(p) => super::budget::holding(b, p),
+                    Some(p) => holding(b, p),
                     None => b,
                 };
                 Poll::Ready(Some(Ok(Frame::data(b))))
@@ -441,17 +436,17 @@ mod tests {
     #[tokio::test]
     async fn copies_wait_for_the_copy_budget() {
         use http_body_util::BodyExt;
-        let mut f = tempfile::tempfile().unwrap();
-        f.write_all(&vec![3u8; 1 << 20]).unwrap();
-        let f = Arc::new(f);
-        let budget = Arc::new(tokio::sync::Semaphore::new(512 << 10));
-        let body = |b: &Arc<tokio::sync::Semaphore>| {
-            MmapBody::with_budget(f.clone(), 0, 1 << 20, Delivery::Copy, b.clone())
+        let f = file_of(1 << 20);
+        let total = Arc::new(tokio::sync::Semaphore::new(512 << 10));
+        // Three connections, each with a share larger than the total.
+        let body = || {
+            let budget = CopyBudget::new(1 << 20, total.clone(), 512 << 10);
+            MmapBody::new(f.clone(), 0, 1 << 20, Delivery::Copy(budget))
         };
-        let (mut a, mut b, mut c) = (body(&budget), body(&budget), body(&budget));
+        let (mut a, mut b, mut c) = (body(), body(), body());
         let first = a.frame().await.unwrap().unwrap();
         let _second = b.frame().await.unwrap().unwrap();
-        assert_eq!(budget.available_permits(), 0);
+        assert_eq!(total.available_permits(), 0);
         let wait = Duration::from_millis(50);
         assert!(
             tokio::time::timeout(wait, c.frame()).await.is_err(),
@@ -464,8 +459,42 @@ mod tests {
             "a sent chunk gives its budget back"
         );
         // Sendfile deliveries copy nothing and need no budget.
-        let mut z =
-            MmapBody::with_budget(f.clone(), 0, 1 << 20, Delivery::Sendfile, budget.clone());
+        let mut z = MmapBody::new(f.clone(), 0, 1 << 20, Delivery::Sendfile);
         assert!(tokio::time::timeout(wait, z.frame()).await.is_ok());
+    }
+
+    /// A connection that has spent its share waits without taking from the total: another
+    /// connection's copies go on.
+    #[tokio::test]
+    async fn a_connection_is_held_to_its_share() {
+        use http_body_util::BodyExt;
+        let f = file_of(4 << 20);
+        let total = Arc::new(tokio::sync::Semaphore::new(4 << 20));
+        let hog = CopyBudget::new(512 << 10, total.clone(), 4 << 20);
+        let other = CopyBudget::new(512 << 10, total.clone(), 4 << 20);
+        let mut held = Vec::new();
+        let mut bodies: Vec<_> = (0..4)
+            .map(|_| MmapBody::new(f.clone(), 0, 4 << 20, Delivery::Copy(hog.clone())))
+            .collect();
+        let wait = Duration::from_millis(50);
+        for b in &mut bodies[..2] {
+            held.push(b.frame().await.unwrap().unwrap());
+        }
+        assert!(
+            tokio::time::timeout(wait, bodies[2].frame()).await.is_err(),
+            "its share spent: the connection waits"
+        );
+        assert_eq!(total.available_permits(), (4 << 20) - (512 << 10));
+        let mut o = MmapBody::new(f.clone(), 0, 4 << 20, Delivery::Copy(other));
+        assert!(
+            matches!(tokio::time::timeout(wait, o.frame()).await, Ok(Some(Ok(_)))),
+            "another connection is not held back"
+        );
+    }
+
+    fn file_of(len: usize) -> Arc<File> {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![3u8; len]).unwrap();
+        Arc::new(f)
     }
 }

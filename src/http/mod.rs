@@ -27,6 +27,7 @@ use http::{Method, Request, Response, StatusCode};
 pub use manifests::accepts;
 pub use range::{parse_range, resolve_range};
 
+use crate::body::budget::CopyBudget;
 use crate::body::zero_copy::{Delivery, ZeroCopyConnection};
 use crate::body::{self, ResponseBody};
 use crate::cache::{CacheResult, Origin};
@@ -103,9 +104,12 @@ fn delivery<B>(req: &Request<B>) -> Delivery {
     let zero_copy = req.extensions().get::<ZeroCopyConnection>().is_some()
         && req.version() <= http::Version::HTTP_11;
     if zero_copy {
-        Delivery::Sendfile
-    } else {
-        Delivery::Copy
+        return Delivery::Sendfile;
+    }
+    // Copies count against the connection's share of the copy budget (set by the server).
+    match req.extensions().get::<CopyBudget>() {
+        Some(b) => Delivery::Copy(b.clone()),
+        None => Delivery::copy(),
     }
 }
 

@@ -382,12 +382,15 @@ async fn serve_connection<I>(
     // that only answers pings) is closed after `client_idle_timeout`.
     let activity = Gauge::new();
     let act = activity.clone();
+    // The connection's share of the copy budget, for every response it copies.
+    let copy_budget = crate::body::budget::CopyBudget::connection();
     let svc = service_fn(move |mut req: Request<Incoming>| {
         let (app, active) = (app.clone(), act.enter());
         if zero_copy {
             req.extensions_mut()
                 .insert(crate::body::zero_copy::ZeroCopyConnection);
         }
+        req.extensions_mut().insert(copy_budget.clone());
         async move { Ok::<_, Infallible>(serve(app, req, active).await) }
     });
     let io = super::guard::SendGuard::new(io, watch.idle);

@@ -26,8 +26,11 @@ pub async fn follow(
     delivery: Delivery,
     tx: mpsc::Sender<Result<Bytes, BoxError>>,
 ) {
-    let zero_copy = delivery == Delivery::Sendfile;
-    let copy_budget = budget::copy_budget();
+    let copy_budget = match &delivery {
+        Delivery::Sendfile => None,
+        Delivery::Copy(b) => Some(b.clone()),
+    };
+    let zero_copy = copy_budget.is_none();
     let mut rx = fill.subscribe();
     let mut pos = start;
     reader.advance(pos);
@@ -68,7 +71,7 @@ pub async fn follow(
         // Committed: the rest comes from mmap windows of the immutable file.
         if let (Some(len), None, Some(file)) = (done, mem_start, &file) {
             let end = end.unwrap_or(len).min(len);
-            let mut body = MmapBody::new(file.clone(), pos, end, delivery);
+            let mut body = MmapBody::new(file.clone(), pos, end, delivery.clone());
             drop(reader);
             while let Some(frame) = body.frame().await {
                 let item = frame.map(|f| f.into_data().unwrap_or_default());
@@ -83,9 +86,9 @@ pub async fn follow(
             // Copies are smaller steps and hold copy-budget permits until sent.
             let step = if zero_copy { FOLLOW_CHUNK } else { COPY_CHUNK };
             let want = (limit - pos).min(step as u64) as usize;
-            let mut permit = match zero_copy {
-                true => None,
-                false => Some(budget::reserve(&copy_budget, want).await),
+            let mut permit = match &copy_budget {
+                None => None,
+                Some(b) => Some(b.reserve(want).await),
             };
             let chunk = match (&head, mem_start) {
                 (Some(h), _) if pos < h.len() as u64 => {
@@ -104,7 +107,7 @@ pub async fn follow(
                                 Some(m) if zero_copy && pos + n <= m.len() as u64 => {
                                     Ok(Some(m.slice(pos as usize..(pos + n) as usize)))
                                 }
-                                _ => crate::body::zero_copy::chunk(&f, pos, pos + n, delivery)
+                                _ => crate::body::zero_copy::chunk(&f, pos, pos + n, &delivery)
                                     .map(|b| match permit.take() {
                                         Some(p) => Some(budget::holding(b, p)),
                                         None => Some(b),
@@ -181,7 +184,7 @@ mod tests {
             fill.reader(),
             0,
             None,
-            Delivery::Copy,
+            Delivery::copy(),
             tx,
         ));
         (fill, rx, task)
