@@ -652,3 +652,45 @@ async fn shutdown_does_not_wait_for_silent_connections() {
         t.elapsed()
     );
 }
+
+/// An HTTP/2 client that grants no flow-control credit makes hyper stop asking responses for
+/// bytes, so nothing ever reaches the socket: its connection is closed after
+/// `client_idle_timeout`, both while a large response waits to be asked for more and after a
+/// small one sits whole in the send buffer (where a graceful close would wait for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_granting_no_credit_are_dropped() {
+    let up = FakeUpstream::start(300).await;
+    let big = up.add_blob(random_bytes(4 << 20, 54));
+    let small = up.add_blob(random_bytes(60_000, 55));
+    let m = Mirror::start_args(ServeArgs {
+        client_idle_timeout: Some(Duration::from_secs(1)),
+        ..args(&up)
+    })
+    .await;
+    m.fill_blobs("library/credit", &[big.clone(), small.clone()])
+        .await;
+    for d in [big, small] {
+        let tcp = tokio::net::TcpStream::connect(m.addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(0)
+                .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(
+                    tcp,
+                ))
+                .await
+                .unwrap();
+        let driver = tokio::spawn(conn);
+        let url = m.url(&format!("/v2/library/credit/blobs/{d}"));
+        let resp = send
+            .send_request(http::Request::get(url).body(Default::default()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let ended = tokio::time::timeout(Duration::from_secs(8), driver).await;
+        assert!(
+            ended.is_ok(),
+            "connection granting no credit kept open ({d})"
+        );
+        drop(resp);
+    }
+}

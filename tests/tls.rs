@@ -171,3 +171,55 @@ async fn a_blob_truncated_under_a_tls_download_fails_that_download_only() {
     let body = body_of(&c, &url).await;
     assert_eq!(sha256(&body), d);
 }
+
+/// A TLS client that negotiates HTTP/2 and then stops inside the connection preface is closed
+/// after `header_read_timeout`, not kept until the (longer) idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_preface_over_tls_is_dropped_after_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = FakeUpstream::start(300).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = regcache::tls::generate(&["localhost".into()], dir.path()).unwrap();
+    let m = Mirror::start_args(ServeArgs {
+        upstream: Some(up.url()),
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key),
+        header_read_timeout: Some(Duration::from_millis(500)),
+        client_idle_timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    })
+    .await;
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(m.addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(b"PRI * HT").await.unwrap();
+    tls.flush().await.unwrap();
+    let mut buf = [0u8; 256];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {} // the server's SETTINGS
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the stalled preface kept the connection");
+}

@@ -3,10 +3,22 @@
 //! [`MIN_SEND_BYTES`] in every `client_idle_timeout` window, or its writes fail (the response is
 //! cut, hyper closes the connection). A connection that is merely idle (nothing to send) is the
 //! idle timeout's business, not this one's.
+//!
+//! HTTP/2 hides a second way of not reading: a client that grants no flow-control credit
+//! makes hyper stop asking a response for more bytes, and nothing reaches the socket at all.
+//! [`Progress`] sees that from the responses' side (a response that has handed over bytes and
+//! is not asked for more), and the connection's watchdog closes a connection whose responses
+//! wait a whole window while fewer than [`MIN_SEND_BYTES`] leave.
+//!
+//! On TLS, where the protocol is known from ALPN before any byte of HTTP, an HTTP/2 client
+//! must also send the whole connection preface within `header_read_timeout`
+//! ([`SendGuard::expect_preface`]).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -24,17 +36,30 @@ pub struct SendGuard<I> {
     since: Option<(Instant, u64)>,
     /// Wakes the connection's task at the window's end even if the socket never drains.
     timer: Pin<Box<Sleep>>,
+    /// Where written bytes are counted for the connection's watchdog.
+    progress: Arc<Progress>,
+    /// Bytes of the HTTP/2 preface still to come, and by when.
+    preface: Option<(usize, Pin<Box<Sleep>>)>,
 }
 
 impl<I> SendGuard<I> {
-    /// Guards `inner` with a window of `window`.
-    pub fn new(inner: I, window: Duration) -> SendGuard<I> {
+    /// Guards `inner` with a window of `window`, counting written bytes in `progress`.
+    pub fn new(inner: I, window: Duration, progress: Arc<Progress>) -> SendGuard<I> {
         SendGuard {
             inner,
             window,
             since: None,
             timer: Box::pin(tokio::time::sleep(window)),
+            progress,
+            preface: None,
         }
+    }
+
+    /// Reads fail (and so the connection ends) unless the 24-byte HTTP/2 preface (RFC 9113
+    /// §3.4) has arrived within `timeout`.
+    pub fn expect_preface(mut self, timeout: Duration) -> SendGuard<I> {
+        self.preface = Some((24, Box::pin(tokio::time::sleep(timeout))));
+        self
     }
 
     /// Whether the window ran out with too little taken (and so the connection must go).
@@ -83,7 +108,12 @@ impl<I> SendGuard<I> {
         asked: usize,
     ) -> Poll<io::Result<usize>> {
         let wrote = match &r {
-            Poll::Ready(Ok(n)) => Some(*n),
+            Poll::Ready(Ok(n)) => {
+                self.progress
+                    .written
+                    .fetch_add(*n as u64, Ordering::Relaxed);
+                Some(*n)
+            }
             Poll::Pending => None,
             Poll::Ready(Err(_)) => return r,
         };
@@ -107,7 +137,27 @@ impl<I: AsyncRead + Unpin> AsyncRead for SendGuard<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let Some((left, deadline)) = &mut self.preface else {
+            return r;
+        };
+        match &r {
+            Poll::Ready(Ok(())) => {
+                *left = left.saturating_sub(buf.filled().len() - before);
+                if *left == 0 {
+                    self.preface = None;
+                }
+                r
+            }
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the HTTP/2 preface did not arrive within header_read_timeout",
+                )))
+            }
+            _ => r,
+        }
     }
 }
 
@@ -140,5 +190,86 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for SendGuard<I> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One connection's send progress as its watchdog sees it: responses holding bytes the client
+/// has not taken, and the bytes its socket has taken.
+#[derive(Default)]
+pub struct Progress {
+    /// Responses that handed hyper a frame and have not been asked for the next one.
+    waiting: AtomicUsize,
+    /// Bytes written to the socket.
+    written: AtomicU64,
+    /// Since when responses have been waiting, and `written` then.
+    mark: Mutex<Option<(Instant, u64)>>,
+}
+
+impl Progress {
+    /// A response that has handed over a frame and waits to be asked for more; counted until
+    /// dropped.
+    pub fn waiting(self: &Arc<Self>) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting(self.clone())
+    }
+
+    /// Called by the watchdog now and then: whether responses have waited for at least
+    /// `window` while fewer than [`MIN_SEND_BYTES`] left (the client grants no HTTP/2 credit,
+    /// or does not read).
+    pub fn stalled(&self, window: Duration) -> bool {
+        let now = Instant::now();
+        let written = self.written.load(Ordering::Relaxed);
+        let mut mark = self.mark.lock().expect("progress lock");
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            *mark = None;
+            return false;
+        }
+        match *mark {
+            None => {
+                *mark = Some((now, written));
+                false
+            }
+            Some((since, _)) if now.duration_since(since) < window => false,
+            Some((_, then)) if written - then < MIN_SEND_BYTES => true,
+            Some(_) => {
+                // Enough left in this window: a new one starts.
+                *mark = Some((now, written));
+                false
+            }
+        }
+    }
+}
+
+/// A response waiting to be asked for its next frame (see [`Progress::waiting`]).
+pub struct Waiting(Arc<Progress>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Responses that wait a whole window with nothing taken are a stall; bytes taken, or
+    /// nothing waiting, are not.
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_is_a_window_of_waiting_with_nothing_taken() {
+        let p = Arc::new(Progress::default());
+        let w = Duration::from_secs(10);
+        assert!(!p.stalled(w), "nothing waits");
+        let waiting = p.waiting();
+        assert!(!p.stalled(w), "the window starts");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        p.written.fetch_add(MIN_SEND_BYTES, Ordering::Relaxed);
+        assert!(!p.stalled(w), "enough taken: a new window");
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!p.stalled(w), "inside the window");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(p.stalled(w), "a window with nothing taken");
+        drop(waiting);
+        assert!(!p.stalled(w), "nothing waits any more");
     }
 }

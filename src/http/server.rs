@@ -24,6 +24,8 @@ use crate::body::{BoxError, ResponseBody};
 use crate::cache::CacheResult;
 use crate::mirror::Mirror;
 
+use super::guard::{Progress, SendGuard, Waiting};
+
 /// Time in-flight responses (and fills) get to finish after shutdown is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -125,7 +127,7 @@ pub async fn run(
                                 return;
                             };
                             let io = crate::body::zero_copy::ZeroCopyStream::new(stream);
-                            serve_connection(io, app, builders.pick(proto), watch, true).await
+                            serve_connection(io, app, builders.pick(proto), watch, true, None).await
                         });
                     }
                     Some(acceptor) => {
@@ -143,7 +145,9 @@ pub async fn run(
                                         Some(b"h2") => Proto::Http2,
                                         _ => Proto::Http1,
                                     };
-                                    serve_connection(io, app, builders.pick(proto), watch, false).await
+                                    // HTTP/1 heads are bounded by hyper; the HTTP/2 preface here.
+                                    let preface = (proto == Proto::Http2).then_some(header_timeout);
+                                    serve_connection(io, app, builders.pick(proto), watch, false, preface).await
                                 }
                                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -367,14 +371,17 @@ struct Watch {
     _live: Entered,
 }
 
-/// Serves one connection (HTTP/1.1 or HTTP/2) until it closes, shutdown drains it, or it has
-/// been idle (no request in progress) for `client_idle_timeout`.
+/// Serves one connection (HTTP/1.1 or HTTP/2) until it closes, shutdown drains it, it has
+/// been idle (no request in progress) for `client_idle_timeout`, or its responses have waited
+/// that long for a client that takes nothing (see `http::guard`). `preface`: the time an HTTP/2
+/// client has to send its connection preface, when not already checked.
 async fn serve_connection<I>(
     io: I,
     app: Arc<Mirror>,
     builder: auto::Builder<TokioExecutor>,
     mut watch: Watch,
     zero_copy: bool,
+    preface: Option<Duration>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -384,16 +391,21 @@ async fn serve_connection<I>(
     let act = activity.clone();
     // The connection's share of the copy budget, for every response it copies.
     let copy_budget = crate::body::budget::CopyBudget::connection();
+    let progress = Arc::new(Progress::default());
+    let prog = progress.clone();
     let svc = service_fn(move |mut req: Request<Incoming>| {
-        let (app, active) = (app.clone(), act.enter());
+        let (app, active, progress) = (app.clone(), act.enter(), prog.clone());
         if zero_copy {
             req.extensions_mut()
                 .insert(crate::body::zero_copy::ZeroCopyConnection);
         }
         req.extensions_mut().insert(copy_budget.clone());
-        async move { Ok::<_, Infallible>(serve(app, req, active).await) }
+        async move { Ok::<_, Infallible>(serve(app, req, active, progress).await) }
     });
-    let io = super::guard::SendGuard::new(io, watch.idle);
+    let mut io = SendGuard::new(io, watch.idle, progress.clone());
+    if let Some(t) = preface {
+        io = io.expect_preface(t);
+    }
     let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
     // A per-connection graceful shutdown, triggered by the server's or by idleness.
     let graceful = GracefulShutdown::new();
@@ -404,33 +416,63 @@ async fn serve_connection<I>(
         let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
         loop {
             tokio::select! {
-                _ = watch.stopping.wait_for(|s| *s) => return,
+                _ = watch.stopping.wait_for(|s| *s) => return End::Graceful,
                 _ = tokio::time::sleep(tick) => {
                     if activity.idle_for(idle) {
-                        return;
+                        return End::Graceful;
+                    }
+                    if progress.stalled(idle) {
+                        return End::Stalled;
                     }
                 }
             }
         }
     };
     let ended = tokio::select! {
-        r = &mut served => Some(r),
-        _ = reason => None,
+        r = &mut served => Ok(r),
+        end = reason => Err(end),
     };
     let r = match ended {
-        Some(r) => r,
-        None => tokio::join!(graceful.shutdown(), served).1,
+        Ok(r) => r,
+        Err(End::Stalled) => {
+            tracing::debug!("connection closed: its client took nothing for client_idle_timeout");
+            return;
+        }
+        // Streams still open after a GOAWAY (an HTTP/2 client granting no credit for what is
+        // buffered) get at most one more window.
+        Err(End::Graceful) => {
+            let drained = async { tokio::join!(graceful.shutdown(), served).1 };
+            match tokio::time::timeout(idle, drained).await {
+                Ok(r) => r,
+                Err(_) => return,
+            }
+        }
     };
     if let Err(e) = r {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
-async fn serve(app: Arc<Mirror>, req: Request<Incoming>, active: Entered) -> Response<LoggedBody> {
+/// Why a connection's watchdog ends it.
+enum End {
+    /// Shutdown, or idle: finish what is in progress (for at most one more window).
+    Graceful,
+    /// Its responses waited a window for a client that took nothing: dropped at once.
+    Stalled,
+}
+
+async fn serve(
+    app: Arc<Mirror>,
+    req: Request<Incoming>,
+    active: Entered,
+    progress: Arc<Progress>,
+) -> Response<LoggedBody> {
     let started = Instant::now();
     let (resp, cache) = super::handle(&app, &req).await;
     let (parts, body) = resp.into_parts();
     let expected = body.size_hint().exact();
+    // A body hyper has yet to ask for (HTTP/2 asks only once the client grants credit).
+    let waiting = (!body.is_end_stream()).then(|| progress.waiting());
     let log = AccessLog {
         method: req.method().to_string(),
         path: req.uri().path().chars().take(512).collect(),
@@ -448,6 +490,8 @@ async fn serve(app: Arc<Mirror>, req: Request<Incoming>, active: Entered) -> Res
             finished: false,
             log,
             _active: active,
+            progress,
+            waiting,
         },
     )
 }
@@ -483,6 +527,11 @@ pub struct LoggedBody {
     log: AccessLog,
     /// Keeps the connection counted as busy until the response is done.
     _active: Entered,
+    /// The connection's send progress.
+    progress: Arc<Progress>,
+    /// Set while hyper has not asked for the next frame: from the start, and from handing over
+    /// a frame until the next ask.
+    waiting: Option<Waiting>,
 }
 
 impl Body for LoggedBody {
@@ -493,11 +542,15 @@ impl Body for LoggedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        // Asked for more: whatever was handed over has been taken (or buffered).
+        self.waiting = None;
         let p = Pin::new(&mut self.inner).poll_frame(cx);
         match &p {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     self.bytes += d.len() as u64;
+                    // Until asked again (or dropped: hyper keeps a last frame it cannot send).
+                    self.waiting = Some(self.progress.waiting());
                 }
             }
             Poll::Ready(None) => self.finished = true,
