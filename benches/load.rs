@@ -83,7 +83,13 @@ async fn run() {
     };
     let mut child = std::process::Command::new(&bin)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--upstream", &up.url(), "--cache-dir"])
+        .args([
+            "--upstream",
+            &up.url(),
+            "--redirect-host",
+            &up.cdn.to_string(),
+        ])
+        .arg("--cache-dir")
         .arg(dir.path())
         .args(["--max-connections", &(conns * 2).to_string()])
         .env("REGCACHE_LOG", "warn")

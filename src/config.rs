@@ -270,6 +270,11 @@ pub struct ServeArgs {
     /// URL of the default registry's upstream [default: https://registry-1.docker.io].
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
+    /// A private host (`host` or `host:port`) the default registry's redirects and token realm
+    /// may lead to, besides public addresses and the upstream's own host and port; repeatable
+    /// (like `redirect_hosts` in the file).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub redirect_host: Vec<String>,
     /// How long a tag's answer is trusted before revalidation, e.g. 0s, 5m [default: 0s].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub tag_ttl: Option<Duration>,
@@ -506,11 +511,15 @@ impl Config {
             tables.insert(default_registry.clone(), up);
         }
         tables.entry(default_registry.clone()).or_default();
+        let default_table = tables.get_mut(&default_registry).expect("inserted above");
         if let Some(u) = &args.upstream {
-            tables
-                .get_mut(&default_registry)
-                .expect("inserted above")
-                .url = Some(u.clone());
+            default_table.url = Some(u.clone());
+        }
+        if !args.redirect_host.is_empty() {
+            default_table
+                .redirect_hosts
+                .get_or_insert_with(Vec::new)
+                .extend(args.redirect_host.iter().cloned());
         }
         let mut registries = Vec::new();
         for (name, t) in tables {
@@ -569,8 +578,12 @@ impl Config {
             };
             let redirect_hosts = t.redirect_hosts.clone().unwrap_or_default();
             if let Some(bad) = redirect_hosts.iter().find(|h| !is_registry_name(h)) {
+                let key = match args.redirect_host.contains(bad) {
+                    true => "--redirect-host",
+                    false => "redirect_hosts",
+                };
                 return Err(invalid(
-                    "redirect_hosts",
+                    key,
                     format!("[{name}]: {bad:?} is not host or host:port"),
                 ));
             }

@@ -39,6 +39,9 @@ pub struct PrefetchArgs {
     /// URL of the default registry's upstream.
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
+    /// A private host the default registry's redirects may lead to (as `regcache serve`).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub redirect_host: Vec<String>,
 }
 
 /// A platform filter: `os/arch[/variant]`.
@@ -184,6 +187,7 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
         config: args.config.clone(),
         cache_dir: args.cache_dir.clone(),
         upstream: args.upstream.clone(),
+        redirect_host: args.redirect_host.clone(),
         ..Default::default()
     };
     let config = Config::load(&serve).map_err(|e| e.to_string())?;

@@ -29,9 +29,10 @@ fn du(dir: &std::path::Path) -> u64 {
     total
 }
 
-fn budget_args(upstream: &str, max_size: u64) -> ServeArgs {
+fn budget_args(up: &FakeUpstream, max_size: u64) -> ServeArgs {
     ServeArgs {
-        upstream: Some(upstream.into()),
+        upstream: Some(up.url()),
+        redirect_host: up.redirect_hosts(),
         tag_ttl: Some(HOUR),
         max_size: Some(max_size),
         ..Default::default()
@@ -42,7 +43,7 @@ fn budget_args(upstream: &str, max_size: u64) -> ServeArgs {
 async fn pulls_larger_than_the_budget_all_succeed_and_disk_stays_bounded() {
     let up = FakeUpstream::start(300).await;
     let max = 3_000_000;
-    let m = Mirror::start_args(budget_args(&up.url(), max)).await;
+    let m = Mirror::start_args(budget_args(&up, max)).await;
     let objects = m.store().root().to_path_buf();
     let mut images = Vec::new();
     for i in 0..8 {
@@ -83,7 +84,7 @@ async fn a_reader_of_an_evicted_blob_finishes_with_correct_bytes() {
     let max = 5_000_000;
     let big = random_bytes(4_000_000, 1);
     let d = up.add_blob(big.clone());
-    let m = Mirror::start_args(budget_args(&up.url(), max)).await;
+    let m = Mirror::start_args(budget_args(&up, max)).await;
     let url = m.url(&format!("/v2/library/e/blobs/{d}"));
     assert_eq!(sha256(get(&url).await.bytes()), d);
     // Start a hit and read only its first frame.
@@ -120,7 +121,7 @@ async fn a_fill_bigger_than_the_budget_passes_through_uncached() {
     let up = FakeUpstream::start(300).await;
     let data = random_bytes(3_000_000, 2);
     let d = up.add_blob(data);
-    let m = Mirror::start_args(budget_args(&up.url(), 1_000_000)).await;
+    let m = Mirror::start_args(budget_args(&up, 1_000_000)).await;
     let url = m.url(&format!("/v2/library/big/blobs/{d}"));
     for round in 1..=2 {
         let r = get(&url).await;
@@ -147,7 +148,7 @@ async fn a_fill_bigger_than_the_budget_passes_through_uncached() {
 async fn restart_heals_a_truncated_blob() {
     let up = FakeUpstream::start(300).await;
     let img = up.add_image("library/t", "v1", 50_000, 3);
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     let url = m.url(&format!("/v2/library/t/blobs/{}", img.layer_digest));
     assert_eq!(sha256(get(&url).await.bytes()), img.layer_digest);
     eventually("committed", || m.has_blob(&img.layer_digest)).await;
@@ -163,7 +164,7 @@ async fn restart_heals_a_truncated_blob() {
         .set_len(100)
         .unwrap();
     std::fs::write(root.join("tmp/fill-partial"), b"partial").unwrap();
-    let m = Mirror::start_in(&up.url(), HOUR, dir).await;
+    let m = Mirror::start_in(&up, HOUR, dir).await;
     assert_eq!(m.temp_files(), 0);
     assert!(!path.exists(), "the truncated blob was removed at startup");
     let r = get(&m.url(&format!("/v2/library/t/blobs/{}", img.layer_digest))).await;
@@ -176,7 +177,7 @@ async fn a_blob_damaged_while_serving_is_refetched_not_served() {
     let up = FakeUpstream::start(300).await;
     let data = random_bytes(40_000, 4);
     let d = up.add_blob(data);
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     let url = m.url(&format!("/v2/library/h/blobs/{d}"));
     assert_eq!(sha256(get(&url).await.bytes()), d);
     eventually("committed", || m.has_blob(&d)).await;
@@ -256,6 +257,7 @@ async fn a_full_disk_during_a_fill_still_delivers_the_whole_blob() {
     });
     let m = Mirror::start_args(ServeArgs {
         upstream: Some(up.url()),
+        redirect_host: up.redirect_hosts(),
         cache_dir: Some(fs.0.clone()),
         ..Default::default()
     })
@@ -292,7 +294,7 @@ async fn operator_commands_status_verify_gc() {
     let up = FakeUpstream::start(300).await;
     let a = up.add_image("library/a", "v1", 300_000, 7);
     let b = up.add_image("library/b", "v1", 300_000, 8);
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     for (name, img) in [("library/a", &a), ("library/b", &b)] {
         get(&m.url(&format!("/v2/{name}/manifests/v1"))).await;
         for d in [&img.config_digest, &img.layer_digest] {
@@ -403,6 +405,8 @@ async fn kill_9_in_the_middle_of_a_fill_then_restart_and_pull() {
                 &format!("127.0.0.1:{port}"),
                 "--upstream",
                 &up.url(),
+                "--redirect-host",
+                &up.cdn.to_string(),
             ])
             .arg("--cache-dir")
             .arg(&cache)
@@ -475,7 +479,7 @@ async fn a_blob_without_length_that_outgrows_the_budget_is_not_cached() {
         no_length: true,
         ..Default::default()
     });
-    let m = Mirror::start_args(budget_args(&up.url(), 1_000_000)).await;
+    let m = Mirror::start_args(budget_args(&up, 1_000_000)).await;
     let r = get(&m.url(&format!("/v2/library/nl/blobs/{small}"))).await;
     assert_eq!(sha256(r.bytes()), small);
     eventually("small committed", || m.has_blob(&small)).await;
@@ -515,6 +519,7 @@ async fn a_full_disk_during_a_fill_does_not_empty_the_cache() {
     let big = up.add_blob(random_bytes(80 << 20, 90));
     let m = Mirror::start_args(ServeArgs {
         upstream: Some(up.url()),
+        redirect_host: up.redirect_hosts(),
         cache_dir: Some(fs.0.clone()),
         min_free: Some(regcache::cache::eviction::MinFree::Bytes(8 << 20)),
         ..Default::default()

@@ -648,6 +648,9 @@ fn prefetch(lab: &Lab, dir: &std::path::Path) {
     .arg(dir)
     .arg("--upstream")
     .arg(lab.upstream().mirror_url());
+    for h in &lab.upstream().redirect_hosts {
+        c.arg("--redirect-host").arg(h);
+    }
     let started = Instant::now();
     let out = proc::run(&mut c, Duration::from_secs(120));
     say(format!(

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 fn args(up: &FakeUpstream) -> ServeArgs {
     ServeArgs {
         upstream: Some(up.url()),
+        redirect_host: up.redirect_hosts(),
         tag_ttl: Some(Duration::ZERO),
         revalidate_timeout: Some(Duration::from_millis(700)),
         ..Default::default()
@@ -693,4 +694,37 @@ async fn http2_clients_granting_no_credit_are_dropped() {
         );
         drop(resp);
     }
+}
+
+/// Another port of the upstream's own host is another service: a redirect there (here the
+/// fake's CDN, on loopback) is refused unless `redirect_hosts` names it, so a hostile upstream
+/// on a shared host cannot read or probe the mirror host's other ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_port_of_the_upstream_host_needs_redirect_hosts() {
+    let up = FakeUpstream::start(300).await;
+    let d = up.add_blob(random_bytes(1000, 56));
+    let m = Mirror::start_args(ServeArgs {
+        redirect_host: Vec::new(),
+        ..args(&up)
+    })
+    .await;
+    let r = get(&m.url(&format!("/v2/library/port/blobs/{d}"))).await;
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    let msg = r.json()["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains(&format!("redirect_hosts = [\"{}\"]", up.cdn)),
+        "{msg}"
+    );
+    assert_eq!(
+        n(&up.counters.cdn_get),
+        0,
+        "nothing asked of the other port"
+    );
+    // Named in redirect_hosts, it is followed.
+    let m = Mirror::start_args(args(&up)).await;
+    let r = get(&m.url(&format!("/v2/library/port/blobs/{d}"))).await;
+    assert_eq!(r.status, 200);
 }

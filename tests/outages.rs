@@ -12,6 +12,7 @@ use support::*;
 fn args(up: &FakeUpstream, ttl: Duration) -> ServeArgs {
     ServeArgs {
         upstream: Some(up.url()),
+        redirect_host: up.redirect_hosts(),
         tag_ttl: Some(ttl),
         revalidate_timeout: Some(Duration::from_millis(700)),
         ..Default::default()
@@ -141,7 +142,7 @@ async fn offline_mode_never_contacts_upstream() {
     let up = FakeUpstream::start(300).await;
     let img = up.add_image("library/off", "v1", 5000, 6);
     up.add_image("library/cold", "v1", 5000, 7);
-    let online = Mirror::start(&up.url(), Duration::ZERO).await;
+    let online = Mirror::start(&up, Duration::ZERO).await;
     assert_eq!(
         get(&online.url("/v2/library/off/manifests/v1"))
             .await
@@ -193,7 +194,7 @@ async fn a_broken_download_is_resumed_with_range() {
         cut_once: Some((d.clone(), 1_000_000)),
         ..Default::default()
     });
-    let m = Mirror::start(&up.url(), Duration::ZERO).await;
+    let m = Mirror::start(&up, Duration::ZERO).await;
     let r = get(&m.url(&format!("/v2/library/res/blobs/{d}"))).await;
     assert_eq!(r.status, 200);
     assert_eq!(sha256(r.bytes()), d, "one uninterrupted, correct stream");
@@ -215,7 +216,7 @@ async fn when_resume_is_impossible_streams_end_short_and_nothing_is_cached() {
         no_range: true,
         ..Default::default()
     });
-    let m = Mirror::start(&up.url(), Duration::ZERO).await;
+    let m = Mirror::start(&up, Duration::ZERO).await;
     let r = get(&m.url(&format!("/v2/library/nr/blobs/{d}"))).await;
     assert!(r.body.is_err(), "client sees a short stream");
     eventually("fill ended", || m.fills_idle()).await;
@@ -232,7 +233,7 @@ async fn concurrent_range_requests_during_a_fill_get_the_right_bytes() {
         throttle: Some((100_000, Duration::from_millis(20))),
         ..Default::default()
     });
-    let m = Mirror::start(&up.url(), Duration::ZERO).await;
+    let m = Mirror::start(&up, Duration::ZERO).await;
     let url = m.url(&format!("/v2/library/rg/blobs/{d}"));
     let ranges = [
         (0usize, 99usize),
@@ -323,7 +324,7 @@ async fn warm_pulls_send_no_manifest_gets() {
             }
         }
     };
-    let m = Mirror::start(&up.url(), Duration::ZERO).await;
+    let m = Mirror::start(&up, Duration::ZERO).await;
     pull(&m).await;
     let gets = n(&up.counters.manifest_get);
     let tokens = n(&up.counters.token_get);
@@ -339,7 +340,7 @@ async fn warm_pulls_send_no_manifest_gets() {
         Some(("100;w=21600".into(), "76;w=21600".into())),
         "Docker Hub rate-limit headers recorded"
     );
-    let m2 = Mirror::start(&up.url(), Duration::from_secs(3600)).await;
+    let m2 = Mirror::start(&up, Duration::from_secs(3600)).await;
     pull(&m2).await;
     let total = n(&up.counters.total);
     for _ in 0..50 {
@@ -404,6 +405,8 @@ async fn prefetch_then_offline_pull() {
             "linux/arm64",
             "--upstream",
             &up.url(),
+            "--redirect-host",
+            &up.cdn.to_string(),
         ])
         .arg("--cache-dir")
         .arg(&cache)
@@ -423,6 +426,7 @@ async fn prefetch_then_offline_pull() {
     let before = n(&up.counters.total);
     let m = Mirror::start_args(ServeArgs {
         upstream: Some(up.url()),
+        redirect_host: up.redirect_hosts(),
         cache_dir: Some(cache.clone()),
         offline: true,
         ..Default::default()
@@ -465,6 +469,8 @@ async fn prefetch_then_offline_pull() {
             "linux/arm64/v8",
             "--upstream",
             &up.url(),
+            "--redirect-host",
+            &up.cdn.to_string(),
         ])
         .arg("--cache-dir")
         .arg(&cache)
@@ -481,6 +487,8 @@ async fn prefetch_then_offline_pull() {
             "windows/amd64",
             "--upstream",
             &up.url(),
+            "--redirect-host",
+            &up.cdn.to_string(),
         ])
         .arg("--cache-dir")
         .arg(&cache)

@@ -12,7 +12,7 @@ const HOUR: Duration = Duration::from_secs(3600);
 #[tokio::test]
 async fn base_endpoint_and_read_only() {
     let up = FakeUpstream::start(300).await;
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     let r = get(&m.url("/v2/")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("docker-distribution-api-version"), "registry/2.0");
@@ -29,7 +29,7 @@ async fn base_endpoint_and_read_only() {
 async fn pull_then_second_pull_is_served_from_disk() {
     let up = FakeUpstream::start(300).await;
     let img = up.add_image("library/alpine", "3.19", 300_000, 1);
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
 
     let accept = [("accept", OCI_MANIFEST), ("accept", OCI_INDEX)];
     let r = request("GET", &m.url("/v2/library/alpine/manifests/3.19"), &accept).await;
@@ -81,7 +81,7 @@ async fn pull_then_second_pull_is_served_from_disk() {
 async fn head_returns_exactly_get_headers() {
     let up = FakeUpstream::start(300).await;
     let img = up.add_image("library/h", "v1", 1000, 2);
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     let blob = m.url(&format!("/v2/library/h/blobs/{}", img.layer_digest));
     let manifest = m.url("/v2/library/h/manifests/v1");
     // HEAD of an uncached blob answers from upstream without filling.
@@ -112,7 +112,7 @@ async fn concurrent_cold_gets_make_one_upstream_fetch() {
         throttle: Some((100_000, Duration::from_millis(20))),
         ..Default::default()
     });
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     let url = m.url(&format!("/v2/library/big/blobs/{d}"));
     let mut tasks = Vec::new();
     for _ in 0..10 {
@@ -143,7 +143,7 @@ async fn corrupted_upstream_blob_is_never_cached_and_stream_is_cut() {
         corrupt: vec![d.clone()],
         ..Default::default()
     });
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     let url = m.url(&format!("/v2/library/c/blobs/{d}"));
     let r = get(&url).await;
     assert_eq!(
@@ -172,7 +172,7 @@ async fn tag_moves_upstream_after_ttl() {
     let up = FakeUpstream::start(300).await;
     let a = up.add_image("library/t", "latest", 100, 5);
     // tag_ttl 0: every tag request revalidates with a HEAD (never a GET when unchanged).
-    let m = Mirror::start(&up.url(), Duration::ZERO).await;
+    let m = Mirror::start(&up, Duration::ZERO).await;
     let url = m.url("/v2/library/t/manifests/latest");
     assert_eq!(
         get(&url).await.header("docker-content-digest"),
@@ -196,7 +196,7 @@ async fn tag_moves_upstream_after_ttl() {
     assert_eq!(&r.bytes()[..], &b.manifest[..]);
 
     // With a long tag_ttl the cached answer is used without asking upstream.
-    let m2 = Mirror::start(&up.url(), HOUR).await;
+    let m2 = Mirror::start(&up, HOUR).await;
     let url2 = m2.url("/v2/library/t/manifests/latest");
     assert_eq!(
         get(&url2).await.header("docker-content-digest"),
@@ -215,7 +215,7 @@ async fn tag_moves_upstream_after_ttl() {
 async fn digests_are_never_revalidated() {
     let up = FakeUpstream::start(300).await;
     let a = up.add_image("library/d", "v1", 100, 8);
-    let m = Mirror::start(&up.url(), Duration::ZERO).await;
+    let m = Mirror::start(&up, Duration::ZERO).await;
     let url = m.url(&format!("/v2/library/d/manifests/{}", a.manifest_digest));
     assert_eq!(get(&url).await.status, 200);
     let before = n(&up.counters.total);
@@ -228,7 +228,7 @@ async fn digests_are_never_revalidated() {
 #[tokio::test]
 async fn bad_names_and_digests_are_rejected_without_upstream_requests() {
     let up = FakeUpstream::start(300).await;
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     let cases = [
         ("/v2/Library/alpine/manifests/v1", 400, "NAME_INVALID"),
         ("/v2/a..b/manifests/v1", 400, "NAME_INVALID"),
@@ -262,7 +262,7 @@ async fn bad_names_and_digests_are_rejected_without_upstream_requests() {
 async fn ns_for_the_default_registry_is_accepted_and_not_forwarded() {
     let up = FakeUpstream::start(300).await;
     let img = up.add_image("library/ns", "v1", 100, 9);
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     let r = get(&m.url("/v2/library/ns/manifests/v1?ns=docker.io")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("docker-content-digest"), img.manifest_digest);
@@ -272,7 +272,7 @@ async fn ns_for_the_default_registry_is_accepted_and_not_forwarded() {
 async fn accept_excluding_the_stored_type_gets_manifest_unknown() {
     let up = FakeUpstream::start(300).await;
     let img = up.add_image("library/acc", "v1", 100, 10);
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     let url = m.url("/v2/library/acc/manifests/v1");
     // The first client's narrow Accept does not decide what is cached.
     let r = request("GET", &url, &[("accept", DOCKER_MANIFEST)]).await;
@@ -297,7 +297,7 @@ async fn stale_tag_is_served_when_upstream_fails() {
     let mut up = FakeUpstream::start(300).await;
     let img = up.add_image("library/s", "v1", 100, 11);
     up.add_image("library/cold", "v1", 100, 12);
-    let m = Mirror::start(&up.url(), Duration::ZERO).await;
+    let m = Mirror::start(&up, Duration::ZERO).await;
     let url = m.url("/v2/library/s/manifests/v1");
     assert_eq!(get(&url).await.status, 200);
     // (429 and its back-off are covered in tests/outages.rs.)
@@ -329,7 +329,7 @@ async fn stale_tag_is_served_when_upstream_fails() {
 async fn tokens_are_cached_refreshed_and_refetched_after_revocation() {
     let up = FakeUpstream::start(1).await;
     let img = up.add_image("library/tok", "v1", 100, 13);
-    let m = Mirror::start(&up.url(), Duration::ZERO).await;
+    let m = Mirror::start(&up, Duration::ZERO).await;
     let url = m.url("/v2/library/tok/manifests/v1");
     assert_eq!(get(&url).await.status, 200);
     assert_eq!(n(&up.counters.token_get), 1);
@@ -359,7 +359,7 @@ async fn ranges_on_hits_and_on_fills() {
     let up = FakeUpstream::start(300).await;
     let data = random_bytes(100_000, 14);
     let d = up.add_blob(data.clone());
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     let url = m.url(&format!("/v2/library/r/blobs/{d}"));
     // Cold: a Range request starts the one fill and is answered from it.
     let r = request("GET", &url, &[("range", "bytes=10-19")]).await;
@@ -388,7 +388,7 @@ async fn client_disconnect_does_not_cancel_the_fill() {
         throttle: Some((50_000, Duration::from_millis(10))),
         ..Default::default()
     });
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     let url = m.url(&format!("/v2/library/dc/blobs/{d}"));
     // Read only the headers, then drop the connection.
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
@@ -409,7 +409,7 @@ async fn tags_list_is_passed_through() {
     let up = FakeUpstream::start(300).await;
     up.add_image("library/tl", "b", 10, 16);
     up.add_image("library/tl", "a", 10, 17);
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     let r = get(&m.url("/v2/library/tl/tags/list")).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["tags"], serde_json::json!(["a", "b"]));
@@ -420,7 +420,7 @@ async fn tags_list_is_passed_through() {
 async fn restart_keeps_the_cache_and_removes_partial_fills() {
     let up = FakeUpstream::start(300).await;
     let img = up.add_image("library/rs", "v1", 1000, 18);
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     assert_eq!(
         get(&m.url(&format!("/v2/library/rs/blobs/{}", img.layer_digest)))
             .await
@@ -431,7 +431,7 @@ async fn restart_keeps_the_cache_and_removes_partial_fills() {
     eventually("committed", || m.has_blob(&img.layer_digest)).await;
     let dir = m.stop().await;
     std::fs::write(dir.path().join("tmp/fill-leftover"), b"partial").unwrap();
-    let m = Mirror::start_in(&up.url(), HOUR, dir).await;
+    let m = Mirror::start_in(&up, HOUR, dir).await;
     assert_eq!(m.temp_files(), 0);
     let before = n(&up.counters.total);
     let r = get(&m.url(&format!("/v2/library/rs/blobs/{}", img.layer_digest))).await;
@@ -450,7 +450,7 @@ async fn blob_bytes_go_out_with_sendfile_not_through_user_space() {
     let up = FakeUpstream::start(300).await;
     let data = random_bytes(3_000_000, 30);
     let d = up.add_blob(data.clone());
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     let url = m.url(&format!("/v2/library/zc/blobs/{d}"));
     // Miss: followers map the fill's temp file.
     let before = regcache::body::zero_copy::sendfile_bytes();
@@ -471,7 +471,7 @@ async fn blob_bytes_go_out_with_sendfile_not_through_user_space() {
 async fn metrics_count_hits_misses_and_upstream_requests() {
     let up = FakeUpstream::start(300).await;
     let img = up.add_image("library/met", "v1", 10_000, 40);
-    let m = Mirror::start(&up.url(), HOUR).await;
+    let m = Mirror::start(&up, HOUR).await;
     let blob = m.url(&format!("/v2/library/met/blobs/{}", img.layer_digest));
     assert_eq!(get(&blob).await.status, 200);
     eventually("committed", || m.has_blob(&img.layer_digest)).await;
@@ -529,7 +529,7 @@ fn slow_fills_share_a_small_blocking_pool() {
             throttle: Some((60_000, Duration::from_millis(40))),
             ..Default::default()
         });
-        let m = Mirror::start(&up.url(), HOUR).await;
+        let m = Mirror::start(&up, HOUR).await;
         let tasks: Vec<_> = blobs
             .iter()
             .map(|(d, _)| {

@@ -14,9 +14,11 @@ async fn two_registries() -> (FakeUpstream, FakeUpstream, Mirror) {
     std::fs::write(secret.path(), "ghcr-password\n").unwrap();
     let (_, secret_path) = secret.keep().unwrap();
     let toml = format!(
-        "tag_ttl = \"1h\"\n[registries.\"docker.io\"]\nurl = \"{}\"\n[registries.\"ghcr.io\"]\nurl = \"{}\"\nusername = \"bot\"\npassword_file = \"{}\"\n",
+        "tag_ttl = \"1h\"\n[registries.\"docker.io\"]\nurl = \"{}\"\nredirect_hosts = [\"{}\"]\n[registries.\"ghcr.io\"]\nurl = \"{}\"\nredirect_hosts = [\"{}\"]\nusername = \"bot\"\npassword_file = \"{}\"\n",
         hub.url(),
+        hub.cdn,
         ghcr.url(),
+        ghcr.cdn,
         secret_path.display()
     );
     let m = Mirror::start_with_config(&toml).await;
@@ -162,8 +164,8 @@ async fn regcache_chained_behind_regcache() {
         throttle: Some((200_000, Duration::from_millis(10))),
         ..Default::default()
     });
-    let middle = Mirror::start(&up.url(), Duration::ZERO).await;
-    let edge = Mirror::start(&format!("http://{}", middle.addr), Duration::ZERO).await;
+    let middle = Mirror::start(&up, Duration::ZERO).await;
+    let edge = Mirror::start_url(&format!("http://{}", middle.addr), Duration::ZERO).await;
     // HEAD of a blob neither tier has: the right length, without filling.
     let h = request(
         "HEAD",

@@ -71,6 +71,7 @@ async fn https_listener_serves_h2_and_http1() {
     let (cert, key) = regcache::tls::generate(&["localhost".into()], dir.path()).unwrap();
     let m = Mirror::start_args(ServeArgs {
         upstream: Some(up.url()),
+        redirect_host: up.redirect_hosts(),
         tag_ttl: Some(Duration::ZERO),
         tls_cert: Some(cert.clone()),
         tls_key: Some(key),
@@ -124,6 +125,7 @@ async fn a_blob_truncated_under_a_tls_download_fails_that_download_only() {
     let (cert, key) = regcache::tls::generate(&["localhost".into()], dir.path()).unwrap();
     let m = Mirror::start_args(ServeArgs {
         upstream: Some(up.url()),
+        redirect_host: up.redirect_hosts(),
         tls_cert: Some(cert.clone()),
         tls_key: Some(key),
         ..Default::default()
@@ -182,6 +184,7 @@ async fn a_stalled_http2_preface_over_tls_is_dropped_after_the_header_timeout() 
     let (cert, key) = regcache::tls::generate(&["localhost".into()], dir.path()).unwrap();
     let m = Mirror::start_args(ServeArgs {
         upstream: Some(up.url()),
+        redirect_host: up.redirect_hosts(),
         tls_cert: Some(cert.clone()),
         tls_key: Some(key),
         header_read_timeout: Some(Duration::from_millis(500)),

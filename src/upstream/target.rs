@@ -1,6 +1,6 @@
 //! Where an upstream's word may send regcache: redirects and token realms go only to the
-//! registry's own host, its `redirect_hosts`, or public addresses, never from https down to
-//! http; names resolve through [`GuardedResolver`] at connect time, so a name checked as public
+//! registry's own host and port, its `redirect_hosts`, or public addresses, never from https
+//! down to http; names resolve through [`GuardedResolver`] at connect time, so a name checked as public
 //! cannot rebind to an internal address for the connection itself.
 
 use url::Url;
@@ -8,9 +8,11 @@ use url::Url;
 use super::{Upstream, UpstreamError};
 
 impl Upstream {
-    /// Whether a redirect (or a token realm) may lead to `url`: the registry's own host, a host
-    /// in its `redirect_hosts`, or a host whose every address is public; never from https down
-    /// to http. A target in loopback, link-local or private space (an internal service) is
+    /// Whether a redirect (or a token realm) may lead to `url`: the registry's own host and
+    /// port, a host (or `host:port`) in its `redirect_hosts`, or a host whose every address is
+    /// public; never from https down to http. Another port of the registry's host is another
+    /// service, judged like any host (so a hostile upstream on loopback cannot probe or read
+    /// the mirror host's other ports). A target in loopback, link-local or private space (an internal service) is
     /// refused before any connection, so a hostile upstream can neither read internal services
     /// through the mirror nor probe which ports are open.
     ///
@@ -24,13 +26,12 @@ impl Upstream {
                 url.scheme()
             )));
         }
-        // The registry's own host (any port: a registry and its blob store side by side, as
-        // the lab's registry and CDN stand-in are) is the operator's choice, not the upstream's.
-        if self.base.host_str() == Some(host) {
+        // The registry itself is the operator's choice, not the upstream's.
+        if self.base.host_str() == Some(host) && self.base.port_or_known_default() == Some(port) {
             return Ok(());
         }
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let with_port = format!("{bare}:{port}");
+        let with_port = format!("{host}:{port}");
         if self
             .redirect_hosts
             .iter()
@@ -40,7 +41,7 @@ impl Upstream {
         }
         let refused = |why: &str| {
             UpstreamError::Protocol(format!(
-                "redirect to {host} refused: {why} (allow it with redirect_hosts = [\"{bare}\"] in [registries.\"{}\"])",
+                "redirect to {with_port} refused: {why} (allow it with redirect_hosts = [\"{with_port}\"] in [registries.\"{}\"], or --redirect-host {with_port} for the default registry)",
                 self.registry
             ))
         };

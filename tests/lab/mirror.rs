@@ -33,6 +33,8 @@ pub struct RegcacheSpec {
     pub cache_dir: PathBuf,
     /// `--upstream URL`.
     pub upstream: Option<String>,
+    /// `--redirect-host HOST:PORT` each.
+    pub redirect_hosts: Vec<String>,
     /// `--config FILE`.
     pub config: Option<PathBuf>,
     /// `--tag-ttl`.
@@ -55,6 +57,7 @@ impl RegcacheSpec {
                 .expect("mirror addr"),
             cache_dir: dir.join(cache),
             upstream: None,
+            redirect_hosts: Vec::new(),
             config: None,
             tag_ttl: "0s".to_owned(),
             extra_args: Vec::new(),
@@ -76,6 +79,10 @@ impl RegcacheSpec {
         if let Some(u) = &self.upstream {
             a.push("--upstream".to_owned());
             a.push(u.clone());
+        }
+        for h in &self.redirect_hosts {
+            a.push("--redirect-host".to_owned());
+            a.push(h.clone());
         }
         if let Some(c) = &self.config {
             a.push("--config".to_owned());

@@ -284,6 +284,7 @@ impl Lab {
         );
         let registry = upstream.registry_addr;
         let upstream_url = upstream.mirror_url();
+        let redirect_hosts = upstream.redirect_hosts.clone();
         lab.tokens = Some(tokens);
         lab.upstream = Some(upstream);
 
@@ -293,6 +294,7 @@ impl Lab {
         if options.chain {
             let mut spec = lab.regcache_spec("middle tier", "regcache-middle", &options);
             spec.upstream = Some(upstream_url.clone());
+            spec.redirect_hosts = redirect_hosts.clone();
             lab.middle = Some(Mirror::start_regcache(spec));
         }
 
@@ -304,6 +306,9 @@ impl Lab {
                 Some(m) => format!("http://{}", m.addr),
                 None => upstream_url,
             });
+            if lab.middle.is_none() {
+                spec.redirect_hosts = redirect_hosts;
+            }
             if let Some(ttl) = &options.mirror_tag_ttl {
                 spec.tag_ttl = ttl.clone();
             }
@@ -404,9 +409,11 @@ impl Lab {
             "# regcache e2e: a second registry with its own credentials\n\
              [registries.\"{SECOND_REGISTRY}\"]\n\
              url = \"http://{}\"\n\
+             redirect_hosts = {:?}\n\
              username = \"{SECOND_PULLER}\"\n\
              password_file = \"{}\"\n",
             second.upstream.registry_addr,
+            second.upstream.redirect_hosts,
             password_file.display()
         );
         std::fs::write(&path, &text).expect("write regcache.toml");

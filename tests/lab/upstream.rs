@@ -26,6 +26,9 @@ pub struct Upstream {
     pub registry_front: Option<FaultProxy>,
     /// Fault proxy in front of the CDN (the registry's redirect target), if any.
     pub cdn_front: Option<FaultProxy>,
+    /// What a mirror of this registry must allow as redirect and realm targets (`host:port`):
+    /// the CDN (or its proxy) and the token server, on loopback like the registry.
+    pub redirect_hosts: Vec<String>,
     // Field order = drop order: the proxies, then the CDN, then the registry.
     pub cdn: Daemon,
     pub registry: Daemon,
@@ -346,6 +349,7 @@ middleware:
             cdn_error_log,
             registry_front,
             cdn_front,
+            redirect_hosts: vec![cdn_public.to_string(), tokens.addr.to_string()],
             cdn,
             registry,
         }

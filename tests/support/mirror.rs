@@ -17,20 +17,44 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    pub async fn start(upstream: &str, tag_ttl: Duration) -> Mirror {
+    /// A mirror of the fake upstream `up` (its CDN allowed as a redirect target).
+    pub async fn start(up: &super::FakeUpstream, tag_ttl: Duration) -> Mirror {
         let dir = tempfile::tempdir().expect("tempdir");
-        Self::start_in(upstream, tag_ttl, dir).await
+        Self::start_in(up, tag_ttl, dir).await
     }
 
-    pub async fn start_in(upstream: &str, tag_ttl: Duration, dir: tempfile::TempDir) -> Mirror {
+    /// [`Mirror::start`] with the cache in `dir`.
+    pub async fn start_in(
+        up: &super::FakeUpstream,
+        tag_ttl: Duration,
+        dir: tempfile::TempDir,
+    ) -> Mirror {
         let args = regcache::config::ServeArgs {
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-            cache_dir: Some(dir.path().to_path_buf()),
-            upstream: Some(upstream.to_string()),
-            tag_ttl: Some(tag_ttl),
-            ..Default::default()
+            redirect_host: up.redirect_hosts(),
+            ..Self::args_in(&up.url(), tag_ttl, &dir)
         };
         Self::start_with(args, dir).await
+    }
+
+    /// A mirror of the upstream at `url` (no redirect targets allowed beyond the default rule).
+    pub async fn start_url(url: &str, tag_ttl: Duration) -> Mirror {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let args = Self::args_in(url, tag_ttl, &dir);
+        Self::start_with(args, dir).await
+    }
+
+    fn args_in(
+        url: &str,
+        tag_ttl: Duration,
+        dir: &tempfile::TempDir,
+    ) -> regcache::config::ServeArgs {
+        regcache::config::ServeArgs {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            cache_dir: Some(dir.path().to_path_buf()),
+            upstream: Some(url.to_string()),
+            tag_ttl: Some(tag_ttl),
+            ..Default::default()
+        }
     }
 
     /// Starts with a TOML config file (written into the cache dir's sibling) plus a cache dir.

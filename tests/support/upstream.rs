@@ -163,6 +163,12 @@ impl FakeUpstream {
         format!("http://{}", self.registry)
     }
 
+    /// The `--redirect-host` list a mirror of this upstream needs: its CDN (another port on
+    /// loopback, so not a public address).
+    pub fn redirect_hosts(&self) -> Vec<String> {
+        vec![self.cdn.to_string()]
+    }
+
     /// Stores `len` seeded random bytes as a blob; returns its digest and the bytes.
     pub fn add_random_blob(&self, len: usize, seed: u64) -> (String, Vec<u8>) {
         let data = random_bytes(len, seed);
