@@ -728,3 +728,131 @@ async fn another_port_of_the_upstream_host_needs_redirect_hosts() {
     let r = get(&m.url(&format!("/v2/library/port/blobs/{d}"))).await;
     assert_eq!(r.status, 200);
 }
+
+/// Sends `raw` on a fresh connection and returns everything the mirror answers before it
+/// closes (or goes quiet for a second).
+async fn raw_exchange(addr: std::net::SocketAddr, raw: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Request shapes a proxy in front of regcache might frame differently (a body on a GET, both
+/// Content-Length and Transfer-Encoding, repeated lengths or Hosts, obfuscated encodings, bare
+/// LF line ends) are answered with one 400 and the connection closed: the request hidden
+/// behind them is never served. A plain pipelined pair still gets both answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_smuggling_shapes_are_refused() {
+    let up = FakeUpstream::start(300).await;
+    up.add_image("library/smuggled", "v1", 100, 57);
+    let m = Mirror::start_args(args(&up)).await;
+    let second = "GET /v2/library/smuggled/manifests/v1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Status lines (a body without a final newline runs into the next one).
+    let statuses = |answer: &str| -> Vec<String> {
+        answer
+            .match_indices("HTTP/1.")
+            .map(|(i, _)| answer[i..].chars().take(12).collect::<String>())
+            .filter(|l| l.len() == 12 && l[9..].bytes().all(|b| b.is_ascii_digit()))
+            .collect()
+    };
+    let pair = format!("GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n{second}");
+    let answer = raw_exchange(m.addr, pair.as_bytes()).await;
+    assert_eq!(statuses(&answer).len(), 2, "pipelining works: {answer}");
+    let before = n(&up.counters.total);
+    let shapes = [
+        "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        "Content-Length: 0\r\nContent-Length: 60\r\n\r\n",
+        "Content-Length: 60\r\n\r\n",
+        "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        "Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
+        "Transfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        "Transfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
+        "X: a\r\n  folded\r\n\r\n",
+        "Host: y\r\n\r\n",
+    ];
+    for shape in shapes {
+        let raw = format!("GET /v2/ HTTP/1.1\r\nHost: x\r\n{shape}{second}");
+        let answer = raw_exchange(m.addr, raw.as_bytes()).await;
+        let got = statuses(&answer);
+        assert_eq!(got.len(), 1, "{shape:?}: {answer}");
+        assert!(got[0].starts_with("HTTP/1.1 400"), "{shape:?}: {answer}");
+    }
+    for raw in [
+        format!("GET /v2/ HTTP/1.1\nHost: x\nContent-Length: 60\n\n{second}"),
+        format!("GET /v2/ HTTP/1.1\r\n\r\n{second}"),
+        format!("GET /v2/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{second}"),
+    ] {
+        let answer = raw_exchange(m.addr, raw.as_bytes()).await;
+        let got = statuses(&answer);
+        assert_eq!(got.len(), 1, "{raw:?}: {answer}");
+        assert!(got[0].ends_with(" 400"), "{raw:?}: {answer}");
+    }
+    assert_eq!(
+        n(&up.counters.total),
+        before,
+        "the hidden request never went upstream"
+    );
+}
+
+/// Path traversal in every encoding (percent-encoded dots and slashes in either case, double
+/// encoding, backslashes, overlong UTF-8, NUL, literal dot segments, empty segments) in every
+/// part of a path — repository, reference, digest, registry prefix, `ns=` — is refused with an
+/// OCI error before the filesystem or the upstream is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_traversal_in_every_encoding_is_refused() {
+    let up = FakeUpstream::start(300).await;
+    let m = Mirror::start_args(args(&up)).await;
+    let hex = "ab".repeat(32);
+    let paths = [
+        "/v2/library/%2e%2e/%2e%2e/blobs/sha256:HEX".to_owned(),
+        "/v2/library/%2E%2E/manifests/v1".to_owned(),
+        "/v2/library/..%2f..%2fetc/manifests/v1".to_owned(),
+        "/v2/library/..%2F..%2Fetc/manifests/v1".to_owned(),
+        "/v2/%2e%2e/manifests/v1".to_owned(),
+        "/v2/library/%252e%252e/manifests/v1".to_owned(),
+        "/v2/library/..%5c..%5cetc/manifests/v1".to_owned(),
+        "/v2/library/..\\..\\etc/manifests/v1".to_owned(),
+        "/v2/library/%c0%ae%c0%ae/manifests/v1".to_owned(),
+        "/v2/library/a%00b/manifests/v1".to_owned(),
+        "/v2/library/../a/manifests/v1".to_owned(),
+        "/v2/library/./a/manifests/v1".to_owned(),
+        "/v2/library//a/manifests/v1".to_owned(),
+        "/v2/../../etc/passwd/manifests/v1".to_owned(),
+        "/v2/library/a/manifests/..%2f..%2fetc%2fpasswd".to_owned(),
+        "/v2/library/a/manifests/sha256:../../../../etc/passwd".to_owned(),
+        "/v2/library/a/blobs/sha256:..%2f..%2fHEX".to_owned(),
+        "/v2/library/a/blobs/sha256%3aHEX".to_owned(),
+        "/v2/library/a/blobs/sha256:HEX%2f..".to_owned(),
+        "/v2/library/a/referrers/..%2f..%2fetc".to_owned(),
+        "/v2/..%2f..%2fetc/library/a/manifests/v1".to_owned(),
+        "/v2/library/a/manifests/v1?ns=..%2f..%2fetc".to_owned(),
+        "/v2/library/a/manifests/v1?ns=../..".to_owned(),
+    ];
+    for p in paths {
+        let p = p.replace("HEX", &hex);
+        let raw = format!("GET {p} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let answer = raw_exchange(m.addr, raw.as_bytes()).await;
+        let status = answer.split(' ').nth(1).unwrap_or("");
+        assert!(
+            matches!(status, "400" | "404"),
+            "{p}: {}",
+            answer.lines().next().unwrap_or("")
+        );
+        assert!(
+            answer.contains("\"errors\""),
+            "{p}: not an OCI error: {answer}"
+        );
+    }
+    assert_eq!(n(&up.counters.total), 0, "nothing went upstream");
+    assert_eq!(m.store().index().usage().objects, 0);
+}

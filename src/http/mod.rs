@@ -52,6 +52,7 @@ async fn route<B>(
     if method != Method::GET && method != Method::HEAD {
         return Err(ApiError::unsupported_method(method));
     }
+    check_framing(req)?;
     let head = method == Method::HEAD;
     if req.uri().path() == "/metrics" {
         return Ok((metrics_response(mirror, head)?, CacheResult::None));
@@ -95,6 +96,41 @@ async fn route<B>(
             passthrough::pass_through(mirror.config().idle_timeout, up, &name, &path, head).await
         }
     }
+}
+
+/// Refuses HTTP/1 requests whose framing a proxy in front of regcache might read differently
+/// (request smuggling, RFC 9112 §6.3 and §3.2): a body on a GET or HEAD (any
+/// `Transfer-Encoding`, a `Content-Length` other than one `0`), and a missing or repeated
+/// `Host` on HTTP/1.1. Answered 400 `UNSUPPORTED`, and the connection is closed after it.
+/// HTTP/2 frames its messages itself and is left to hyper.
+fn check_framing<B>(req: &Request<B>) -> Result<(), ApiError> {
+    if req.version() >= http::Version::HTTP_2 {
+        return Ok(());
+    }
+    let h = req.headers();
+    let refuse = |why: &str| {
+        Err(ApiError::new(
+            http::StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+            format!("{why}; the connection is closed"),
+        )
+        .with_header(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        ))
+    };
+    if h.contains_key(http::header::TRANSFER_ENCODING) {
+        return refuse("a GET or HEAD request takes no body (Transfer-Encoding refused)");
+    }
+    let lengths: Vec<_> = h.get_all(http::header::CONTENT_LENGTH).iter().collect();
+    if lengths.len() > 1 || lengths.iter().any(|v| v.as_bytes() != b"0") {
+        return refuse("a GET or HEAD request takes no body (Content-Length other than 0 refused)");
+    }
+    let hosts = h.get_all(http::header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() == http::Version::HTTP_11) {
+        return refuse("an HTTP/1.1 request needs exactly one Host header");
+    }
+    Ok(())
 }
 
 /// Mapped bytes are sent with sendfile only on plain-TCP HTTP/1 connections; anywhere they would
