@@ -856,3 +856,119 @@ async fn path_traversal_in_every_encoding_is_refused() {
     assert_eq!(n(&up.counters.total), 0, "nothing went upstream");
     assert_eq!(m.store().index().usage().objects, 0);
 }
+
+/// One raw HTTP/2 frame (RFC 9113 §4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A HEADERS block for `GET http://x/v2/` (HPACK: static-table names, literal values).
+fn h2_get_v2() -> Vec<u8> {
+    let mut b = vec![0x82, 0x86, 0x04, 4];
+    b.extend_from_slice(b"/v2/");
+    b.extend_from_slice(&[0x01, 1, b'x']);
+    b
+}
+
+/// Reads frames until the connection closes (or `limit` passes); returns the frame types seen
+/// and the server's SETTINGS (identifier, value) pairs.
+async fn h2_read_until_closed(
+    s: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> (Vec<u8>, Vec<(u16, u32)>, bool) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let closed = tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    let (mut kinds, mut settings, mut at) = (Vec::new(), Vec::new(), 0);
+    while at + 9 <= buf.len() {
+        let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+        let (kind, flags) = (buf[at + 3], buf[at + 4]);
+        let payload = &buf[at + 9..(at + 9 + len).min(buf.len())];
+        if kind == 0x4 && flags & 1 == 0 {
+            for p in payload.chunks_exact(6) {
+                settings.push((
+                    u16::from_be_bytes([p[0], p[1]]),
+                    u32::from_be_bytes([p[2], p[3], p[4], p[5]]),
+                ));
+            }
+        }
+        kinds.push(kind);
+        at += 9 + len;
+    }
+    (kinds, settings, closed)
+}
+
+/// HTTP/2 limits hold against raw frames: the server advertises at most 128 concurrent
+/// streams and a 16 KiB header list; a rapid-reset flood (HEADERS + RST_STREAM, 2,000 times)
+/// and a CONTINUATION flood (10 MiB of header fragments) each end with the connection closed
+/// within seconds; and the mirror goes on answering everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_floods_are_cut_and_limits_advertised() {
+    let (_up, m) = mirror_with(|_| {}).await;
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // Rapid reset.
+    let mut s = tokio::net::TcpStream::connect(m.addr).await.unwrap();
+    let mut out = preface.to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    for i in 0..2000u32 {
+        let id = 2 * i + 1;
+        out.extend(h2_frame(0x1, 0x5, id, &h2_get_v2()));
+        out.extend(h2_frame(0x3, 0, id, &8u32.to_be_bytes()));
+    }
+    let _ = s.write_all(&out).await;
+    let (kinds, settings, closed) = h2_read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "rapid reset: connection kept");
+    assert!(kinds.contains(&0x7), "rapid reset: no GOAWAY: {kinds:?}");
+    assert!(
+        settings.contains(&(0x3, 128)),
+        "max concurrent streams: {settings:?}"
+    );
+    assert!(
+        settings.contains(&(0x6, 16384)),
+        "max header list size: {settings:?}"
+    );
+    // CONTINUATION flood: one header block that never ends.
+    let mut s = tokio::net::TcpStream::connect(m.addr).await.unwrap();
+    let mut out = preface.to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    out.extend(h2_frame(0x1, 0x1, 1, &h2_get_v2()));
+    let _ = s.write_all(&out).await;
+    let junk = {
+        let mut b = Vec::new();
+        for _ in 0..64 {
+            b.extend_from_slice(&[0x40, 5]);
+            b.extend_from_slice(b"x-aaa");
+            b.extend_from_slice(&[8]);
+            b.extend_from_slice(b"bbbbbbbb");
+        }
+        b
+    };
+    let flood = async {
+        for _ in 0..10_000 {
+            if s.write_all(&h2_frame(0x9, 0, 1, &junk)).await.is_err() {
+                return true;
+            }
+        }
+        false
+    };
+    let cut = tokio::time::timeout(Duration::from_secs(10), flood).await;
+    if !matches!(cut, Ok(true)) {
+        let (_, _, closed) = h2_read_until_closed(&mut s, Duration::from_secs(5)).await;
+        assert!(closed, "CONTINUATION flood: connection kept");
+    }
+    // Everyone else is still served.
+    assert_eq!(get(&m.url("/v2/")).await.status, 200);
+}
