@@ -135,10 +135,25 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     /// `default_registry`: the registry a request without `ns` or path prefix means.
     pub default_registry: Option<String>,
+    /// `log_format`: `"text"` (default) or `"json"` (one JSON object per line).
+    pub log_format: Option<LogFormat>,
     /// `[upstream]`: shorthand for `[registries.<default_registry>]`.
     pub upstream: Option<RegistryFile>,
     /// `[registries."<name>"]`: every registry this mirror serves, keyed by the name clients use.
     pub registries: Option<BTreeMap<String, RegistryFile>>,
+}
+
+/// How log lines are written (`log_format`, `--log-format`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines: `<time> <level> <target>: <message> key=value ...`.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (`message` and each
+    /// field, e.g. the access line's `method`, `path`, `status`, `cache`, `bytes`, `ms`,
+    /// `registry`, `client`, `request_id`).
+    Json,
 }
 
 /// One `[registries."<name>"]` (or `[upstream]`) table.
@@ -323,6 +338,9 @@ pub struct ServeArgs {
     /// Cap on the upstream bandwidth of all fills together, e.g. 2MiB/s [default: none].
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub max_upstream_bandwidth: Option<u64>,
+    /// Log lines as text or as JSON objects [default: text].
+    #[arg(long, value_name = "FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -464,6 +482,8 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Registry used when a request names none.
     pub default_registry: String,
+    /// How log lines are written.
+    pub log_format: LogFormat,
     /// Every mirrored registry, the default among them.
     pub registries: Vec<UpstreamConfig>,
 }
@@ -685,6 +705,7 @@ impl Config {
                 }
             },
             default_registry,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             registries,
         })
     }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use regcache::config::{CacheArgs, CacheSettings, Config, ServeArgs};
+use regcache::config::{CacheArgs, CacheSettings, Config, LogFormat, ServeArgs};
 use regcache::mirror::Mirror;
 
 /// `println!` that ignores a closed stdout (`regcache status | head` must not panic on EPIPE).
@@ -61,23 +61,41 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // Logs go through a background writer thread, so a request never waits on stderr. Lossless:
-    // under extreme load the access log slows requests rather than dropping lines.
-    let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+/// Starts logging to stderr in `format`, filtered by `REGCACHE_LOG` (default `info`; a filter
+/// that does not parse is said and replaced by `info`). Logs go through a background writer
+/// thread, so a request never waits on stderr. Lossless: under extreme load the access log
+/// slows requests rather than dropping lines. The guard flushes on drop.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REGCACHE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = match std::env::var("REGCACHE_LOG") {
+        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+        Ok(v) => tracing_subscriber::EnvFilter::try_new(&v).unwrap_or_else(|e| {
+            eprintln!("regcache: REGCACHE_LOG={v:?} is not a log filter ({e}); logging at info (write e.g. REGCACHE_LOG=debug or REGCACHE_LOG=regcache=debug,info)");
+            tracing_subscriber::EnvFilter::new("info")
+        }),
+    };
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => fmt.json().with_ansi(false).init(),
+    }
+    guard
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Serve(args) = cli.command {
+        return serve(*args);
+    }
+    let _flush_on_exit = init_logging(LogFormat::Text);
     match cli.command {
-        Command::Serve(args) => serve(*args),
+        Command::Serve(_) => unreachable!("served above"),
         Command::Prefetch(args) => prefetch(args),
         Command::GenCert { hostnames, out_dir } => {
             match regcache::tls::generate(&hostnames, &out_dir) {
@@ -197,7 +215,6 @@ fn with_cache(
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    regcache::config::raise_open_file_limit();
     let config = match Config::load(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -205,18 +222,29 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let _flush_on_exit = init_logging(config.log_format);
+    regcache::config::raise_open_file_limit();
     let Some(rt) = runtime() else {
         return ExitCode::FAILURE;
     };
     rt.block_on(async move {
         let listen = config.listen;
+        let cache_dir = config.cache_dir.clone();
         let mirror = match Mirror::new(config) {
             Ok(m) => Arc::new(m),
             Err(e) => {
-                eprintln!("regcache: cannot open cache directory: {e}");
+                eprintln!(
+                    "regcache: cannot open cache directory {}: {e} (create it, writable by this user, or pick another with --cache-dir)",
+                    cache_dir.display()
+                );
                 return ExitCode::FAILURE;
             }
         };
+        // A cache that cannot be written would make a silent non-caching proxy.
+        if let Some(why) = mirror.cache().health().write_error {
+            eprintln!("regcache: {why} (make the cache directory writable by this user, or pick another with --cache-dir)");
+            return ExitCode::FAILURE;
+        }
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -224,13 +252,28 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let c = mirror.config();
+        let with_credentials: Vec<&str> = c
+            .registries
+            .iter()
+            .filter(|r| r.credentials.is_some())
+            .map(|r| r.registry.as_str())
+            .collect();
         tracing::info!(
             listen = %listen,
-            default_registry = %mirror.config().default_registry,
+            tls = c.tls.is_some(),
+            default_registry = %c.default_registry,
             upstream = %mirror.registries().default_upstream().host(),
             registries = %mirror.registries().names().collect::<Vec<_>>().join(","),
+            credentials_for = %with_credentials.join(","),
+            offline = c.offline,
             cache_dir = %mirror.cache().store().root().display(),
-            tag_ttl = %humantime::format_duration(mirror.config().tag_ttl),
+            max_size = %c.budget.max_size.map_or("unbounded".to_owned(), regcache::admin::human),
+            min_free = %c.budget.min_free.map_or("none".to_owned(), |m| match m {
+                regcache::cache::eviction::MinFree::Bytes(b) => regcache::admin::human(b),
+                regcache::cache::eviction::MinFree::Percent(p) => format!("{p}%"),
+            }),
+            tag_ttl = %humantime::format_duration(c.tag_ttl),
             "regcache serving"
         );
         match regcache::http::server::run(listener, mirror, shutdown_signal()).await {

@@ -255,6 +255,30 @@ impl Follower {
     }
 }
 
+/// What the cache's readiness checks found (`/readyz`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheHealth {
+    /// The index has been loaded from disk (eviction and usage figures are complete).
+    pub index_loaded: bool,
+    /// Why a fill could not write now (naming the cache's `tmp/` directory), or `None`.
+    pub write_error: Option<String>,
+    /// Bytes available on the cache's filesystem, when known.
+    pub free_bytes: Option<u64>,
+    /// `min_free` in bytes, when configured.
+    pub min_free_bytes: Option<u64>,
+}
+
+impl CacheHealth {
+    /// Index loaded, writable, and free space not below `min_free`.
+    pub fn ready(&self) -> bool {
+        let space = match (self.free_bytes, self.min_free_bytes) {
+            (Some(free), Some(min)) => free >= min,
+            _ => true,
+        };
+        self.index_loaded && self.write_error.is_none() && space
+    }
+}
+
 /// What [`Cache::head_blob`] found.
 pub struct BlobHead {
     /// The blob's length in bytes, when known.
@@ -293,6 +317,29 @@ impl Cache {
         cache.evictor = eviction::Evictor::spawn(&cache.store, cache.fills.budget());
         cache.rebuild = Some(rebuild);
         Ok(cache)
+    }
+
+    /// Checks what serving needs of the cache (blocking: writes and removes a temp file, reads
+    /// the filesystem's free space).
+    pub fn health(&self) -> CacheHealth {
+        let root = self.store.root();
+        let fs = eviction::fs_space(root);
+        let write_error = self
+            .store
+            .probe_writable()
+            .err()
+            .map(|e| format!("cannot write in {}: {e}", root.join("tmp").display()));
+        CacheHealth {
+            index_loaded: self.store.index().is_indexed(),
+            write_error,
+            free_bytes: fs.map(|f| f.available),
+            min_free_bytes: self
+                .fills
+                .budget()
+                .min_free
+                .zip(fs)
+                .map(|(m, f)| m.bytes(f.total)),
+        }
     }
 
     /// Opens a cache that a running mirror may be using too (`regcache prefetch`): `tmp/` is

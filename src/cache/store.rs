@@ -524,6 +524,13 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a fill could start now: creates (and removes) a temp file in `tmp/`.
+    ///
+    /// Errors: the I/O error, e.g. permission denied or a read-only filesystem.
+    pub fn probe_writable(&self) -> io::Result<()> {
+        self.temp_file(".ready-", false).map(drop)
+    }
+
     /// A new temp file in `tmp/`, recreating `tmp/` when it was removed while the mirror runs
     /// (an operator emptying the cache directory must not stop caching until a restart).
     fn temp_file(&self, prefix: &str, append: bool) -> io::Result<tempfile::NamedTempFile> {

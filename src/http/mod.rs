@@ -16,6 +16,7 @@
 
 mod blobs;
 mod guard;
+pub mod health;
 mod manifests;
 mod passthrough;
 pub mod range;
@@ -35,18 +36,36 @@ use crate::error::ApiError;
 use crate::mirror::Mirror;
 use crate::reference::{canonical_name, Route};
 
+/// One request's answer, with what the access log says of it.
+pub struct Handled {
+    /// The response (an OCI error response when the request failed).
+    pub response: Response<ResponseBody>,
+    /// hit / miss / coalesced / stale / pass, or none.
+    pub cache: CacheResult,
+    /// The registry the request was routed to (`docker.io`), once known.
+    pub registry: Option<String>,
+}
+
 /// Answers one request. Never fails: errors become OCI error responses.
-pub async fn handle<B>(mirror: &Mirror, req: &Request<B>) -> (Response<ResponseBody>, CacheResult) {
+pub async fn handle<B>(mirror: &Mirror, req: &Request<B>) -> Handled {
     let head = req.method() == Method::HEAD;
-    match route(mirror, req).await {
+    let mut registry = None;
+    let (response, cache) = match route(mirror, req, &mut registry).await {
         Ok(r) => r,
         Err(e) => (e.into_response(head), CacheResult::None),
+    };
+    Handled {
+        response,
+        cache,
+        registry,
     }
 }
 
+/// Routes `req`; sets `registry` as soon as the request's registry is known.
 async fn route<B>(
     mirror: &Mirror,
     req: &Request<B>,
+    registry: &mut Option<String>,
 ) -> Result<(Response<ResponseBody>, CacheResult), ApiError> {
     let method = req.method();
     if method != Method::GET && method != Method::HEAD {
@@ -54,14 +73,18 @@ async fn route<B>(
     }
     check_framing(req)?;
     let head = method == Method::HEAD;
-    if req.uri().path() == "/metrics" {
-        return Ok((metrics_response(mirror, head)?, CacheResult::None));
+    match req.uri().path() {
+        "/metrics" => return Ok((metrics_response(mirror, head)?, CacheResult::None)),
+        "/healthz" => return Ok((health::healthz(head), CacheResult::None)),
+        "/readyz" => return Ok((health::readyz(mirror, head), CacheResult::None)),
+        _ => {}
     }
     let query = Query::parse(req.uri().query())?;
     let (up, path) = mirror
         .registries()
         .select(req.uri().path(), query.ns.as_deref())
         .map_err(|e| ApiError::from_select(&e))?;
+    *registry = Some(up.registry().to_owned());
     let cache = mirror.cache();
     match Route::parse(&path)? {
         Route::Base => Ok((base_response(head), CacheResult::None)),

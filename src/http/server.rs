@@ -79,7 +79,7 @@ pub async fn run(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(s) => s,
                     Err(e) => {
                         // EMFILE/ENFILE: wait for descriptors to free up (said at most every
@@ -127,7 +127,7 @@ pub async fn run(
                                 return;
                             };
                             let io = crate::body::zero_copy::ZeroCopyStream::new(stream);
-                            serve_connection(io, app, builders.pick(proto), watch, true, None).await
+                            serve_connection(io, app, builders.pick(proto), watch, true, None, peer).await
                         });
                     }
                     Some(acceptor) => {
@@ -147,7 +147,7 @@ pub async fn run(
                                     };
                                     // HTTP/1 heads are bounded by hyper; the HTTP/2 preface here.
                                     let preface = (proto == Proto::Http2).then_some(header_timeout);
-                                    serve_connection(io, app, builders.pick(proto), watch, false, preface).await
+                                    serve_connection(io, app, builders.pick(proto), watch, false, preface, peer).await
                                 }
                                 Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!("TLS handshake timed out"),
@@ -374,7 +374,8 @@ struct Watch {
 /// Serves one connection (HTTP/1.1 or HTTP/2) until it closes, shutdown drains it, it has
 /// been idle (no request in progress) for `client_idle_timeout`, or its responses have waited
 /// that long for a client that takes nothing (see `http::guard`). `preface`: the time an HTTP/2
-/// client has to send its connection preface, when not already checked.
+/// client has to send its connection preface, when not already checked. `peer`: the client's
+/// address, for the access log.
 async fn serve_connection<I>(
     io: I,
     app: Arc<Mirror>,
@@ -382,6 +383,7 @@ async fn serve_connection<I>(
     mut watch: Watch,
     zero_copy: bool,
     preface: Option<Duration>,
+    peer: std::net::SocketAddr,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -400,7 +402,7 @@ async fn serve_connection<I>(
                 .insert(crate::body::zero_copy::ZeroCopyConnection);
         }
         req.extensions_mut().insert(copy_budget.clone());
-        async move { Ok::<_, Infallible>(serve(app, req, active, progress).await) }
+        async move { Ok::<_, Infallible>(serve(app, req, active, progress, peer).await) }
     });
     let mut io = SendGuard::new(io, watch.idle, progress.clone());
     if let Some(t) = preface {
@@ -466,10 +468,15 @@ async fn serve(
     req: Request<Incoming>,
     active: Entered,
     progress: Arc<Progress>,
+    client: std::net::SocketAddr,
 ) -> Response<LoggedBody> {
     let started = Instant::now();
-    let (resp, cache) = super::handle(&app, &req).await;
-    let (parts, body) = resp.into_parts();
+    let request_id = next_request_id();
+    let handled = super::handle(&app, &req).await;
+    let (mut parts, body) = handled.response.into_parts();
+    if let Ok(v) = http::HeaderValue::from_str(&request_id) {
+        parts.headers.insert("x-request-id", v);
+    }
     let expected = body.size_hint().exact();
     // A body hyper has yet to ask for (HTTP/2 asks only once the client grants credit).
     let waiting = (!body.is_end_stream()).then(|| progress.waiting());
@@ -477,7 +484,10 @@ async fn serve(
         method: req.method().to_string(),
         path: req.uri().path().chars().take(512).collect(),
         status: parts.status.as_u16(),
-        cache,
+        cache: handled.cache,
+        registry: handled.registry,
+        client,
+        request_id,
         started,
         app,
     };
@@ -496,6 +506,20 @@ async fn serve(
     )
 }
 
+/// A request id unique within this process run: 16 hex digits (the process start's low bits,
+/// then a counter), e.g. `5f3a9c01000000a2`.
+fn next_request_id() -> String {
+    static START: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        (t.as_secs() ^ u64::from(std::process::id())) << 32
+    });
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:016x}", *START ^ n)
+}
+
 /// What the access log line says about a request.
 struct AccessLog {
     /// Request method.
@@ -506,6 +530,12 @@ struct AccessLog {
     status: u16,
     /// hit / miss / coalesced / stale / pass.
     cache: CacheResult,
+    /// The registry the request was routed to, once known.
+    registry: Option<String>,
+    /// The client's address.
+    client: std::net::SocketAddr,
+    /// This request's id (also sent as `X-Request-Id`).
+    request_id: String,
     /// When the request arrived.
     started: Instant,
     /// Where the request counters live.
@@ -573,15 +603,30 @@ impl Drop for LoggedBody {
         let l = &self.log;
         let complete = self.finished || self.expected == Some(self.bytes);
         l.app.record(l.cache, self.bytes);
-        tracing::info!(
-            target: "regcache::access",
-            method = %l.method,
-            path = %l.path,
-            status = l.status,
-            cache = l.cache.as_str(),
-            bytes = self.bytes,
-            complete,
-            ms = (l.started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0,
-        );
+        let ms = (l.started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
+        let registry = l.registry.as_deref().unwrap_or("-");
+        macro_rules! access {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "regcache::access",
+                    method = %l.method,
+                    path = %l.path,
+                    status = l.status,
+                    cache = l.cache.as_str(),
+                    bytes = self.bytes,
+                    complete,
+                    ms,
+                    registry,
+                    client = %l.client,
+                    request_id = %l.request_id,
+                )
+            };
+        }
+        // Health probes come every second or so: kept out of the access log at info.
+        if super::health::PATHS.contains(&l.path.as_str()) {
+            access!(debug);
+        } else {
+            access!(info);
+        }
     }
 }

@@ -139,6 +139,17 @@ impl Breaker {
         }
     }
 
+    /// While the circuit is open: the time until it closes by itself, and whether a 429
+    /// opened it. `None` when closed.
+    pub fn open(&self) -> Option<Refusal> {
+        let now = Instant::now();
+        let st = self.lock();
+        st.open.filter(|o| o.until > now).map(|o| Refusal {
+            retry_after: o.until - now,
+            rate_limited: o.rate_limited,
+        })
+    }
+
     /// A 429: nothing goes until `wait` has passed.
     pub fn rate_limited(&self, wait: Duration) {
         let now = Instant::now();

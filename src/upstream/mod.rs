@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tokio::time::Duration;
+use tokio::time::{Duration, Instant};
 use url::Url;
 
 use crate::config::{Credentials, UpstreamConfig};
@@ -129,6 +129,37 @@ pub struct Upstream {
     rate_limit: Mutex<Option<(String, String)>>,
     /// Requests sent (for `/metrics`).
     sent: std::sync::atomic::AtomicU64,
+    /// When the upstream last answered, and its last failure (for `/readyz`).
+    seen: Mutex<Seen>,
+}
+
+/// What an upstream did last.
+#[derive(Default)]
+struct Seen {
+    /// When it last answered (any status below 500).
+    answer: Option<Instant>,
+    /// When it last failed, and how (no secret: errors never carry credentials or tokens).
+    failure: Option<(Instant, String)>,
+}
+
+/// An upstream's state as `/readyz` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpstreamHealth {
+    /// `host[:port]` of the upstream, e.g. `registry-1.docker.io`.
+    pub upstream: String,
+    /// `reachable` (its last request was answered), `failing` (its last request failed),
+    /// `backing_off` (timeouts opened its circuit: uncached requests fail fast),
+    /// `rate_limited` (a 429: nothing is sent until its `Retry-After`), `offline`, or
+    /// `untried` (nothing sent yet).
+    pub state: &'static str,
+    /// Seconds until requests go again (`backing_off`, `rate_limited`).
+    pub retry_after_seconds: Option<u64>,
+    /// The last failure, e.g. `upstream registry-1.docker.io did not answer within 5s`.
+    pub last_error: Option<String>,
+    /// Seconds since that failure.
+    pub last_error_seconds_ago: Option<u64>,
+    /// Seconds since the upstream last answered.
+    pub last_answer_seconds_ago: Option<u64>,
 }
 
 /// Settings shared by every upstream of a mirror.
@@ -188,6 +219,7 @@ impl Upstream {
             breaker: breaker::Breaker::new(opts.outage_backoff, opts.probe_interval),
             rate_limit: Mutex::new(None),
             sent: Default::default(),
+            seen: Default::default(),
         })
     }
 
@@ -231,6 +263,61 @@ impl Upstream {
     }
 
     async fn send_inner(
+        &self,
+        method: Method,
+        name: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        may_probe: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let r = self
+            .send_attempt(method, name, path_and_query, headers, may_probe)
+            .await;
+        let mut seen = self.seen.lock().expect("seen lock");
+        match &r {
+            Ok(resp) if resp.status().is_server_error() => {
+                seen.failure = Some((
+                    Instant::now(),
+                    format!("upstream answered {}", resp.status()),
+                ))
+            }
+            Ok(_) => seen.answer = Some(Instant::now()),
+            Err(UpstreamError::Offline | UpstreamError::BackingOff { .. }) => {}
+            Err(e) => seen.failure = Some((Instant::now(), e.to_string())),
+        }
+        r
+    }
+
+    /// The upstream's state now (for `/readyz`).
+    pub fn health(&self) -> UpstreamHealth {
+        let now = Instant::now();
+        let seen = self.seen.lock().expect("seen lock");
+        let ago = |t: Instant| now.saturating_duration_since(t).as_secs();
+        let open = self.breaker.open();
+        let failing = match (&seen.failure, seen.answer) {
+            (Some((f, _)), Some(a)) => *f > a,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let state = match open {
+            _ if self.offline => "offline",
+            Some(r) if r.rate_limited => "rate_limited",
+            Some(_) => "backing_off",
+            None if failing => "failing",
+            None if seen.answer.is_some() => "reachable",
+            None => "untried",
+        };
+        UpstreamHealth {
+            upstream: self.host(),
+            state,
+            retry_after_seconds: open.map(|r| r.retry_after.as_secs().max(1)),
+            last_error: seen.failure.as_ref().map(|(_, e)| e.clone()),
+            last_error_seconds_ago: seen.failure.as_ref().map(|(t, _)| ago(*t)),
+            last_answer_seconds_ago: seen.answer.map(ago),
+        }
+    }
+
+    async fn send_attempt(
         &self,
         method: Method,
         name: &str,

@@ -1,0 +1,220 @@
+//! What an operator sees and checks: `/healthz`, `/readyz`, the access log's fields (text and
+//! JSON), the startup line.
+
+mod support;
+
+use std::time::Duration;
+
+use regcache::config::ServeArgs;
+use support::*;
+
+/// `/healthz` answers; `/readyz` is 200 with the upstream unreachable (a mirror keeps serving
+/// what it has) and says so in its body: the registry's state and last error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_does_not_depend_on_the_upstream_but_reports_it() {
+    let m = Mirror::start_args(ServeArgs {
+        upstream: Some("http://127.0.0.1:9".into()),
+        revalidate_timeout: Some(Duration::from_millis(500)),
+        ..Default::default()
+    })
+    .await;
+    let h = get(&m.url("/healthz")).await;
+    assert_eq!(h.status, 200);
+    assert_eq!(h.json()["status"], "ok");
+    eventually_async("index loaded: ready", || async {
+        get(&m.url("/readyz")).await.status == 200
+    })
+    .await;
+    let r = get(&m.url("/readyz")).await.json();
+    assert_eq!(r["registries"]["docker.io"]["state"], "untried", "{r}");
+    // A pull fails: the upstream refuses connections.
+    let p = get(&m.url("/v2/library/down/manifests/v1")).await;
+    assert_eq!(p.status, 503);
+    let r = get(&m.url("/readyz")).await;
+    assert_eq!(r.status, 200, "readiness ignores the upstream");
+    let r = r.json();
+    let reg = &r["registries"]["docker.io"];
+    assert_eq!(reg["state"], "failing", "{r}");
+    assert_eq!(reg["upstream"], "127.0.0.1:9");
+    assert!(
+        reg["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach upstream 127.0.0.1:9"),
+        "{r}"
+    );
+    assert!(reg["last_error_seconds_ago"].as_u64().unwrap() < 5);
+    assert_eq!(r["cache"]["index_loaded"], true);
+    assert!(r["cache"]["write_error"].is_null());
+}
+
+/// `/readyz` is 503 while the cache cannot be written (here `tmp/` replaced by a file), naming
+/// the path and the error, and 200 again once it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_while_the_cache_is_not_writable() {
+    let up = FakeUpstream::start(300).await;
+    let m = Mirror::start(&up, Duration::ZERO).await;
+    eventually_async("ready", || async {
+        get(&m.url("/readyz")).await.status == 200
+    })
+    .await;
+    let tmp = m.store().root().join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    std::fs::write(&tmp, b"not a directory").unwrap();
+    let r = get(&m.url("/readyz")).await;
+    assert_eq!(r.status, 503);
+    let body = r.json();
+    assert_eq!(body["status"], "not ready");
+    let why = body["cache"]["write_error"].as_str().unwrap().to_owned();
+    assert!(why.contains(&tmp.display().to_string()), "{why}");
+    std::fs::remove_file(&tmp).unwrap();
+    std::fs::create_dir(&tmp).unwrap();
+    assert_eq!(get(&m.url("/readyz")).await.status, 200);
+}
+
+/// `/readyz` is 503 while free space is below `min_free`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_below_min_free() {
+    let up = FakeUpstream::start(300).await;
+    let m = Mirror::start_args(ServeArgs {
+        upstream: Some(up.url()),
+        min_free: Some(regcache::cache::eviction::MinFree::Percent(100.0)),
+        ..Default::default()
+    })
+    .await;
+    let r = get(&m.url("/readyz")).await;
+    assert_eq!(r.status, 503);
+    let c = &r.json()["cache"];
+    assert!(c["free_bytes"].as_u64().unwrap() < c["min_free_bytes"].as_u64().unwrap());
+}
+
+/// With `--log-format json` every log line is a JSON object; the access line carries method,
+/// path, status, cache result, bytes, time, registry, client address and request id (also sent
+/// as `X-Request-Id`); health probes are not in the access log at info; the startup line says
+/// offline mode, TLS, the disk budget and which registries have credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_access_fields() {
+    let up = FakeUpstream::start(300).await;
+    let img = up.add_image("library/json", "v1", 1000, 60);
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::proc::free_port();
+    let log = dir.path().join("log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--upstream",
+            &up.url(),
+            "--redirect-host",
+            &up.cdn.to_string(),
+        ])
+        .args(["--log-format", "json", "--max-size", "1GiB", "--cache-dir"])
+        .arg(dir.path().join("cache"))
+        .env("REGCACHE_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    eventually_async("started", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let r = get(&format!(
+        "{base}/v2/library/json/blobs/{}",
+        img.layer_digest
+    ))
+    .await;
+    assert_eq!(r.status, 200);
+    let request_id = r.header("x-request-id").to_owned();
+    assert_eq!(request_id.len(), 16, "{request_id}");
+    assert_eq!(get(&format!("{base}/readyz")).await.status, 200);
+    let _ = get(&format!("{base}/healthz")).await;
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    eventually("the access line is written", || {
+        lines()
+            .iter()
+            .any(|l| l["fields"]["request_id"] == request_id.as_str())
+    })
+    .await;
+    child.kill().unwrap();
+    let _ = child.wait();
+    let all = lines();
+    let access: Vec<_> = all
+        .iter()
+        .filter(|l| l["target"] == "regcache::access")
+        .collect();
+    let line = access
+        .iter()
+        .find(|l| l["fields"]["request_id"] == request_id.as_str())
+        .unwrap();
+    let f = &line["fields"];
+    assert_eq!(f["method"], "GET");
+    assert_eq!(f["status"], 200);
+    assert_eq!(f["cache"], "miss");
+    assert_eq!(f["registry"], "docker.io");
+    assert_eq!(f["bytes"], 1000);
+    assert!(
+        f["client"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{f}"
+    );
+    assert!(f["ms"].is_number());
+    assert_eq!(line["level"], "INFO");
+    assert!(
+        !access
+            .iter()
+            .any(|l| l["fields"]["path"] == "/readyz" || l["fields"]["path"] == "/healthz"),
+        "health probes are not logged at info"
+    );
+    let start = all
+        .iter()
+        .find(|l| l["fields"]["message"] == "regcache serving")
+        .unwrap();
+    let f = &start["fields"];
+    assert_eq!(f["offline"], false);
+    assert_eq!(f["tls"], false);
+    assert_eq!(f["max_size"], "1.0 GiB");
+    assert!(f.get("credentials_for").is_some(), "{f}");
+}
+
+/// A `REGCACHE_LOG` that does not parse is said, not silently ignored.
+#[test]
+fn a_bad_log_filter_is_said() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(["status", "--cache-dir"])
+        .arg(tempfile::tempdir().unwrap().path())
+        .env("REGCACHE_LOG", "regcache=loud")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("REGCACHE_LOG") && err.contains("not a log filter"),
+        "{err}"
+    );
+}
+
+/// `serve` refuses to start on a cache directory it cannot write, naming the path, rather than
+/// running as a silent non-caching proxy.
+#[test]
+fn serve_refuses_an_unwritable_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    for d in ["blobs", "manifests", "tags"] {
+        std::fs::create_dir_all(cache.join(d)).unwrap();
+    }
+    std::fs::write(cache.join("tmp"), b"not a directory").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--cache-dir"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&cache.display().to_string()), "{err}");
+}
