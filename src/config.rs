@@ -72,7 +72,8 @@ pub enum ConfigError {
 #[derive(Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    /// `listen`: socket address, e.g. `"127.0.0.1:5000"`.
+    /// `listen`: socket address, e.g. `"127.0.0.1:5000"` (or `"localhost:5000"`).
+    #[serde(default, deserialize_with = "de_listen")]
     pub listen: Option<SocketAddr>,
     /// `cache_dir`: directory holding the cache.
     pub cache_dir: Option<PathBuf>,
@@ -175,20 +176,88 @@ pub struct RegistryFile {
     pub redirect_hosts: Option<Vec<String>>,
 }
 
+/// A string value, or an error naming the fix when the file gave a number or another type
+/// (`tag_ttl = 300` → write `"300s"`): `unit` is what a bare number would need, `example` a
+/// well-formed value.
+fn text_value<'de, D: Deserializer<'de>>(
+    d: D,
+    unit: &str,
+    example: &str,
+) -> Result<String, D::Error> {
+    use serde::de::Error;
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(s) => Ok(s),
+        toml::Value::Integer(i) => Err(D::Error::custom(format!(
+            "{i} is a bare number; write a quoted value with its unit, e.g. \"{i}{unit}\""
+        ))),
+        toml::Value::Float(f) => Err(D::Error::custom(format!(
+            "{f} is a bare number; write a quoted value with its unit, e.g. \"{f}{unit}\""
+        ))),
+        other => Err(D::Error::custom(format!(
+            "expected a quoted value such as \"{example}\", found a {}",
+            other.type_str()
+        ))),
+    }
+}
+
 fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_size(&s).map(Some).map_err(serde::de::Error::custom)
+    use serde::de::Error;
+    // A bare integer is a number of bytes.
+    match toml::Value::deserialize(d)? {
+        toml::Value::Integer(i) if i >= 0 => Ok(Some(i as u64)),
+        toml::Value::String(s) => parse_size(&s).map(Some).map_err(D::Error::custom),
+        other => Err(D::Error::custom(format!(
+            "expected a size such as \"20GiB\" or a number of bytes, found {other}"
+        ))),
+    }
+}
+
+fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let s = text_value(d, "", "127.0.0.1:5000")?;
+    parse_listen(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// Parses a listen address: `ip:port` (`127.0.0.1:5000`, `[::1]:5000`, `0.0.0.0:5000`) or
+/// `hostname:port` (`localhost:5000`, resolved once, at start).
+///
+/// Errors: a message with the forms to write, e.g. for `":5000"` (no address: regcache does not
+/// guess between "this host" and "every interface").
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    if let Ok(a) = t.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let forms = "write \"127.0.0.1:5000\" (this host only), \"0.0.0.0:5000\" (every interface) or \"localhost:5000\"";
+    let Some((host, port)) = t.rsplit_once(':') else {
+        return Err(format!("{s:?} has no port; {forms}"));
+    };
+    if host.is_empty() {
+        return Err(format!("{s:?} has no address; {forms}"));
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(format!("{s:?}: {port:?} is not a port (0-65535); {forms}"));
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(t)
+        .map_err(|e| format!("{s:?}: cannot resolve {host:?} ({e}); {forms}"))?
+        .collect();
+    // Prefer IPv4 (what `localhost` means to most clients), else the first address.
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{s:?}: {host:?} has no address; {forms}"))
 }
 
 fn de_min_free<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MinFree>, D::Error> {
-    let s = String::deserialize(d)?;
+    let s = text_value(d, "%", "10%")?;
     parse_min_free(&s)
         .map(Some)
         .map_err(serde::de::Error::custom)
 }
 
 fn de_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let s = String::deserialize(d)?;
+    let s = text_value(d, "MiB/s", "2MiB/s")?;
     parse_rate(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
@@ -221,14 +290,14 @@ pub fn parse_rate_floor(s: &str) -> Result<u64, String> {
 }
 
 fn de_rate_floor<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let s = String::deserialize(d)?;
+    let s = text_value(d, "KiB/s", "1KiB/s")?;
     parse_rate_floor(&s)
         .map(Some)
         .map_err(serde::de::Error::custom)
 }
 
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    let s = String::deserialize(d)?;
+    let s = text_value(d, "s", "30s")?;
     parse_duration(&s)
         .map(Some)
         .map_err(serde::de::Error::custom)
@@ -276,8 +345,8 @@ pub struct ServeArgs {
     /// TOML config file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:5000].
-    #[arg(long, value_name = "ADDR")]
+    /// Address to listen on, ip:port or hostname:port [default: 127.0.0.1:5000].
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     pub listen: Option<SocketAddr>,
     /// Cache directory [default: /var/cache/regcache as root, else $XDG_CACHE_HOME/regcache].
     #[arg(long, value_name = "DIR")]
@@ -717,6 +786,36 @@ impl Config {
             .find(|r| r.registry == self.default_registry)
             .expect("resolve always configures the default registry")
     }
+
+    /// What `serve` would still refuse after the config parsed (for `regcache check-config`):
+    /// a certificate and key that do not load or match, a cache directory that cannot be
+    /// created or written. Each message names the key, the path and the fix; the same messages
+    /// `serve` gives.
+    pub fn runtime_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Some((cert, key)) = &self.tls {
+            if let Err(e) = crate::tls::server_config(cert, key) {
+                problems.push(e);
+            }
+        }
+        // The nearest existing ancestor must let us create the cache directory and write in it.
+        let dir = &self.cache_dir;
+        let existing = dir.ancestors().find(|a| a.exists()).unwrap_or(dir);
+        match tempfile::tempfile_in(existing) {
+            Err(e) if existing.is_dir() => problems.push(format!(
+                "cache_dir {}: cannot write in {} ({e}); make it writable by this user or pick another cache_dir",
+                dir.display(),
+                existing.display()
+            )),
+            Err(_) => problems.push(format!(
+                "cache_dir {}: {} is not a directory; pick another cache_dir",
+                dir.display(),
+                existing.display()
+            )),
+            Ok(_) => {}
+        }
+        problems
+    }
 }
 
 fn nonzero(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {
@@ -767,10 +866,41 @@ pub fn read_file(path: Option<&Path>) -> Result<FileConfig, ConfigError> {
     })
 }
 
-/// Parses the config file text. Errors carry toml's message, which names the key, line and column.
+/// Parses the config file text.
+///
+/// Errors: every problem found (not just the first), one after another, each with toml's
+/// message naming the line, column and key: after a problem its line is set aside and the
+/// rest checked again (at most [`MAX_FILE_PROBLEMS`]).
 pub fn parse_file(text: &str) -> Result<FileConfig, String> {
-    toml::from_str(text).map_err(|e| e.to_string())
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let mut problems = Vec::new();
+    loop {
+        let e = match toml::from_str::<FileConfig>(&lines.join("\n")) {
+            Ok(f) if problems.is_empty() => return Ok(f),
+            Ok(_) => break,
+            Err(e) => e,
+        };
+        problems.push(e.to_string().trim_end().to_owned());
+        // Set the offending line aside (a comment keeps the numbering) and look again.
+        let line = e.span().map(|sp| {
+            let text = lines.join("\n");
+            text[..sp.start.min(text.len())].matches('\n').count()
+        });
+        match line {
+            Some(l) if l < lines.len() && !lines[l].trim_start().starts_with('#') => {
+                lines[l] = format!("# {}", lines[l]);
+            }
+            _ => break,
+        }
+        if problems.len() >= MAX_FILE_PROBLEMS {
+            break;
+        }
+    }
+    Err(problems.join("\n"))
 }
+
+/// Problems of one config file reported at most.
+pub const MAX_FILE_PROBLEMS: usize = 20;
 
 fn parse_upstream_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| {

@@ -51,6 +51,11 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "certs")]
         out_dir: std::path::PathBuf,
     },
+    /// Check a configuration (the file and any `serve` flags) as `serve` would, without serving:
+    /// every problem is printed with its key (and line) and the fix; exit status 2 on any.
+    ///
+    /// Example: `regcache check-config --config /etc/regcache/regcache.toml`
+    CheckConfig(Box<ServeArgs>),
     /// Evict least recently used content now, down to the budget's low watermark.
     Gc {
         #[command(flatten)]
@@ -96,6 +101,7 @@ fn main() -> ExitCode {
     let _flush_on_exit = init_logging(LogFormat::Text);
     match cli.command {
         Command::Serve(_) => unreachable!("served above"),
+        Command::CheckConfig(args) => check_config(&args),
         Command::Prefetch(args) => prefetch(args),
         Command::GenCert { hostnames, out_dir } => {
             match regcache::tls::generate(&hostnames, &out_dir) {
@@ -214,6 +220,42 @@ fn with_cache(
     }
 }
 
+fn check_config(args: &ServeArgs) -> ExitCode {
+    let source = args
+        .config
+        .as_ref()
+        .map_or("flags and defaults (no --config)".to_owned(), |p| {
+            p.display().to_string()
+        });
+    let config = match Config::load(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("regcache check-config: {source}:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let problems = config.runtime_problems();
+    if !problems.is_empty() {
+        eprintln!("regcache check-config: {source}:");
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        return ExitCode::from(2);
+    }
+    say!(
+        "{source}: OK (listen {}, cache_dir {}, registries {})",
+        config.listen,
+        config.cache_dir.display(),
+        config
+            .registries
+            .iter()
+            .map(|r| format!("{} = {}", r.registry, r.url))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    ExitCode::SUCCESS
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
     let config = match Config::load(&args) {
         Ok(c) => c,
@@ -222,6 +264,14 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The same checks, and messages, as `regcache check-config`.
+    let problems = config.runtime_problems();
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("regcache: {p}");
+        }
+        return ExitCode::from(2);
+    }
     let _flush_on_exit = init_logging(config.log_format);
     regcache::config::raise_open_file_limit();
     let Some(rt) = runtime() else {

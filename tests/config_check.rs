@@ -1,0 +1,156 @@
+//! `regcache check-config`: one table of bad configs and the message each must give (key,
+//! line, fix); every problem of a file reported, not only the first; `serve` refuses the same
+//! configs with the same messages.
+
+use std::path::Path;
+use std::process::Command;
+
+fn regcache() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_regcache"))
+}
+
+/// Runs `check-config --config <file with text>`; returns (exit code, stdout + stderr).
+fn check(dir: &Path, name: &str, text: &str) -> (i32, String) {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    let out = regcache()
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), all)
+}
+
+#[test]
+fn bad_configs_get_messages_that_name_the_key_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cache = d.join("cache");
+    let cache_line = format!("cache_dir = {:?}\n", cache.display().to_string());
+    let not_a_dir = d.join("a-file");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let gen = |sub: &str| {
+        let out = regcache()
+            .args(["gen-cert", "--hostname", "localhost", "--out-dir"])
+            .arg(d.join(sub))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (
+            d.join(sub).join("regcache.crt"),
+            d.join(sub).join("regcache.key"),
+        )
+    };
+    let (cert_a, _) = gen("a");
+    let (_, key_b) = gen("b");
+    let cases: Vec<(&str, String, Vec<&str>)> = vec![
+        ("bare-duration", "tag_ttl = 300\n".into(), vec!["line 1", "tag_ttl", "\"300s\""]),
+        ("bare-rate", "min_fill_rate = 5\n".into(), vec!["min_fill_rate", "\"5KiB/s\""]),
+        ("bad-duration", "revalidate_timeout = \"soon\"\n".into(), vec!["revalidate_timeout", "not a duration", "\"30s\""]),
+        ("bad-size", "max_size = \"big\"\n".into(), vec!["max_size", "not a size", "\"20GiB\""]),
+        ("bad-percent", "min_free = \"150%\"\n".into(), vec!["min_free", "below 100"]),
+        ("no-address", "listen = \":5000\"\n".into(), vec!["listen", "has no address", "0.0.0.0:5000"]),
+        ("no-port", "listen = \"127.0.0.1\"\n".into(), vec!["listen", "has no port"]),
+        ("typo", "tag_tll = \"5m\"\n".into(), vec!["line 1", "unknown field `tag_tll`", "tag_ttl"]),
+        ("wrong-type", "offline = \"yes\"\n".into(), vec!["offline", "invalid type"]),
+        ("syntax", "tag_ttl = \"5m\nmax_size = \"1GiB\"\n".into(), vec!["line 1"]),
+        (
+            "all-reported",
+            "tag_ttl = 300\nmax_size = \"big\"\nbogus = 1\n".into(),
+            vec!["line 1", "\"300s\"", "line 2", "not a size", "line 3", "unknown field `bogus`"],
+        ),
+        ("bad-url", "[upstream]\nurl = \"ftp://x\"\n".into(), vec!["url", "http:// or https://"]),
+        ("url-with-path", "[upstream]\nurl = \"https://x/v2\"\n".into(), vec!["url", "scheme://host[:port]"]),
+        (
+            "password-missing",
+            format!("[upstream]\nusername = \"u\"\npassword_file = {:?}\n", d.join("nope").display().to_string()),
+            vec!["password_file", "cannot read", "nope"],
+        ),
+        ("half-credentials", "[upstream]\nusername = \"u\"\n".into(), vec!["username and password_file"]),
+        (
+            "both-defaults",
+            "[upstream]\nurl = \"https://a.example\"\n[registries.\"docker.io\"]\nurl = \"https://b.example\"\n".into(),
+            vec!["keep one"],
+        ),
+        ("bad-registry", "[registries.\"Not A Host\"]\n".into(), vec!["registries", "not a registry name"]),
+        (
+            "bad-redirect-host",
+            "[upstream]\nredirect_hosts = [\"not a host!\"]\n".into(),
+            vec!["redirect_hosts", "not host or host:port"],
+        ),
+        ("registry-typo", "[registries.\"ghcr.io\"]\nusr = \"x\"\n".into(), vec!["unknown field `usr`", "username"]),
+        (
+            "cert-missing",
+            format!("{cache_line}tls_cert = {:?}\ntls_key = {:?}\n", d.join("no.crt").display().to_string(), key_b.display().to_string()),
+            vec!["tls_cert", "no.crt"],
+        ),
+        (
+            "cert-key-mismatch",
+            format!("{cache_line}tls_cert = {:?}\ntls_key = {:?}\n", cert_a.display().to_string(), key_b.display().to_string()),
+            vec!["tls_cert/tls_key", "usable pair"],
+        ),
+        (
+            "cache-under-a-file",
+            format!("cache_dir = {:?}\n", not_a_dir.join("cache").display().to_string()),
+            vec!["cache_dir", "not a directory"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, text, wants) in &cases {
+        let (code, out) = check(d, name, text);
+        if code != 2 || !wants.iter().all(|w| out.contains(w)) {
+            failures.push(format!("{name}: exit {code}, wanted {wants:?} in:\n{out}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+    // A good config passes (a host name is accepted as the listen address).
+    let (code, out) = check(
+        d,
+        "good",
+        &format!("listen = \"localhost:5000\"\ntag_ttl = \"5m\"\nmax_size = 1048576\n{cache_line}"),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("OK") && out.contains("127.0.0.1:5000"),
+        "{out}"
+    );
+}
+
+/// `serve` refuses a bad config with the message `check-config` gives, before binding.
+#[test]
+fn serve_refuses_what_check_config_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text, want) in [
+        ("ttl", "tag_ttl = 300\nbogus = 1\n".to_owned(), "\"300s\""),
+        (
+            "cache",
+            format!("cache_dir = {:?}\n", "/dev/null/cache"),
+            "not a directory",
+        ),
+    ] {
+        let (code, checked) = check(dir.path(), name, &text);
+        assert_eq!(code, 2, "{checked}");
+        let out = regcache()
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(dir.path().join(format!("{name}.toml")))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let served = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            served.contains(want) && checked.contains(want),
+            "{served}\n{checked}"
+        );
+        if name == "ttl" {
+            assert!(
+                served.contains("bogus"),
+                "every problem, in serve too: {served}"
+            );
+        }
+    }
+}
