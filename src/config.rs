@@ -342,8 +342,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Command-line flags of `regcache serve`; each overrides the file.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// TOML config file.
-    #[arg(long, value_name = "FILE")]
+    /// TOML config file [default: $REGCACHE_CONFIG, else /etc/regcache/regcache.toml if it
+    /// exists].
+    #[arg(long, value_name = "FILE", env = "REGCACHE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on, ip:port or hostname:port [default: 127.0.0.1:5000].
     #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
@@ -418,6 +419,18 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
 }
 
+/// The config file the commands read when neither `--config` nor `REGCACHE_CONFIG` names one,
+/// if it exists (applied by the command line, never by [`Config::load`] itself).
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/regcache/regcache.toml";
+
+/// `config`, or [`DEFAULT_CONFIG_FILE`] when that is unset and the file exists.
+pub fn config_or_default(config: Option<PathBuf>) -> Option<PathBuf> {
+    config.or_else(|| {
+        let p = Path::new(DEFAULT_CONFIG_FILE);
+        p.exists().then(|| p.to_path_buf())
+    })
+}
+
 /// Default for `revalidate_timeout`.
 pub const DEFAULT_REVALIDATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default for `client_idle_timeout`.
@@ -436,8 +449,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Flags of the operator commands (`status`, `verify`, `gc`): where the cache is and its budget.
 #[derive(Debug, Default, Clone, clap::Args)]
 pub struct CacheArgs {
-    /// TOML config file (only cache_dir, max_size and min_free are read from it).
-    #[arg(long, value_name = "FILE")]
+    /// TOML config file; only cache_dir, max_size and min_free are read from it [default:
+    /// $REGCACHE_CONFIG, else /etc/regcache/regcache.toml if it exists].
+    #[arg(long, value_name = "FILE", env = "REGCACHE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Cache directory [default: /var/cache/regcache as root, else $XDG_CACHE_HOME/regcache].
     #[arg(long, value_name = "DIR")]

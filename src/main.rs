@@ -25,7 +25,11 @@ macro_rules! say_raw {
 
 /// A pull-through cache (mirror) for container registries.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about,
+    after_help = "Examples:\n  regcache serve                                   # 127.0.0.1:5000, Docker Hub, embedded defaults\n  regcache serve --config /etc/regcache/regcache.toml\n  regcache check-config --config /etc/regcache/regcache.toml\n  regcache status\n\nThe config file is --config FILE, else $REGCACHE_CONFIG, else /etc/regcache/regcache.toml when it exists."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,15 +38,26 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the mirror (defaults: listen 127.0.0.1:5000, upstream Docker Hub).
+    #[command(
+        after_help = "Examples:\n  regcache serve\n  regcache serve --config /etc/regcache/regcache.toml\n  regcache serve --listen 0.0.0.0:5000 --tls-cert certs/regcache.crt --tls-key certs/regcache.key --max-size 50GiB\n  REGCACHE_LOG=debug regcache serve --log-format json\n\nThen name it in /etc/docker/daemon.json: {\"registry-mirrors\": [\"http://127.0.0.1:5000\"]}"
+    )]
     Serve(Box<ServeArgs>),
     /// Show the cache's size against its budget, object counts, free disk, oldest and newest use.
+    #[command(after_help = "Example:\n  regcache status --config /etc/regcache/regcache.toml")]
     Status(CacheArgs),
     /// Re-hash every cached object and remove those that do not match their digest
     /// (exit status 1 when any was removed).
+    #[command(after_help = "Example:\n  regcache verify --cache-dir /var/cache/regcache")]
     Verify(CacheArgs),
     /// Fetch whole images into the cache ahead of time (mirror running or not).
+    #[command(
+        after_help = "Examples:\n  regcache prefetch alpine:3.19 debian:bookworm\n  regcache prefetch --all-platforms ghcr.io/org/app@sha256:<64 hex> --config /etc/regcache/regcache.toml"
+    )]
     Prefetch(regcache::prefetch::PrefetchArgs),
     /// Write a self-signed certificate and key for serving HTTPS (an edge box serving a site).
+    #[command(
+        after_help = "Example:\n  regcache gen-cert --hostname mirror.site.lan --hostname 10.0.0.5 --out-dir /etc/regcache"
+    )]
     GenCert {
         /// Name (or IP address) clients use to reach the mirror; repeatable.
         #[arg(long = "hostname", value_name = "NAME", required = true)]
@@ -53,10 +68,14 @@ enum Command {
     },
     /// Check a configuration (the file and any `serve` flags) as `serve` would, without serving:
     /// every problem is printed with its key (and line) and the fix; exit status 2 on any.
-    ///
-    /// Example: `regcache check-config --config /etc/regcache/regcache.toml`
+    #[command(
+        after_help = "Example:\n  regcache check-config --config /etc/regcache/regcache.toml"
+    )]
     CheckConfig(Box<ServeArgs>),
     /// Evict least recently used content now, down to the budget's low watermark.
+    #[command(
+        after_help = "Examples:\n  regcache gc --dry-run --max-size 20GiB\n  regcache gc --config /etc/regcache/regcache.toml"
+    )]
     Gc {
         #[command(flatten)]
         cache: CacheArgs,
@@ -64,6 +83,18 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Print shell completions for SHELL to stdout.
+    #[command(
+        after_help = "Examples:\n  regcache completions bash > /etc/bash_completion.d/regcache\n  regcache completions zsh > \"${fpath[1]}/_regcache\""
+    )]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout.
+    #[command(after_help = "Example:\n  regcache man > /usr/local/share/man/man1/regcache.1")]
+    Man,
 }
 
 /// Starts logging to stderr in `format`, filtered by `REGCACHE_LOG` (default `info`; a filter
@@ -94,7 +125,17 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // No --config and no REGCACHE_CONFIG: the system's config file, if there is one.
+    use regcache::config::config_or_default as or_default;
+    match &mut cli.command {
+        Command::Serve(a) | Command::CheckConfig(a) => a.config = or_default(a.config.take()),
+        Command::Status(a) | Command::Verify(a) | Command::Gc { cache: a, .. } => {
+            a.config = or_default(a.config.take())
+        }
+        Command::Prefetch(a) => a.config = or_default(a.config.take()),
+        Command::GenCert { .. } | Command::Completions { .. } | Command::Man => {}
+    }
     if let Command::Serve(args) = cli.command {
         return serve(*args);
     }
@@ -102,6 +143,40 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(_) => unreachable!("served above"),
         Command::CheckConfig(args) => check_config(&args),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Into memory first: a closed stdout (`| head`) must not panic.
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "regcache", &mut out);
+            use std::io::Write as _;
+            let _ = std::io::stdout().write_all(&out);
+            ExitCode::SUCCESS
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            let man = clap_mangen::Man::new(cmd.clone());
+            let rendered = man.render(&mut out).and_then(|()| {
+                // One section per subcommand after the main page.
+                for sub in cmd.get_subcommands() {
+                    let name: &'static str =
+                        Box::leak(format!("regcache-{}", sub.get_name()).into_boxed_str());
+                    clap_mangen::Man::new(sub.clone().name(name)).render(&mut out)?;
+                }
+                Ok(())
+            });
+            match rendered {
+                Ok(()) => {
+                    use std::io::Write as _;
+                    let _ = std::io::stdout().write_all(&out);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("regcache man: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Prefetch(args) => prefetch(args),
         Command::GenCert { hostnames, out_dir } => {
             match regcache::tls::generate(&hostnames, &out_dir) {

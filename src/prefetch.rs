@@ -30,8 +30,9 @@ pub struct PrefetchArgs {
     /// Fetch every platform of multi-platform images.
     #[arg(long, conflicts_with = "platform")]
     pub all_platforms: bool,
-    /// TOML config file (the mirror's; registries, credentials and cache_dir are used).
-    #[arg(long, value_name = "FILE")]
+    /// TOML config file (the mirror's; registries, credentials and cache_dir are used) [default:
+    /// $REGCACHE_CONFIG, else /etc/regcache/regcache.toml if it exists].
+    #[arg(long, value_name = "FILE", env = "REGCACHE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Cache directory [default: as `regcache serve`].
     #[arg(long, value_name = "DIR")]

@@ -154,3 +154,74 @@ fn serve_refuses_what_check_config_refuses() {
         }
     }
 }
+
+/// Every subcommand's `--help` has an example; `regcache man` renders a page per command and
+/// `regcache completions SHELL` a completion script.
+#[test]
+fn help_teaches_and_man_and_completions_render() {
+    for sub in [
+        "serve",
+        "status",
+        "verify",
+        "prefetch",
+        "gen-cert",
+        "check-config",
+        "gc",
+        "completions",
+        "man",
+    ] {
+        let out = regcache().args([sub, "--help"]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("Example"),
+            "{sub}: {text}"
+        );
+    }
+    let man = regcache().arg("man").output().unwrap();
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.matches(".TH").count() >= 8, "a page per command");
+    assert!(page.contains("check\\-config"), "{page}");
+    for (shell, mark) in [
+        ("bash", "_regcache"),
+        ("zsh", "#compdef regcache"),
+        ("fish", "complete -c regcache"),
+    ] {
+        let out = regcache().args(["completions", shell]).output().unwrap();
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(mark),
+            "{shell}"
+        );
+    }
+}
+
+/// `REGCACHE_CONFIG` names the config file for every command (status reads its cache_dir).
+#[test]
+fn regcache_config_names_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("from-env");
+    let cfg = dir.path().join("regcache.toml");
+    std::fs::write(
+        &cfg,
+        format!("cache_dir = {:?}\n", cache.display().to_string()),
+    )
+    .unwrap();
+    let out = regcache()
+        .arg("status")
+        .env("REGCACHE_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("from-env"), "{text}");
+    std::fs::write(&cfg, "tag_ttl = 300\n").unwrap();
+    let out = regcache()
+        .arg("check-config")
+        .env("REGCACHE_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"300s\""));
+}
