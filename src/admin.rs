@@ -55,7 +55,14 @@ pub fn status(settings: &CacheSettings) -> io::Result<String> {
     let used = |e: &Entry| UNIX_EPOCH + Duration::from_secs(e.used);
     if let (Some((_, oldest)), Some((_, newest))) = (objects.first(), objects.last()) {
         line("oldest use:", when(used(oldest)));
-        line("newest use:", when(used(newest)));
+        line(
+            "newest use:",
+            format!(
+                "{} (use times are recorded at most every {} minutes)",
+                when(used(newest)),
+                regcache_touch_minutes()
+            ),
+        );
     }
     if temps > 0 {
         line(
@@ -234,7 +241,12 @@ fn count_files(dir: &std::path::Path) -> usize {
     n
 }
 
-/// Human size (IEC units).
+/// How coarse the recorded use times are, in minutes.
+fn regcache_touch_minutes() -> u64 {
+    crate::cache::store::TOUCH_INTERVAL / 60
+}
+
+/// `bytes` in IEC units, e.g. `1.5 GiB`.
 pub fn human(bytes: u64) -> String {
     ByteSize(bytes).display().iec().to_string()
 }

@@ -20,6 +20,7 @@
 //! - [`config`]: the TOML file, the flags, the embedded defaults, every value parser.
 //! - [`metrics`]: `/metrics` text from plain figures.
 //! - [`admin`]: operator commands on a cache directory (`status`, `verify`, `gc`).
+//! - [`live`]: a running mirror's live status, on its admin socket (`regcache status`).
 //! - [`prefetch`]: `regcache prefetch`, over the cache API.
 //! - [`tls`]: HTTPS for the listener; `regcache gen-cert`.
 //! - `fuzzing`: the fuzz targets' bodies (`fuzz/`, replayed by `tests/fuzz_corpus.rs`).
@@ -33,6 +34,7 @@ pub(crate) mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod live;
 pub mod metrics;
 pub mod mirror;
 pub mod prefetch;

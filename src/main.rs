@@ -42,9 +42,20 @@ enum Command {
         after_help = "Examples:\n  regcache serve\n  regcache serve --config /etc/regcache/regcache.toml\n  regcache serve --listen 0.0.0.0:5000 --tls-cert certs/regcache.crt --tls-key certs/regcache.key --max-size 50GiB\n  REGCACHE_LOG=debug regcache serve --log-format json\n\nThen name it in /etc/docker/daemon.json: {\"registry-mirrors\": [\"http://127.0.0.1:5000\"]}"
     )]
     Serve(Box<ServeArgs>),
-    /// Show the cache's size against its budget, object counts, free disk, oldest and newest use.
-    #[command(after_help = "Example:\n  regcache status --config /etc/regcache/regcache.toml")]
-    Status(CacheArgs),
+    /// Show what the mirror serving the cache directory is doing (uptime, hit ratio, bytes
+    /// saved, fills in progress, each registry's state), asked over its admin socket; with no
+    /// mirror running, the cache's size against its budget, object counts, free disk, oldest
+    /// and newest use.
+    #[command(
+        after_help = "Examples:\n  regcache status --config /etc/regcache/regcache.toml\n  regcache status --json | jq .hit_ratio_bytes"
+    )]
+    Status {
+        #[command(flatten)]
+        cache: CacheArgs,
+        /// Print JSON (the live status, or `{\"running\": false, ...}` with the offline report).
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-hash every cached object and remove those that do not match their digest
     /// (exit status 1 when any was removed).
     #[command(after_help = "Example:\n  regcache verify --cache-dir /var/cache/regcache")]
@@ -130,7 +141,7 @@ fn main() -> ExitCode {
     use regcache::config::config_or_default as or_default;
     match &mut cli.command {
         Command::Serve(a) | Command::CheckConfig(a) => a.config = or_default(a.config.take()),
-        Command::Status(a) | Command::Verify(a) | Command::Gc { cache: a, .. } => {
+        Command::Status { cache: a, .. } | Command::Verify(a) | Command::Gc { cache: a, .. } => {
             a.config = or_default(a.config.take())
         }
         Command::Prefetch(a) => a.config = or_default(a.config.take()),
@@ -199,8 +210,28 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status(args) => with_cache(&args, |s| {
-            say_raw!("{}", regcache::admin::status(s)?);
+        Command::Status { cache, json } => with_cache(&cache, |s| {
+            match regcache::live::fetch(&s.cache_dir) {
+                Ok(live) if json => say!("{}", serde_json::to_string_pretty(&live)?),
+                Ok(live) => say_raw!("{}", live.render()),
+                Err(e) => {
+                    let socket = regcache::live::socket_path(&s.cache_dir);
+                    let why = format!("no running mirror answers on {} ({e})", socket.display());
+                    let report = regcache::admin::status(s)?;
+                    if json {
+                        let v = serde_json::json!({
+                            "running": false,
+                            "why": why,
+                            "cache_dir": s.cache_dir,
+                            "offline_report": report,
+                        });
+                        say!("{}", serde_json::to_string_pretty(&v)?);
+                    } else {
+                        say!("{why}; the cache directory's offline report:");
+                        say_raw!("{report}");
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }),
         Command::Verify(args) => with_cache(&args, |s| {

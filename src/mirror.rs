@@ -22,6 +22,8 @@ pub struct Mirror {
     registries: Registries,
     /// Requests and bytes by cache result (for `/metrics`).
     counters: RequestCounters,
+    /// When the mirror was built (its uptime).
+    started: tokio::time::Instant,
 }
 
 impl Mirror {
@@ -51,7 +53,13 @@ impl Mirror {
             cache,
             config,
             counters: RequestCounters::default(),
+            started: tokio::time::Instant::now(),
         })
+    }
+
+    /// Time since the mirror was built.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// The effective configuration.

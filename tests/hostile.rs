@@ -78,7 +78,12 @@ async fn caching_goes_on_after_the_cache_directory_is_emptied() {
     let m = Mirror::start_args(args(&up)).await;
     m.fill_blobs("library/e", std::slice::from_ref(&a)).await;
     for e in std::fs::read_dir(m.store().root()).unwrap() {
-        std::fs::remove_dir_all(e.unwrap().path()).unwrap();
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(p).unwrap();
+        } else {
+            std::fs::remove_file(p).unwrap(); // the admin socket
+        }
     }
     m.fill_blobs("library/e", std::slice::from_ref(&b)).await;
 }

@@ -8,6 +8,16 @@ use std::time::Duration;
 use regcache::config::ServeArgs;
 use support::*;
 
+/// A child process killed when the test ends, passing or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `/healthz` answers; `/readyz` is 200 with the upstream unreachable (a mirror keeps serving
 /// what it has) and says so in its body: the registry's state and last error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,20 +109,23 @@ async fn json_logs_carry_the_access_fields() {
     let dir = tempfile::tempdir().unwrap();
     let port = support::proc::free_port();
     let log = dir.path().join("log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .args([
-            "--upstream",
-            &up.url(),
-            "--redirect-host",
-            &up.cdn.to_string(),
-        ])
-        .args(["--log-format", "json", "--max-size", "1GiB", "--cache-dir"])
-        .arg(dir.path().join("cache"))
-        .env("REGCACHE_LOG", "info")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--upstream",
+                &up.url(),
+                "--redirect-host",
+                &up.cdn.to_string(),
+            ])
+            .args(["--log-format", "json", "--max-size", "1GiB", "--cache-dir"])
+            .arg(dir.path().join("cache"))
+            .env("REGCACHE_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let base = format!("http://127.0.0.1:{port}");
     eventually_async("started", || async {
         tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -143,8 +156,8 @@ async fn json_logs_carry_the_access_fields() {
             .any(|l| l["fields"]["request_id"] == request_id.as_str())
     })
     .await;
-    child.kill().unwrap();
-    let _ = child.wait();
+    child.0.kill().unwrap();
+    let _ = child.0.wait();
     let all = lines();
     let access: Vec<_> = all
         .iter()
@@ -217,4 +230,91 @@ fn serve_refuses_an_unwritable_cache() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&cache.display().to_string()), "{err}");
+}
+
+/// `regcache status` asks the running mirror over its admin socket: during a slow fill it shows
+/// that fill's progress, the hit ratio and what was saved, and `--json` gives the same for
+/// scripts; with the mirror gone it says so and falls back to the offline report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_running_mirrors_fills() {
+    let up = FakeUpstream::start(300).await;
+    let (d, _) = up.add_random_blob(3_000_000, 61);
+    let (warm, _) = up.add_random_blob(100_000, 62);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let port = support::proc::free_port();
+    let mut child = KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--upstream",
+                &up.url(),
+                "--redirect-host",
+                &up.cdn.to_string(),
+            ])
+            .arg("--cache-dir")
+            .arg(&cache)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    eventually_async("started", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let warm_url = format!("{base}/v2/library/st/blobs/{warm}");
+    assert_eq!(get(&warm_url).await.status, 200);
+    assert_eq!(get(&warm_url).await.status, 200, "a hit");
+    up.set_faults(Faults {
+        throttle: Some((100_000, Duration::from_millis(100))), // ~3 s for the blob
+        ..Default::default()
+    });
+    let slow_url = format!("{base}/v2/library/st/blobs/{d}");
+    let slow = tokio::spawn(async move { get(&slow_url).await });
+    let status = |json: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"));
+        c.args(["status", "--cache-dir"]).arg(&cache);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually("the fill shows in status", || {
+        let v: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+        v["fills"].as_array().is_some_and(|f| {
+            f.iter()
+                .any(|f| f["digest"] == d.as_str() && f["received"].as_u64() > Some(0))
+        })
+    })
+    .await;
+    let text = status(false);
+    assert!(text.contains(&d) && text.contains("of 2.9 MiB"), "{text}");
+    assert!(
+        text.contains("hit ratio:") && text.contains("saved:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("docker.io →") && text.contains("reachable"),
+        "{text}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    let served_cached = |k: &str| v["requests"][k]["requests"].as_u64().unwrap();
+    assert_eq!(served_cached("hit") + served_cached("coalesced"), 1, "{v}");
+    assert!(v["hit_ratio_requests"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(v["fetched_upstream_bytes"].as_u64().unwrap() >= 100_000);
+    assert_eq!(slow.await.unwrap().status, 200);
+    // Killed (the socket is left behind): the offline report, and it says why.
+    child.0.kill().unwrap();
+    let _ = child.0.wait();
+    let text = status(false);
+    assert!(text.contains("no running mirror answers"), "{text}");
+    assert!(text.contains("objects:"), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    assert_eq!(v["running"], false);
 }

@@ -51,7 +51,7 @@ use crate::reference::{Digest, Reference};
 use crate::upstream::bandwidth::Bandwidth;
 use crate::upstream::{Upstream, UpstreamError};
 
-pub use fill::{FillError, FillStats};
+pub use fill::{FillError, FillProgress, FillStats};
 pub use manifests::{ManifestAnswer, MAX_MANIFEST_SIZE as DEFAULT_MAX_MANIFEST_SIZE};
 
 /// How a request was answered, for the access log and `/metrics`.
@@ -529,6 +529,11 @@ impl Cache {
     /// Number of blob fills in progress (pass-through fills excluded).
     pub fn fills_in_progress(&self) -> usize {
         self.fills.len()
+    }
+
+    /// The fills in progress, oldest first (for `regcache status`).
+    pub fn fill_progress(&self) -> Vec<FillProgress> {
+        self.fills.progress()
     }
 
     /// The fill counters.

@@ -14,6 +14,7 @@
 //! - `passthrough`: `tags/list` and `referrers`, not cached.
 //! - [`range`]: the `Range` header (RFC 9110).
 
+pub mod admin_socket;
 mod blobs;
 mod guard;
 pub mod health;

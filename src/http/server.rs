@@ -73,6 +73,7 @@ pub async fn run(
         .max_connections
         .unwrap_or_else(default_max_connections);
     let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let admin = tokio::spawn(super::admin_socket::serve(app.clone(), stopping.clone()));
     let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
     tokio::pin!(shutdown);
     let mut fd_warning = Throttled::new(FD_WARNING_INTERVAL);
@@ -161,6 +162,7 @@ pub async fn run(
     }
     drop(listener);
     let _ = stop.send(true);
+    let _ = admin.await;
     tokio::select! {
         _ = async {
             conns.wait_none().await;

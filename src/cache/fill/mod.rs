@@ -143,6 +143,23 @@ pub struct Fill {
     advanced: tokio::sync::Notify,
     /// The whole temp file mapped once (length from `Content-Length`), for zero-copy followers.
     map: std::sync::OnceLock<Bytes>,
+    /// When the fill started.
+    started: tokio::time::Instant,
+}
+
+/// One fill in progress, as `regcache status` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct FillProgress {
+    /// The blob, `sha256:<64 hex>`.
+    pub digest: String,
+    /// Bytes received so far.
+    pub received: u64,
+    /// The blob's length in bytes, when the upstream gave it.
+    pub length: Option<u64>,
+    /// Seconds since the fill started.
+    pub seconds: f64,
+    /// Mean rate since the start, in bytes per second.
+    pub bytes_per_second: u64,
 }
 
 /// A follower's registration; dropping it lets a pass-through fill forget the follower.
@@ -183,6 +200,24 @@ impl Fill {
             tail: Mutex::new(Tail::default()),
             advanced: tokio::sync::Notify::new(),
             map: std::sync::OnceLock::new(),
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Where this fill stands.
+    pub fn progress(&self) -> FillProgress {
+        let (received, length) = match &*self.state.borrow() {
+            FillState::Connecting | FillState::Failed(_) => (0, None),
+            FillState::Streaming { len, written, .. } => (*written, *len),
+            FillState::Done { len, .. } => (*len, Some(*len)),
+        };
+        let seconds = self.started.elapsed().as_secs_f64();
+        FillProgress {
+            digest: self.digest.to_string(),
+            received,
+            length,
+            seconds: (seconds * 10.0).round() / 10.0,
+            bytes_per_second: (received as f64 / seconds.max(0.001)) as u64,
         }
     }
 
@@ -437,6 +472,20 @@ impl Fills {
     /// The disk budget fills are admitted against.
     pub fn budget(&self) -> Budget {
         self.settings.budget
+    }
+
+    /// The fills in progress, oldest first.
+    pub fn progress(&self) -> Vec<FillProgress> {
+        let fills: Vec<Arc<Fill>> = self
+            .map
+            .lock()
+            .expect("fills lock")
+            .values()
+            .cloned()
+            .collect();
+        let mut p: Vec<FillProgress> = fills.iter().map(|f| f.progress()).collect();
+        p.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        p
     }
 
     /// The fill counters.
