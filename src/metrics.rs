@@ -72,6 +72,8 @@ pub struct Figures {
     pub evicted: (u64, u64),
     /// Bytes sent with `sendfile(2)`.
     pub sendfile_bytes: u64,
+    /// Cached tags served stale, in [`crate::cache::STALE_CAUSES`] order.
+    pub stale_by_cause: [u64; 5],
     /// Per upstream registry.
     pub upstreams: Vec<UpstreamFigures>,
 }
@@ -85,6 +87,40 @@ pub struct UpstreamFigures {
     pub requests: u64,
     /// Docker Hub's last `ratelimit-remaining`, once reported.
     pub ratelimit_remaining: Option<i64>,
+    /// Response-header latency of its answered requests.
+    pub latency: crate::upstream::LatencyFigures,
+    /// Token fetches (succeeded, failed).
+    pub token_fetches: (u64, u64),
+}
+
+/// `regcache_upstream_request_duration_seconds`: one histogram per registry, from figures
+/// (prometheus-client's own histogram cannot be filled from counts kept elsewhere).
+#[derive(Debug)]
+struct Latencies(Vec<(String, crate::upstream::LatencyFigures)>);
+
+impl prometheus_client::collector::Collector for Latencies {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let mut m = encoder.encode_descriptor(
+            "upstream_request_duration",
+            "Time until an upstream's response headers, per registry (answered requests, token fetches and redirect hops included)",
+            Some(&prometheus_client::registry::Unit::Seconds),
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        for (registry, h) in &self.0 {
+            let labels = vec![("registry", registry.clone())];
+            m.encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    h.sum_seconds,
+                    h.count,
+                    &h.buckets,
+                    None,
+                )?;
+        }
+        Ok(())
+    }
 }
 
 /// A metric family labelled by `(name, value)` pairs, filled at scrape time.
@@ -156,6 +192,31 @@ pub fn render(f: &Figures) -> String {
         "Fills that failed (upstream error, digest mismatch)",
         ConstCounter::new(fills.failed),
     );
+    let failures = Labelled::default();
+    for (reason, n) in crate::cache::FILL_FAILURE_REASONS
+        .iter()
+        .zip(fills.failed_by)
+    {
+        failures
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc_by(n);
+    }
+    reg.register(
+        "fill_failures",
+        "Fills that failed, by reason (upstream_error, upstream_body, digest_mismatch, disk)",
+        failures,
+    );
+    let stale = Labelled::default();
+    for (cause, n) in crate::cache::STALE_CAUSES.iter().zip(f.stale_by_cause) {
+        stale
+            .get_or_create(&vec![("cause", cause.to_string())])
+            .inc_by(n);
+    }
+    reg.register(
+        "stale_answers",
+        "Cached tags served stale, by cause (timeout, unreachable, backing_off, rate_limited, upstream_error)",
+        stale,
+    );
     reg.register(
         "fill_resumes",
         "Broken upstream downloads resumed with Range",
@@ -182,10 +243,18 @@ pub fn render(f: &Figures) -> String {
         ConstCounter::new(f.sendfile_bytes),
     );
     let upstream = Labelled::default();
+    let tokens = Labelled::default();
     let remaining = Family::<Vec<(&'static str, String)>, Gauge>::default();
     for up in &f.upstreams {
         let label = vec![("registry", up.registry.clone())];
         upstream.get_or_create(&label).inc_by(up.requests);
+        for (result, n) in [("ok", up.token_fetches.0), ("error", up.token_fetches.1)] {
+            let l = vec![
+                ("registry", up.registry.clone()),
+                ("result", result.to_owned()),
+            ];
+            tokens.get_or_create(&l).inc_by(n);
+        }
         if let Some(rem) = up.ratelimit_remaining {
             remaining.get_or_create(&label).set(rem);
         }
@@ -195,6 +264,17 @@ pub fn render(f: &Figures) -> String {
         "Requests sent to each upstream registry (redirects and token fetches included)",
         upstream,
     );
+    reg.register(
+        "upstream_token_fetches",
+        "Token fetches from each registry's token realm, by result (ok, error)",
+        tokens,
+    );
+    reg.register_collector(Box::new(Latencies(
+        f.upstreams
+            .iter()
+            .map(|u| (u.registry.clone(), u.latency.clone()))
+            .collect(),
+    )));
     reg.register(
         "upstream_ratelimit_remaining",
         "Docker Hub's last ratelimit-remaining, per registry (present once reported)",

@@ -94,6 +94,7 @@ impl Mirror {
             fills: self.cache.fill_stats(),
             evicted: self.cache.evicted(),
             sendfile_bytes: crate::body::zero_copy::sendfile_bytes(),
+            stale_by_cause: self.cache.stale_counts(),
             upstreams: self
                 .registries
                 .map
@@ -104,6 +105,8 @@ impl Mirror {
                     ratelimit_remaining: up
                         .rate_limit()
                         .and_then(|(_, r)| r.split(';').next().and_then(|v| v.trim().parse().ok())),
+                    latency: up.latency(),
+                    token_fetches: up.token_fetches(),
                 })
                 .collect(),
         }

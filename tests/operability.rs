@@ -318,3 +318,164 @@ async fn status_shows_a_running_mirrors_fills() {
     let v: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
     assert_eq!(v["running"], false);
 }
+
+/// The value of the metric line starting with `line` (`name{labels}`), or 0 when absent.
+fn metric(text: &str, line: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(line) && l[line.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// `/metrics` after a scripted sequence — cold pull, warm pull, coalesced pull, a corrupt blob,
+/// a stale answer during an outage — moved each counter by exactly what happened: requests
+/// and bytes by cache result, fill failures by reason, stale answers by cause, token fetches,
+/// and the upstream latency histogram; "saved" is served minus upstream blob bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_follow_a_scripted_sequence() {
+    let up = FakeUpstream::start(300).await;
+    let img = up.add_image("library/seq", "v1", 10_000, 63);
+    let (slow, _) = up.add_random_blob(400_000, 64);
+    let (bad, _) = up.add_random_blob(5_000, 65);
+    let m = Mirror::start(&up, Duration::ZERO).await;
+    let scrape =
+        || async { String::from_utf8(get(&m.url("/metrics")).await.bytes().to_vec()).unwrap() };
+    let blob = m.url(&format!("/v2/library/seq/blobs/{}", img.layer_digest));
+    // Cold, then warm.
+    assert_eq!(
+        get(&m.url("/v2/library/seq/manifests/v1")).await.status,
+        200
+    );
+    assert_eq!(get(&blob).await.status, 200);
+    eventually("committed", || m.has_blob(&img.layer_digest)).await;
+    assert_eq!(get(&blob).await.status, 200);
+    // Coalesced: two clients of one slow blob.
+    up.set_faults(Faults {
+        throttle: Some((50_000, Duration::from_millis(50))),
+        ..Default::default()
+    });
+    let slow_url = m.url(&format!("/v2/library/seq/blobs/{slow}"));
+    let (a, b) = tokio::join!(get(&slow_url), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        get(&slow_url).await
+    });
+    assert_eq!((a.status.as_u16(), b.status.as_u16()), (200, 200));
+    // A corrupt blob: a digest mismatch, nothing cached.
+    up.set_faults(Faults {
+        corrupt: vec![bad.clone()],
+        ..Default::default()
+    });
+    let _ = get(&m.url(&format!("/v2/library/seq/blobs/{bad}"))).await;
+    // An outage: the cached tag is served stale.
+    up.set_faults(Faults {
+        status: Some(503),
+        ..Default::default()
+    });
+    let r = get(&m.url("/v2/library/seq/manifests/v1")).await;
+    assert_eq!(r.status, 200);
+    let t = scrape().await;
+    let v = |l: &str| metric(&t, l);
+    assert_eq!(
+        v("regcache_requests_total{cache=\"miss\"}"),
+        4.0,
+        "manifest, blob, slow, corrupt\n{t}"
+    );
+    assert_eq!(v("regcache_requests_total{cache=\"hit\"}"), 1.0, "{t}");
+    assert_eq!(
+        v("regcache_requests_total{cache=\"coalesced\"}"),
+        1.0,
+        "{t}"
+    );
+    assert_eq!(v("regcache_requests_total{cache=\"stale\"}"), 1.0, "{t}");
+    assert_eq!(v("regcache_served_bytes_total{cache=\"hit\"}"), 10_000.0);
+    assert_eq!(
+        v("regcache_served_bytes_total{cache=\"coalesced\"}"),
+        400_000.0
+    );
+    assert_eq!(
+        v("regcache_fill_failures_total{reason=\"digest_mismatch\"}"),
+        1.0,
+        "{t}"
+    );
+    assert_eq!(v("regcache_fill_failures_total{reason=\"disk\"}"), 0.0);
+    assert_eq!(
+        v("regcache_stale_answers_total{cause=\"upstream_error\"}"),
+        1.0,
+        "{t}"
+    );
+    assert_eq!(v("regcache_fills_committed_total"), 2.0);
+    assert!(
+        v("regcache_upstream_token_fetches_total{registry=\"docker.io\",result=\"ok\"}") >= 1.0,
+        "{t}"
+    );
+    let answered = v("regcache_upstream_request_duration_seconds_count{registry=\"docker.io\"}");
+    assert!(answered >= 5.0, "{t}");
+    assert_eq!(
+        v("regcache_upstream_request_duration_seconds_bucket{le=\"+Inf\",registry=\"docker.io\"}"),
+        answered,
+        "{t}"
+    );
+    // The saving: served bytes minus upstream blob bytes (one fetch per blob, the corrupt one too).
+    let upstream = v("regcache_upstream_blob_bytes_total");
+    assert_eq!(upstream, 10_000.0 + 400_000.0 + 5_000.0, "{t}");
+    let mut types: Vec<&str> = t.lines().filter(|l| l.starts_with("# TYPE ")).collect();
+    let n = types.len();
+    types.sort();
+    types.dedup();
+    assert_eq!(types.len(), n, "a family declared twice:\n{t}");
+}
+
+/// Every `regcache_*` metric the Grafana dashboard and the alert rules in `contrib/` use is one
+/// the mirror exports (with every family present: a budget, a token realm, Hub rate-limit
+/// headers), and the dashboard is valid JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contrib_dashboards_and_alerts_use_existing_metrics() {
+    let up = FakeUpstream::start(300).await;
+    up.add_image("library/dash", "v1", 1000, 66);
+    up.set_faults(Faults {
+        ratelimit_headers: true,
+        ..Default::default()
+    });
+    let m = Mirror::start_args(ServeArgs {
+        upstream: Some(up.url()),
+        redirect_host: up.redirect_hosts(),
+        max_size: Some(1 << 30),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        get(&m.url("/v2/library/dash/manifests/v1")).await.status,
+        200
+    );
+    let text = String::from_utf8(get(&m.url("/metrics")).await.bytes().to_vec()).unwrap();
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contrib");
+    let dashboard = std::fs::read_to_string(root.join("grafana/regcache-dashboard.json")).unwrap();
+    let _: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard JSON");
+    let alerts = std::fs::read_to_string(root.join("prometheus/regcache-alerts.yml")).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    for text in [&dashboard, &alerts] {
+        for (i, _) in text.match_indices("regcache_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name.len() > "regcache_".len() {
+                used.insert(name);
+            }
+        }
+    }
+    assert!(used.len() >= 15, "{used:?}");
+    let missing: Vec<_> = used
+        .iter()
+        .filter(|u| !exported.contains(u.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "used but not exported: {missing:?}\nexported: {exported:?}"
+    );
+}

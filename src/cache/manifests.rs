@@ -52,6 +52,36 @@ pub(super) struct Manifests {
     max_manifest_size: usize,
     /// Per-key locks coalescing manifest fetches and tag revalidations.
     locks: KeyedLocks,
+    /// Stale answers by [`STALE_CAUSES`].
+    stale: [std::sync::atomic::AtomicU64; 5],
+}
+
+/// Why a cached tag was served stale, as `/metrics` labels it: `timeout` (the upstream, its
+/// token endpoint or its answer took longer than `revalidate_timeout`), `unreachable` (no
+/// connection), `backing_off` (its circuit is open after timeouts), `rate_limited` (a 429 and
+/// its `Retry-After`), `upstream_error` (a 5xx or 429 answer).
+pub const STALE_CAUSES: [&str; 5] = [
+    "timeout",
+    "unreachable",
+    "backing_off",
+    "rate_limited",
+    "upstream_error",
+];
+
+/// The [`STALE_CAUSES`] index of an outage error.
+fn stale_cause(e: &UpstreamError) -> usize {
+    match e {
+        UpstreamError::Timeout { .. } => 0,
+        UpstreamError::Connect { .. } => 1,
+        UpstreamError::BackingOff {
+            rate_limited: false,
+            ..
+        } => 2,
+        UpstreamError::BackingOff {
+            rate_limited: true, ..
+        } => 3,
+        _ => 4,
+    }
 }
 
 impl Manifests {
@@ -65,6 +95,7 @@ impl Manifests {
                 0 => MAX_MANIFEST_SIZE,
                 n => n,
             },
+            stale: Default::default(),
             locks: KeyedLocks::default(),
         }
     }
@@ -154,6 +185,7 @@ impl Manifests {
                 match bounded.await {
                     Ok(answer) => answer,
                     Err(_) => {
+                        self.count_stale(0);
                         tracing::warn!(registry = %registry, name = from.name, tag, after = ?self.revalidate_timeout * 2, "revalidation took too long; serving cached tag (stale)");
                         Ok((d, m, CacheResult::Stale))
                     }
@@ -180,6 +212,7 @@ impl Manifests {
     ) -> Result<(Digest, StoredManifest, CacheResult), CacheError> {
         let (up, name) = (from.upstream, from.name);
         let stale = |e: &UpstreamError| {
+            self.count_stale(stale_cause(e));
             tracing::warn!(registry = %up.registry(), name, tag, error = %e, "upstream unavailable; serving cached tag (stale)");
         };
         let path = format!("/v2/{name}/manifests/{tag}");
@@ -234,6 +267,15 @@ impl Manifests {
             }
             Err(e) => Err(e),
         }
+    }
+
+    fn count_stale(&self, cause: usize) {
+        self.stale[cause].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Stale answers so far, in [`STALE_CAUSES`] order.
+    pub(super) fn stale_counts(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.stale[i].load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Whether a tag's cached answer may be used without asking upstream (`tag_ttl` 0: never).

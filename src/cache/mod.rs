@@ -51,8 +51,9 @@ use crate::reference::{Digest, Reference};
 use crate::upstream::bandwidth::Bandwidth;
 use crate::upstream::{Upstream, UpstreamError};
 
+pub use fill::FILL_FAILURE_REASONS;
 pub use fill::{FillError, FillProgress, FillStats};
-pub use manifests::{ManifestAnswer, MAX_MANIFEST_SIZE as DEFAULT_MAX_MANIFEST_SIZE};
+pub use manifests::{ManifestAnswer, MAX_MANIFEST_SIZE as DEFAULT_MAX_MANIFEST_SIZE, STALE_CAUSES};
 
 /// How a request was answered, for the access log and `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -534,6 +535,11 @@ impl Cache {
     /// The fills in progress, oldest first (for `regcache status`).
     pub fn fill_progress(&self) -> Vec<FillProgress> {
         self.fills.progress()
+    }
+
+    /// Cached tags served stale so far, in [`STALE_CAUSES`] order.
+    pub fn stale_counts(&self) -> [u64; 5] {
+        self.manifests.stale_counts()
     }
 
     /// The fill counters.

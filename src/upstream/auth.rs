@@ -176,6 +176,23 @@ impl Upstream {
                 return Ok(t.token.clone());
             }
         }
+        let fetched = self.fetch_token(realm, service, scope, key).await;
+        let counter = match fetched {
+            Ok(_) => &self.token_fetches.0,
+            Err(_) => &self.token_fetches.1,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        fetched
+    }
+
+    /// Fetches a token from the realm and caches it under `key`.
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        key: (String, String, String),
+    ) -> Result<String, UpstreamError> {
         let mut url = Url::parse(realm)
             .map_err(|e| UpstreamError::Auth(format!("bad realm {realm:?}: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {

@@ -131,6 +131,63 @@ pub struct Upstream {
     sent: std::sync::atomic::AtomicU64,
     /// When the upstream last answered, and its last failure (for `/readyz`).
     seen: Mutex<Seen>,
+    /// Response-header latency of answered requests (for `/metrics`).
+    latency: Latency,
+    /// Token fetches that succeeded and failed (for `/metrics`).
+    token_fetches: (std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64),
+}
+
+/// Upper bounds of the latency buckets, in seconds (5 ms to 41 s, doubling).
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96,
+];
+
+/// A latency histogram kept in atomics: counts per [`LATENCY_BUCKETS`] bucket (and one past the
+/// last), the sum in microseconds.
+#[derive(Default)]
+struct Latency {
+    buckets: [std::sync::atomic::AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: std::sync::atomic::AtomicU64,
+}
+
+impl Latency {
+    fn observe(&self, d: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = d.as_secs_f64();
+        let i = LATENCY_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn figures(&self) -> LatencyFigures {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        LatencyFigures {
+            sum_seconds: self.sum_micros.load(Relaxed) as f64 / 1e6,
+            count: counts.iter().sum(),
+            buckets: LATENCY_BUCKETS
+                .iter()
+                .copied()
+                .chain([f64::INFINITY])
+                .zip(counts)
+                .collect(),
+        }
+    }
+}
+
+/// A latency histogram's figures: the sum (seconds), the count, and per-bucket (not cumulative)
+/// counts by upper bound, the last `+Inf`.
+#[derive(Debug, Clone, Default)]
+pub struct LatencyFigures {
+    /// Sum of all observations, in seconds.
+    pub sum_seconds: f64,
+    /// Observations.
+    pub count: u64,
+    /// (upper bound in seconds, observations in this bucket only).
+    pub buckets: Vec<(f64, u64)>,
 }
 
 /// What an upstream did last.
@@ -220,6 +277,8 @@ impl Upstream {
             rate_limit: Mutex::new(None),
             sent: Default::default(),
             seen: Default::default(),
+            latency: Default::default(),
+            token_fetches: Default::default(),
         })
     }
 
@@ -486,6 +545,21 @@ impl Upstream {
         }
     }
 
+    /// Response-header latency of this upstream's answered requests (token fetches and
+    /// redirect hops included).
+    pub fn latency(&self) -> LatencyFigures {
+        self.latency.figures()
+    }
+
+    /// Token fetches from this upstream's realm: (succeeded, failed).
+    pub fn token_fetches(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.token_fetches.0.load(Relaxed),
+            self.token_fetches.1.load(Relaxed),
+        )
+    }
+
     /// Requests sent to this upstream since the start (redirects and token fetches included).
     pub fn requests_sent(&self) -> u64 {
         self.sent.load(std::sync::atomic::Ordering::Relaxed)
@@ -507,7 +581,12 @@ impl Upstream {
         // Only the upstream's own origin drives its circuit: a slow CDN host after a redirect
         // or a slow token realm is that request's trouble, not the registry's.
         let origin = same_origin(url, &self.base);
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        if let Ok(Ok(_)) = &answer {
+            self.latency.observe(sent.elapsed());
+        }
+        match answer {
             Err(_) => {
                 if origin && self.breaker.timed_out() {
                     tracing::warn!(upstream = %host_of(url), after = ?self.timeout, "upstream does not answer; failing fast (cached answers are served) and probing for its return");

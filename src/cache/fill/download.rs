@@ -35,7 +35,10 @@ pub(super) async fn run_fill(mut guard: FillGuard, upstream: Arc<Upstream>, name
     match &outcome {
         Ok((_, true)) => stats.committed.fetch_add(1, Ordering::Relaxed),
         Ok((_, false)) => stats.uncached.fetch_add(1, Ordering::Relaxed),
-        Err(_) => stats.failed.fetch_add(1, Ordering::Relaxed),
+        Err(e) => {
+            stats.failed_by[e.reason()].fetch_add(1, Ordering::Relaxed);
+            stats.failed.fetch_add(1, Ordering::Relaxed)
+        }
     };
     match outcome {
         Ok((len, true)) => {

@@ -80,6 +80,25 @@ pub enum FillError {
     Disk(String),
 }
 
+/// Why fills fail, as `/metrics` labels them: `upstream_error` (the request failed or
+/// answered an error before any byte), `upstream_body` (the body broke off, stalled past
+/// `idle_timeout` or stayed under `min_fill_rate` beyond the resume budget, or ended short),
+/// `digest_mismatch`, `disk`.
+pub const FILL_FAILURE_REASONS: [&str; 4] =
+    ["upstream_error", "upstream_body", "digest_mismatch", "disk"];
+
+impl FillError {
+    /// This failure's index in [`FILL_FAILURE_REASONS`].
+    pub fn reason(&self) -> usize {
+        match self {
+            FillError::Upstream(_) => 0,
+            FillError::Body { .. } => 1,
+            FillError::Verify(_) => 2,
+            FillError::Disk(_) => 3,
+        }
+    }
+}
+
 /// A fill's progress, as followers see it.
 #[derive(Clone)]
 pub enum FillState {
@@ -402,6 +421,8 @@ struct StatCounters {
     committed: AtomicU64,
     uncached: AtomicU64,
     failed: AtomicU64,
+    /// Failures by [`FILL_FAILURE_REASONS`].
+    failed_by: [AtomicU64; 4],
     resumes: AtomicU64,
     bytes: AtomicU64,
 }
@@ -415,6 +436,8 @@ pub struct FillStats {
     pub uncached: u64,
     /// Fills that failed.
     pub failed: u64,
+    /// Failures by reason, in [`FILL_FAILURE_REASONS`] order.
+    pub failed_by: [u64; 4],
     /// Resumes after broken or stalled upstream downloads.
     pub resumes: u64,
     /// Blob bytes received from upstreams.
@@ -495,6 +518,7 @@ impl Fills {
             committed: g(&self.stats.committed),
             uncached: g(&self.stats.uncached),
             failed: g(&self.stats.failed),
+            failed_by: std::array::from_fn(|i| g(&self.stats.failed_by[i])),
             resumes: g(&self.stats.resumes),
             bytes: g(&self.stats.bytes),
         }
