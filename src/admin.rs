@@ -137,6 +137,9 @@ pub fn verify(settings: &CacheSettings) -> io::Result<VerifyReport> {
     report
         .removed
         .extend(damaged.iter().map(|d| (d.to_string(), WRONG_SIZE)));
+    // Objects of the wrong size were checked too (by their size): counted, so "checked"
+    // agrees with the number of objects status reported.
+    report.checked += damaged.len();
     for o in found {
         report.checked += 1;
         let ok = match hash_object(&o.key, &o.path) {
@@ -201,11 +204,27 @@ pub fn gc(settings: &CacheSettings, dry_run: bool) -> io::Result<(EvictReport, V
             crate::cache::eviction::plan(store.index(), &settings.budget, fs_space(store.root()));
         let mut report = EvictReport::default();
         let mut lines = Vec::new();
+        let tags = store.tags();
         for (k, e) in &victims {
             report.objects += 1;
             report.bytes += e.disk;
+            // A manifest's tags go with it: name them (blobs are shared by content, not owned
+            // by a repository).
+            let named: Vec<String> = match k {
+                ObjectKey::Manifest(d) => tags
+                    .iter()
+                    .filter(|t| t.entry.digest == d.to_string())
+                    .map(|t| t.reference())
+                    .collect(),
+                ObjectKey::Blob(_) => Vec::new(),
+            };
+            report.tags += named.len();
+            let tagged = match named.is_empty() {
+                true => String::new(),
+                false => format!(", tags {}", named.join(" ")),
+            };
             lines.push(format!(
-                "would remove {} {} ({}, last used {})",
+                "would remove {} {} ({}{tagged}, last used {})",
                 match k {
                     ObjectKey::Blob(_) => "blob",
                     ObjectKey::Manifest(_) => "manifest",
@@ -259,4 +278,260 @@ fn when(t: SystemTime) -> String {
         humantime::format_rfc3339_seconds(t),
         humantime::format_duration(ago)
     )
+}
+
+/// One cached tag as `regcache ls` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Listed {
+    /// `registry/repository`, e.g. `docker.io/library/alpine`.
+    pub repository: String,
+    /// The tag.
+    pub tag: String,
+    /// The manifest (or index) it points at, `sha256:<64 hex>`.
+    pub digest: String,
+    /// Seconds since upstream last confirmed the tag.
+    pub age_seconds: u64,
+    /// Bytes on disk of the manifest and every cached blob it (or, for an index, each cached
+    /// platform manifest) refers to.
+    pub cached_bytes: u64,
+    /// Blobs referred to, and how many of them are cached.
+    pub blobs: (usize, usize),
+}
+
+/// `regcache ls [REPOSITORY]`: the cached tags, of every repository or of those whose
+/// `registry/repository` (or bare `repository`) contains `filter`, with what each takes on disk.
+///
+/// Errors: the cache directory cannot be read.
+pub fn ls(settings: &CacheSettings, filter: Option<&str>) -> io::Result<Vec<Listed>> {
+    let (store, _) = Store::attach(&settings.cache_dir)?;
+    let objects: std::collections::HashMap<ObjectKey, Entry> =
+        store.index().objects().into_iter().collect();
+    let mut out = Vec::new();
+    for t in store.tags() {
+        let repository = format!("{}/{}", t.registry, t.repository);
+        if filter.is_some_and(|f| !repository.contains(f)) {
+            continue;
+        }
+        let Ok(digest) = t.entry.digest.parse::<crate::reference::Digest>() else {
+            continue;
+        };
+        let (cached_bytes, blobs) = footprint(&store, &objects, &digest);
+        out.push(Listed {
+            repository,
+            tag: t.tag.clone(),
+            digest: t.entry.digest.clone(),
+            age_seconds: t.entry.age().as_secs(),
+            cached_bytes,
+            blobs,
+        });
+    }
+    Ok(out)
+}
+
+/// Bytes on disk of manifest `d` and the cached objects it refers to, and (blobs referred to,
+/// blobs cached).
+fn footprint(
+    store: &Store,
+    objects: &std::collections::HashMap<ObjectKey, Entry>,
+    d: &crate::reference::Digest,
+) -> (u64, (usize, usize)) {
+    let mut set = std::collections::HashSet::new();
+    references(store, d, 0, &mut set);
+    let bytes = set
+        .iter()
+        .filter_map(|k| objects.get(k))
+        .map(|e| e.disk)
+        .sum();
+    let blobs: Vec<_> = set
+        .iter()
+        .filter(|k| matches!(k, ObjectKey::Blob(_)))
+        .collect();
+    let cached = blobs.iter().filter(|k| objects.contains_key(k)).count();
+    (bytes, (blobs.len(), cached))
+}
+
+/// Adds manifest `d` and what it refers to — config and layers, or for an index its platform
+/// manifests and theirs (at most 2 levels) — to `out`. A manifest not cached adds only itself.
+fn references(
+    store: &Store,
+    d: &crate::reference::Digest,
+    depth: u8,
+    out: &mut std::collections::HashSet<ObjectKey>,
+) {
+    out.insert(ObjectKey::Manifest(d.clone()));
+    let Ok(Some(m)) = store.read_manifest(d) else {
+        return;
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.bytes) else {
+        return;
+    };
+    let digest_of = |x: &serde_json::Value| {
+        x["digest"]
+            .as_str()
+            .and_then(|s| s.parse::<crate::reference::Digest>().ok())
+    };
+    if let Some(children) = v["manifests"].as_array() {
+        if depth < 2 {
+            for c in children.iter().filter_map(digest_of) {
+                references(store, &c, depth + 1, out);
+            }
+        }
+        return;
+    }
+    let blobs = std::iter::once(&v["config"])
+        .chain(v["layers"].as_array().into_iter().flatten())
+        .filter_map(digest_of);
+    out.extend(blobs.map(ObjectKey::Blob));
+}
+
+/// What `regcache rm` removed.
+#[derive(Debug, Default)]
+pub struct Removed {
+    /// Tags removed, `registry/repository:tag`.
+    pub tags: Vec<String>,
+    /// Objects (manifests and blobs) removed.
+    pub objects: usize,
+    /// Bytes on disk freed.
+    pub bytes: u64,
+    /// Objects the image uses that other cached tags use too (kept).
+    pub shared: usize,
+}
+
+/// `regcache rm IMAGE[:TAG|@DIGEST]`: removes a tag (default `latest`) and the content only it
+/// uses, or with `@DIGEST` that manifest, the tags of the repository pointing at it and the
+/// content only it uses. Content other cached tags use is kept. Safe beside a serving mirror:
+/// it treats a removed file as a miss (and re-fetches it), and every byte it serves is still
+/// checked against its digest.
+///
+/// Errors: a malformed image reference; nothing cached under it; the cache cannot be read or
+/// written.
+pub fn rm(settings: &CacheSettings, image: &str, default_registry: &str) -> io::Result<Removed> {
+    let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+    let (registry, repository, tag, digest) = parse_image(image, default_registry).map_err(bad)?;
+    let (store, _) = Store::attach(&settings.cache_dir)?;
+    let tags = store.tags();
+    let same_repo =
+        |t: &&crate::cache::tags::CachedTag| t.registry == registry && t.repository == repository;
+    let doomed: Vec<&crate::cache::tags::CachedTag> = tags
+        .iter()
+        .filter(same_repo)
+        .filter(|t| match (&tag, &digest) {
+            (_, Some(d)) => t.entry.digest == d.to_string(),
+            (Some(tg), None) => &t.tag == tg,
+            (None, None) => false,
+        })
+        .collect();
+    let roots: Vec<crate::reference::Digest> = match &digest {
+        Some(d) => vec![d.clone()],
+        None => doomed
+            .iter()
+            .filter_map(|t| t.entry.digest.parse().ok())
+            .collect(),
+    };
+    let objects: std::collections::HashMap<ObjectKey, Entry> =
+        store.index().objects().into_iter().collect();
+    if doomed.is_empty()
+        && !roots
+            .iter()
+            .any(|d| objects.contains_key(&ObjectKey::Manifest(d.clone())))
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "nothing cached for {registry}/{repository}{} (see regcache ls)",
+                match (&tag, &digest) {
+                    (_, Some(d)) => format!("@{d}"),
+                    (Some(t), None) => format!(":{t}"),
+                    (None, None) => String::new(),
+                }
+            ),
+        ));
+    }
+    let mut removed = Removed::default();
+    for t in &doomed {
+        store.remove_tag(&t.registry, &t.repository, &t.tag)?;
+        removed.tags.push(t.reference());
+    }
+    // What every remaining tag still needs is kept.
+    let mut keep = std::collections::HashSet::new();
+    for t in store.tags() {
+        if let Ok(d) = t.entry.digest.parse() {
+            references(&store, &d, 0, &mut keep);
+        }
+    }
+    let mut target = std::collections::HashSet::new();
+    for d in &roots {
+        references(&store, d, 0, &mut target);
+    }
+    for key in target {
+        let Some(entry) = objects.get(&key) else {
+            continue;
+        };
+        if keep.contains(&key) {
+            removed.shared += 1;
+            continue;
+        }
+        store.index().remove(&key);
+        store.unlink(&key, entry)?;
+        removed.objects += 1;
+        removed.bytes += entry.disk;
+    }
+    Ok(removed)
+}
+
+/// `[registry/]repository[:tag|@digest]` → (registry, repository, tag, digest), Docker's way:
+/// no registry means `default_registry` (and a one-part Docker Hub name gets `library/`); no
+/// tag or digest means `latest`.
+fn parse_image(
+    image: &str,
+    default_registry: &str,
+) -> Result<
+    (
+        String,
+        String,
+        Option<String>,
+        Option<crate::reference::Digest>,
+    ),
+    String,
+> {
+    let (rest, digest) = match image.split_once('@') {
+        Some((r, d)) => (
+            r,
+            Some(
+                d.parse::<crate::reference::Digest>()
+                    .map_err(|e| format!("{image:?}: {e} (write IMAGE@sha256:<64 hex>)"))?,
+            ),
+        ),
+        None => (image, None),
+    };
+    let (path, tag) = match rest.rfind(':') {
+        Some(i) if !rest[i + 1..].contains('/') => (&rest[..i], Some(rest[i + 1..].to_owned())),
+        _ => (rest, None),
+    };
+    let tag = match (&tag, &digest) {
+        (None, None) => Some("latest".to_owned()),
+        _ => tag,
+    };
+    // A first component with a `.` or `:` (or `localhost`) is a registry, as Docker reads it.
+    let (registry, name) = match path.split_once('/') {
+        Some((first, name))
+            if (first.contains('.') || first.contains(':') || first == "localhost")
+                && crate::reference::is_registry_name(first) =>
+        {
+            (first.to_owned(), name.to_owned())
+        }
+        _ => (default_registry.to_owned(), path.to_owned()),
+    };
+    let name = crate::reference::canonical_name(&registry, name);
+    if !crate::reference::is_valid_name(&name) {
+        return Err(format!(
+            "{image:?}: {name:?} is not a repository name (lowercase, e.g. library/alpine or ghcr.io/org/app)"
+        ));
+    }
+    if let Some(t) = &tag {
+        if !crate::reference::is_valid_tag(t) {
+            return Err(format!("{image:?}: {t:?} is not a tag"));
+        }
+    }
+    Ok((registry, name, tag, digest))
 }

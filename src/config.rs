@@ -500,6 +500,8 @@ pub struct Credentials {
     pub username: String,
     /// Password or access token, read from `password_file`.
     pub password: String,
+    /// Where the password was read from (named in errors, never the password itself).
+    pub password_file: PathBuf,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -507,6 +509,7 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("username", &self.username)
             .field("password", &"<redacted>")
+            .field("password_file", &self.password_file)
             .finish()
     }
 }
@@ -662,7 +665,11 @@ impl Config {
                             format!("[{name}]: {} is empty", pf.display()),
                         ));
                     }
-                    Some(Credentials { username, password })
+                    Some(Credentials {
+                        username,
+                        password,
+                        password_file: pf,
+                    })
                 }
             };
             let extra_roots = match &t.ca_file {

@@ -157,6 +157,11 @@ impl ApiError {
                 };
                 e.with_header(RETRY_AFTER, secs)
             }
+            // The mirror's own configuration is wrong: not retryable, and not the client's
+            // credentials (DENIED names the mirror's user and password file, never a secret).
+            UpstreamError::CredentialsRejected { .. } => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "DENIED", e.to_string())
+            }
             UpstreamError::Protocol(m) => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "UNKNOWN",

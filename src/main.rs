@@ -94,6 +94,33 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// List the cached repositories and tags: digest, age, what each takes on disk.
+    #[command(
+        after_help = "Examples:\n  regcache ls\n  regcache ls library/alpine\n  regcache ls --json | jq '.[] | select(.age_seconds > 86400)'"
+    )]
+    Ls {
+        /// Only repositories whose `registry/repository` contains this, e.g. `library/alpine`.
+        #[arg(value_name = "REPOSITORY")]
+        repository: Option<String>,
+        #[command(flatten)]
+        cache: CacheArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a tag (default `latest`) and the content only it uses, or with @DIGEST that
+    /// manifest and its tags, keeping what other cached tags use. Safe beside a serving mirror
+    /// (a removed file is a miss, fetched again).
+    #[command(
+        after_help = "Examples:\n  regcache rm alpine:3.19\n  regcache rm ghcr.io/org/app@sha256:<64 hex>"
+    )]
+    Rm {
+        /// `[registry/]repository[:tag|@digest]`, as docker writes it.
+        #[arg(value_name = "IMAGE")]
+        image: String,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
     /// Print shell completions for SHELL to stdout.
     #[command(
         after_help = "Examples:\n  regcache completions bash > /etc/bash_completion.d/regcache\n  regcache completions zsh > \"${fpath[1]}/_regcache\""
@@ -141,9 +168,11 @@ fn main() -> ExitCode {
     use regcache::config::config_or_default as or_default;
     match &mut cli.command {
         Command::Serve(a) | Command::CheckConfig(a) => a.config = or_default(a.config.take()),
-        Command::Status { cache: a, .. } | Command::Verify(a) | Command::Gc { cache: a, .. } => {
-            a.config = or_default(a.config.take())
-        }
+        Command::Status { cache: a, .. }
+        | Command::Verify(a)
+        | Command::Gc { cache: a, .. }
+        | Command::Ls { cache: a, .. }
+        | Command::Rm { cache: a, .. } => a.config = or_default(a.config.take()),
         Command::Prefetch(a) => a.config = or_default(a.config.take()),
         Command::GenCert { .. } | Command::Completions { .. } | Command::Man => {}
     }
@@ -154,6 +183,65 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(_) => unreachable!("served above"),
         Command::CheckConfig(args) => check_config(&args),
+        Command::Rm { image, cache } => with_cache(&cache, |s| {
+            let r = match regcache::admin::rm(s, &image, regcache::reference::DOCKER_HUB) {
+                Ok(r) => r,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::InvalidInput | std::io::ErrorKind::NotFound
+                    ) =>
+                {
+                    eprintln!("regcache rm: {e}");
+                    return Ok(ExitCode::from(1));
+                }
+                Err(e) => return Err(e),
+            };
+            for t in &r.tags {
+                say!("removed tag {t}");
+            }
+            say!(
+                "removed {} objects ({}); kept {} shared with other cached tags",
+                r.objects,
+                regcache::admin::human(r.bytes),
+                r.shared
+            );
+            Ok(ExitCode::SUCCESS)
+        }),
+        Command::Ls {
+            repository,
+            cache,
+            json,
+        } => with_cache(&cache, |s| {
+            let tags = regcache::admin::ls(s, repository.as_deref())?;
+            if json {
+                say!("{}", serde_json::to_string_pretty(&tags)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut last = None;
+            for t in &tags {
+                if last != Some(&t.repository) {
+                    say!("{}", t.repository);
+                    last = Some(&t.repository);
+                }
+                say!(
+                    "  {:<20} {}  {:>10}  {}/{} blobs cached  confirmed {} ago",
+                    t.tag,
+                    t.digest,
+                    regcache::admin::human(t.cached_bytes),
+                    t.blobs.1,
+                    t.blobs.0,
+                    humantime::format_duration(std::time::Duration::from_secs(t.age_seconds))
+                );
+            }
+            if tags.is_empty() {
+                say!(
+                    "no cached tags{}",
+                    repository.map_or(String::new(), |r| format!(" matching {r:?}"))
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             // Into memory first: a closed stdout (`| head`) must not panic.

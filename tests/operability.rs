@@ -360,6 +360,7 @@ async fn metrics_follow_a_scripted_sequence() {
         get(&slow_url).await
     });
     assert_eq!((a.status.as_u16(), b.status.as_u16()), (200, 200));
+    eventually("the slow blob committed", || m.has_blob(&slow)).await;
     // A corrupt blob: a digest mismatch, nothing cached.
     up.set_faults(Faults {
         corrupt: vec![bad.clone()],
@@ -478,4 +479,204 @@ async fn contrib_dashboards_and_alerts_use_existing_metrics() {
         missing.is_empty(),
         "used but not exported: {missing:?}\nexported: {exported:?}"
     );
+}
+
+/// An upstream that refuses the configured credentials gives clients a 502 DENIED that names
+/// the registry, the user and the password file (never the password) and is not "retry later".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_upstream_credentials_are_named_not_retried() {
+    let up = FakeUpstream::start(300).await;
+    up.add_image("library/creds", "v1", 100, 67);
+    up.set_faults(Faults {
+        token_status: Some(401),
+        ..Default::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("hub.secret");
+    std::fs::write(&pw, "s3cret-password\n").unwrap();
+    let m = Mirror::start_with_config(&format!(
+        "[upstream]\nurl = \"{}\"\nredirect_hosts = [\"{}\"]\nusername = \"bot\"\npassword_file = {:?}\n",
+        up.url(),
+        up.cdn,
+        pw.display().to_string()
+    ))
+    .await;
+    let r = get(&m.url("/v2/library/creds/manifests/v1")).await;
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    assert!(r.header("retry-after").is_empty());
+    let e = &r.json()["errors"][0];
+    assert_eq!(e["code"], "DENIED");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("rejected the configured credentials"), "{msg}");
+    assert!(
+        msg.contains("\"bot\"") && msg.contains("hub.secret"),
+        "{msg}"
+    );
+    assert!(!msg.contains("s3cret"), "{msg}");
+    assert!(!msg.contains("retry later"), "{msg}");
+}
+
+/// Runs the regcache binary with `args` on `cache`; returns (exit code, stdout).
+fn run_on(cache: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `regcache ls` lists cached repositories and tags with digest, age and size; `gc --dry-run`
+/// names the tags that go with a manifest and counts them; `verify` checks as many objects as
+/// `status` counts, the damaged ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ls_gc_and_verify_say_what_is_cached() {
+    let up = FakeUpstream::start(300).await;
+    let img = up.add_image("library/lsme", "v1", 20_000, 68);
+    let other = up.add_image("library/other", "v2", 5_000, 69);
+    let m = Mirror::start(&up, Duration::from_secs(3600)).await;
+    assert_eq!(
+        get(&m.url("/v2/library/lsme/manifests/v1")).await.status,
+        200
+    );
+    m.fill_blobs(
+        "library/lsme",
+        &[img.layer_digest.clone(), img.config_digest.clone()],
+    )
+    .await;
+    assert_eq!(
+        get(&m.url("/v2/library/other/manifests/v2")).await.status,
+        200
+    );
+    let cache = m.store().root().to_path_buf();
+    let (code, text) = run_on(&cache, &["ls"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("docker.io/library/lsme"), "{text}");
+    assert!(
+        text.contains("v1") && text.contains(&img.manifest_digest),
+        "{text}"
+    );
+    assert!(text.contains("2/2 blobs cached"), "{text}");
+    assert!(
+        text.contains("docker.io/library/other") && text.contains("0/2 blobs cached"),
+        "{text}"
+    );
+    let (_, json) = run_on(&cache, &["ls", "library/lsme", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    assert!(v[0]["cached_bytes"].as_u64().unwrap() >= 20_000);
+    let _ = other;
+    // gc --dry-run with a budget of nothing: every object would go, and the tags with them.
+    let (code, text) = run_on(&cache, &["gc", "--dry-run", "--max-size", "1B"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("tags docker.io/library/lsme:v1"), "{text}");
+    assert!(text.contains("2 tags"), "{text}");
+    // A damaged blob (wrong size) is checked (and removed) like the rest.
+    let (_, status) = run_on(&cache, &["status", "--json"]);
+    let objects = serde_json::from_str::<serde_json::Value>(&status).unwrap()["cache_objects"]
+        .as_u64()
+        .unwrap();
+    let mut walk = vec![cache.join("blobs")];
+    let mut victim = None;
+    while let (None, Some(d)) = (&victim, walk.pop()) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            if e.path().is_dir() {
+                walk.push(e.path());
+            } else {
+                victim = Some(e.path());
+            }
+        }
+    }
+    let victim = victim.expect("a blob file");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&victim)
+        .unwrap();
+    f.set_len(10).unwrap();
+    let (code, text) = run_on(&cache, &["verify"]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!("checked {objects} objects")),
+        "{status}\n{text}"
+    );
+}
+
+/// `regcache rm` removes a tag and what only it uses, keeps what another tag shares, is safe
+/// beside the serving mirror (which fetches removed content again), and says clearly when
+/// nothing matches or the reference is malformed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rm_removes_a_tag_and_what_only_it_uses() {
+    let up = FakeUpstream::start(300).await;
+    let a = up.add_image("library/rma", "v1", 20_000, 70);
+    up.add_image("library/rmb", "v1", 8_000, 71);
+    let m = Mirror::start(&up, Duration::from_secs(3600)).await;
+    for (repo, img) in [("library/rma", &a)] {
+        assert_eq!(
+            get(&m.url(&format!("/v2/{repo}/manifests/v1")))
+                .await
+                .status,
+            200
+        );
+        m.fill_blobs(repo, &[img.layer_digest.clone(), img.config_digest.clone()])
+            .await;
+    }
+    assert_eq!(
+        get(&m.url("/v2/library/rmb/manifests/v1")).await.status,
+        200
+    );
+    // A second tag of the same image shares all of its content.
+    up.put_manifest(
+        "library/rma",
+        "v2",
+        "application/vnd.oci.image.manifest.v1+json",
+        a.manifest.clone(),
+    );
+    assert_eq!(
+        get(&m.url("/v2/library/rma/manifests/v2")).await.status,
+        200
+    );
+    let cache = m.store().root().to_path_buf();
+    let (code, text) = run_on(&cache, &["rm", "rma:v1"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("removed tag docker.io/library/rma:v1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("removed 0 objects") && text.contains("kept 3 shared"),
+        "{text}"
+    );
+    let (code, text) = run_on(&cache, &["rm", "docker.io/library/rma:v2"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("removed 3 objects"), "{text}");
+    let (_, ls) = run_on(&cache, &["ls"]);
+    assert!(
+        !ls.contains("library/rma") && ls.contains("library/rmb"),
+        "{ls}"
+    );
+    // The serving mirror fetches it again, correctly.
+    let before = n(&up.counters.cdn_get);
+    let r = get(&m.url(&format!("/v2/library/rma/blobs/{}", a.layer_digest))).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(sha256(r.bytes()), a.layer_digest);
+    assert_eq!(n(&up.counters.cdn_get), before + 1, "a miss again");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(["rm", "nothing:here", "--cache-dir"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("nothing cached for docker.io/library/nothing:here"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args(["rm", "Bad Name", "--cache-dir"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a repository name"));
 }

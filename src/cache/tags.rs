@@ -63,11 +63,11 @@ impl Store {
         remove_if_exists(&self.tag_path(registry, name, tag))
     }
 
-    /// Removes every tag entry pointing at one of `digests` (their manifests were evicted).
-    /// Returns how many were removed.
-    pub fn drop_tags_pointing_at(&self, digests: &std::collections::HashSet<String>) -> usize {
-        let mut removed = 0;
-        let mut stack = vec![self.root().join("tags")];
+    /// Every cached tag, sorted by registry, repository and tag (unreadable entries skipped).
+    pub fn tags(&self) -> Vec<CachedTag> {
+        let root = self.root().join("tags");
+        let mut found = Vec::new();
+        let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
@@ -77,18 +77,69 @@ impl Store {
                 match ent.file_type() {
                     Ok(t) if t.is_dir() => stack.push(p),
                     Ok(t) if t.is_file() => {
-                        let hit = fs::read(&p)
-                            .ok()
-                            .and_then(|raw| serde_json::from_slice::<TagEntry>(&raw).ok())
-                            .is_some_and(|e| digests.contains(&e.digest));
-                        if hit && fs::remove_file(&p).is_ok() {
-                            removed += 1;
+                        if let Some(tag) = parse_tag_path(&root, &p) {
+                            found.push(tag);
                         }
                     }
                     _ => {}
                 }
             }
         }
-        removed
+        found.sort_by(|a, b| {
+            (&a.registry, &a.repository, &a.tag).cmp(&(&b.registry, &b.repository, &b.tag))
+        });
+        found
     }
+
+    /// Removes every tag entry pointing at one of `digests` (their manifests were evicted).
+    /// Returns how many were removed.
+    pub fn drop_tags_pointing_at(&self, digests: &std::collections::HashSet<String>) -> usize {
+        self.tags()
+            .into_iter()
+            .filter(|t| digests.contains(&t.entry.digest))
+            .filter(|t| fs::remove_file(&t.path).is_ok())
+            .count()
+    }
+}
+
+/// One cached tag: `registry/repository:tag` and its last known answer.
+#[derive(Debug, Clone)]
+pub struct CachedTag {
+    /// The registry clients name, e.g. `docker.io`.
+    pub registry: String,
+    /// The repository, e.g. `library/alpine`.
+    pub repository: String,
+    /// The tag, e.g. `3.19`.
+    pub tag: String,
+    /// Its last known answer.
+    pub entry: TagEntry,
+    /// The entry's file.
+    pub path: PathBuf,
+}
+
+impl CachedTag {
+    /// `registry/repository:tag`, e.g. `docker.io/library/alpine:3.19`.
+    pub fn reference(&self) -> String {
+        format!("{}/{}:{}", self.registry, self.repository, self.tag)
+    }
+}
+
+/// `<root>/<registry>/<name...>/_tags/<tag>` → the tag, read.
+fn parse_tag_path(root: &std::path::Path, p: &std::path::Path) -> Option<CachedTag> {
+    let rel = p.strip_prefix(root).ok()?;
+    let parts: Vec<&str> = rel.iter().map(|c| c.to_str()).collect::<Option<_>>()?;
+    let (tag, rest) = parts.split_last()?;
+    let (marker, rest) = rest.split_last()?;
+    let (registry, name) = rest.split_first()?;
+    if *marker != "_tags" || name.is_empty() {
+        return None;
+    }
+    let entry = serde_json::from_slice(&fs::read(p).ok()?).ok()?;
+    Some(CachedTag {
+        registry: registry.to_string(),
+        repository: name.join("/"),
+        tag: tag.to_string(),
+        entry,
+        path: p.to_path_buf(),
+    })
 }

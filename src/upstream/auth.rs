@@ -177,8 +177,21 @@ impl Upstream {
             }
         }
         let fetched = self.fetch_token(realm, service, scope, key).await;
+        tracing::debug!(
+            registry = %self.registry,
+            realm_host = %Url::parse(realm).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default(),
+            scope,
+            ok = fetched.is_ok(),
+            with_credentials = self.credentials.is_some(),
+            "token fetch"
+        );
         let counter = match fetched {
-            Ok(_) => &self.token_fetches.0,
+            Ok(_) => {
+                if self.credentials.is_some() {
+                    self.credentials_accepted();
+                }
+                &self.token_fetches.0
+            }
             Err(_) => &self.token_fetches.1,
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -227,6 +240,13 @@ impl Upstream {
             .request(req, &url)
             .await
             .map_err(|e| UpstreamError::Auth(e.to_string()))?;
+        let refused = matches!(
+            resp.status(),
+            http::StatusCode::UNAUTHORIZED | http::StatusCode::FORBIDDEN
+        );
+        if refused && self.credentials.is_some() {
+            return Err(self.credentials_rejected());
+        }
         if !resp.status().is_success() {
             return Err(UpstreamError::Auth(format!(
                 "token endpoint {} answered {}",

@@ -57,9 +57,17 @@ pub enum UpstreamError {
         /// `Retry-After` as upstream sent it (429, 503).
         retry_after: Option<HeaderValue>,
     },
-    /// The token flow failed (realm unreachable, bad answer, credentials refused).
+    /// The token flow failed (realm unreachable, bad answer).
     #[error("upstream authentication failed: {0}")]
     Auth(String),
+    /// The upstream (its token endpoint, or the registry for Basic auth) refused the
+    /// configured credentials: the mirror's config needs fixing, retrying will not help.
+    #[error("upstream {registry} rejected the configured credentials (username {username:?}, password_file {}): fix them in the config and restart regcache", password_file.display())]
+    CredentialsRejected {
+        registry: String,
+        username: String,
+        password_file: std::path::PathBuf,
+    },
     /// Upstream broke the protocol (bad redirect, oversized or malformed answer).
     #[error("upstream protocol error: {0}")]
     Protocol(String),
@@ -135,6 +143,9 @@ pub struct Upstream {
     latency: Latency,
     /// Token fetches that succeeded and failed (for `/metrics`).
     token_fetches: (std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64),
+    /// Whether the rejection of the configured credentials has been logged (once, until they
+    /// work again).
+    rejection_said: std::sync::atomic::AtomicBool,
 }
 
 /// Upper bounds of the latency buckets, in seconds (5 ms to 41 s, doubling).
@@ -279,6 +290,7 @@ impl Upstream {
             seen: Default::default(),
             latency: Default::default(),
             token_fetches: Default::default(),
+            rejection_said: Default::default(),
         })
     }
 
@@ -421,6 +433,7 @@ impl Upstream {
             } else if status.is_redirection() && status != StatusCode::NOT_MODIFIED {
                 redirects += 1;
                 (url, method) = follow_redirect(&resp, &url, method, redirects)?;
+                tracing::debug!(upstream = %self.host(), to = %host_of(&url), status = status.as_u16(), "upstream redirected (without credentials)");
                 self.check_target(&url).await?;
                 continue;
             } else if status == StatusCode::TOO_MANY_REQUESTS && on_origin {
@@ -498,6 +511,10 @@ impl Upstream {
         if challenge == Challenge::Basic && self.credentials.is_none() {
             return Ok(false);
         }
+        // Basic credentials sent and refused again: they are wrong.
+        if challenge == Challenge::Basic && auth.retries >= 1 {
+            return Err(self.credentials_rejected());
+        }
         auth.retries += 1;
         let mut st = self.auth.lock().expect("auth lock");
         if let Challenge::Bearer { realm, service, .. } = &challenge {
@@ -509,6 +526,29 @@ impl Upstream {
         }
         st.challenge = Some(challenge);
         Ok(true)
+    }
+
+    /// The error for refused credentials, logged once (until they work again).
+    pub(super) fn credentials_rejected(&self) -> UpstreamError {
+        let c = self.credentials.as_ref();
+        let e = UpstreamError::CredentialsRejected {
+            registry: self.registry.clone(),
+            username: c.map(|c| c.username.clone()).unwrap_or_default(),
+            password_file: c.map(|c| c.password_file.clone()).unwrap_or_default(),
+        };
+        if !self
+            .rejection_said
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(registry = %self.registry, error = %e, "upstream credentials rejected");
+        }
+        e
+    }
+
+    /// The configured credentials worked: a later rejection is said again.
+    pub(super) fn credentials_accepted(&self) {
+        self.rejection_said
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A 429: nothing goes to this upstream until its `Retry-After` (delta-seconds; else 60 s,
@@ -582,9 +622,19 @@ impl Upstream {
         // or a slow token realm is that request's trouble, not the registry's.
         let origin = same_origin(url, &self.base);
         let sent = Instant::now();
+        let method = req.method().clone();
         let answer = tokio::time::timeout(self.timeout, self.client.request(req)).await;
-        if let Ok(Ok(_)) = &answer {
+        if let Ok(Ok(r)) = &answer {
             self.latency.observe(sent.elapsed());
+            // The path only: a redirect's query may be a signed URL, a realm's carries scopes.
+            tracing::debug!(
+                upstream = %host_of(url),
+                method = %method,
+                path = url.path(),
+                status = r.status().as_u16(),
+                ms = sent.elapsed().as_millis() as u64,
+                "upstream answered"
+            );
         }
         match answer {
             Err(_) => {
@@ -605,10 +655,14 @@ impl Upstream {
                 host_of(url),
                 error_chain(&e)
             ))),
-            Ok(Err(e)) => Err(UpstreamError::Connect {
-                host: host_of(url),
-                reason: error_chain(&e),
-            }),
+            Ok(Err(e)) => {
+                let reason = error_chain(&e);
+                tracing::warn!(upstream = %host_of(url), error = %reason, "cannot reach upstream");
+                Err(UpstreamError::Connect {
+                    host: host_of(url),
+                    reason,
+                })
+            }
             Ok(Ok(r)) => {
                 if origin && self.breaker.answered() {
                     tracing::info!(upstream = %host_of(url), "upstream answers again");
