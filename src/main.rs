@@ -139,12 +139,12 @@ enum Command {
 /// that does not parse is said and replaced by `info`). Logs go through a background writer
 /// thread, so a request never waits on stderr. Lossless: under extreme load the access log
 /// slows requests rather than dropping lines. The guard flushes on drop.
-fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stderr());
     let filter = match std::env::var("REGCACHE_LOG") {
-        Err(_) => tracing_subscriber::EnvFilter::new("info"),
+        Err(_) => tracing_subscriber::EnvFilter::new(default),
         Ok(v) => tracing_subscriber::EnvFilter::try_new(&v).unwrap_or_else(|e| {
             eprintln!("regcache: REGCACHE_LOG={v:?} is not a log filter ({e}); logging at info (write e.g. REGCACHE_LOG=debug or REGCACHE_LOG=regcache=debug,info)");
             tracing_subscriber::EnvFilter::new("info")
@@ -179,7 +179,11 @@ fn main() -> ExitCode {
     if let Command::Serve(args) = cli.command {
         return serve(*args);
     }
-    let _flush_on_exit = init_logging(LogFormat::Text);
+    // On a terminal, prefetch draws a progress bar: info lines would tear it (REGCACHE_LOG
+    // still shows them).
+    let quiet = matches!(cli.command, Command::Prefetch(_))
+        && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _flush_on_exit = init_logging(LogFormat::Text, if quiet { "warn" } else { "info" });
     match cli.command {
         Command::Serve(_) => unreachable!("served above"),
         Command::CheckConfig(args) => check_config(&args),
@@ -466,7 +470,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
         return ExitCode::from(2);
     }
-    let _flush_on_exit = init_logging(config.log_format);
+    let _flush_on_exit = init_logging(config.log_format, "info");
     regcache::config::raise_open_file_limit();
     let Some(rt) = runtime() else {
         return ExitCode::FAILURE;

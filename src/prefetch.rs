@@ -180,6 +180,9 @@ pub struct Summary {
     pub bytes_fetched: u64,
 }
 
+/// One image resolved: (label, registry, repository, its blobs with their sizes in bytes).
+type Planned = (String, String, String, Vec<(Digest, u64)>);
+
 /// Runs the prefetch. Prints a progress bar on a terminal.
 ///
 /// Errors: a message naming the image and what failed (the first failure stops the run).
@@ -217,6 +220,7 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let mut summary = Summary::default();
+    let mut plan: Vec<Planned> = Vec::new();
     for r in &refs {
         summary.images += 1;
         let registry = r
@@ -275,8 +279,8 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
         } else {
             images.push(top);
         }
+        let mut blobs: Vec<(Digest, u64)> = Vec::new();
         for m in &images {
-            let mut blobs: Vec<(Digest, u64)> = Vec::new();
             for b in
                 std::iter::once(&m["config"]).chain(m["layers"].as_array().into_iter().flatten())
             {
@@ -287,17 +291,27 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
                     blobs.push((d, b["size"].as_u64().unwrap_or(0)));
                 }
             }
-            bar.inc_length(blobs.iter().map(|(_, s)| s).sum());
-            for (d, size) in blobs {
-                let cached = blob(&mirror, from, &d, &bar)
-                    .await
-                    .map_err(|e| format!("{label}: blob {d}: {e}"))?;
-                if cached {
-                    summary.blobs_cached += 1;
-                } else {
-                    summary.blobs_fetched += 1;
-                    summary.bytes_fetched += size;
-                }
+        }
+        plan.push((label, registry.to_owned(), name, blobs));
+    }
+    // Every manifest resolved first: the bar's total is known before any blob moves.
+    bar.set_length(plan.iter().flat_map(|p| &p.3).map(|(_, s)| s).sum());
+    for (label, registry, name, blobs) in plan {
+        let up = mirror.registries().get(&registry).expect("resolved above");
+        let from = Origin {
+            upstream: up,
+            name: &name,
+        };
+        bar.set_message(label.clone());
+        for (d, size) in blobs {
+            let cached = blob(&mirror, from, &d, &bar)
+                .await
+                .map_err(|e| format!("{label}: blob {d}: {e}"))?;
+            if cached {
+                summary.blobs_cached += 1;
+            } else {
+                summary.blobs_fetched += 1;
+                summary.bytes_fetched += size;
             }
         }
     }

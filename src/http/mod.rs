@@ -53,7 +53,19 @@ pub async fn handle<B>(mirror: &Mirror, req: &Request<B>) -> Handled {
     let mut registry = None;
     let (response, cache) = match route(mirror, req, &mut registry).await {
         Ok(r) => r,
-        Err(e) => (e.into_response(head), CacheResult::None),
+        Err(e) => {
+            // regcache's own failures (the cache directory's, mostly) are the operator's to fix:
+            // said with the directory (the client's answer does not name paths).
+            if e.status.is_server_error() && e.code == "UNKNOWN" {
+                tracing::error!(
+                    cache_dir = %mirror.cache().store().root().display(),
+                    path = %req.uri().path(),
+                    error = %e.message,
+                    "request failed inside regcache"
+                );
+            }
+            (e.into_response(head), CacheResult::None)
+        }
     };
     Handled {
         response,

@@ -30,6 +30,7 @@ pub(super) async fn run_fill(mut guard: FillGuard, upstream: Arc<Upstream>, name
     let digest = fill.digest.clone();
     let started = Instant::now();
     let fills = guard.fills.clone();
+    let cache_dir = guard.store.root().to_path_buf();
     let stats = &fills.stats;
     let outcome = fetch(&mut guard, &upstream, &name).await;
     match &outcome {
@@ -53,6 +54,9 @@ pub(super) async fn run_fill(mut guard: FillGuard, upstream: Arc<Upstream>, name
                     if *status == StatusCode::NOT_FOUND =>
                 {
                     tracing::info!(%digest, "fill: upstream has no such blob")
+                }
+                FillError::Disk(_) => {
+                    tracing::warn!(%digest, error = %e, cache_dir = %cache_dir.display(), "fill failed in the cache directory; nothing cached")
                 }
                 other => tracing::warn!(%digest, error = %other, "fill failed; nothing cached"),
             }
