@@ -205,23 +205,42 @@ pub fn gc(settings: &CacheSettings, dry_run: bool) -> io::Result<(EvictReport, V
         let mut report = EvictReport::default();
         let mut lines = Vec::new();
         let tags = store.tags();
+        // Which cached tags use each object (a blob is shared by content; its users are the
+        // tags whose manifests name it).
+        let mut users: std::collections::HashMap<ObjectKey, Vec<String>> = Default::default();
+        for t in &tags {
+            let Ok(d) = t.entry.digest.parse() else {
+                continue;
+            };
+            let mut set = std::collections::HashSet::new();
+            references(&store, &d, 0, &mut set);
+            for k in set {
+                users.entry(k).or_default().push(t.reference());
+            }
+        }
         for (k, e) in &victims {
             report.objects += 1;
             report.bytes += e.disk;
-            // A manifest's tags go with it: name them (blobs are shared by content, not owned
-            // by a repository).
-            let named: Vec<String> = match k {
-                ObjectKey::Manifest(d) => tags
-                    .iter()
-                    .filter(|t| t.entry.digest == d.to_string())
-                    .map(|t| t.reference())
-                    .collect(),
-                ObjectKey::Blob(_) => Vec::new(),
-            };
-            report.tags += named.len();
-            let tagged = match named.is_empty() {
-                true => String::new(),
-                false => format!(", tags {}", named.join(" ")),
+            // A manifest's tags go with it; a blob is only named by its users.
+            let named = users.get(k).cloned().unwrap_or_default();
+            let tagged = match (k, named.is_empty()) {
+                (_, true) => String::new(),
+                (ObjectKey::Manifest(d), false) => {
+                    let own: Vec<&String> = named
+                        .iter()
+                        .filter(|r| {
+                            tags.iter()
+                                .any(|t| &t.reference() == *r && t.entry.digest == d.to_string())
+                        })
+                        .collect();
+                    report.tags += own.len();
+                    let own: Vec<&str> = own.iter().map(|s| s.as_str()).collect();
+                    match own.is_empty() {
+                        true => format!(", used by {}", named.join(" ")),
+                        false => format!(", tags {}", own.join(" ")),
+                    }
+                }
+                (ObjectKey::Blob(_), false) => format!(", used by {}", named.join(" ")),
             };
             lines.push(format!(
                 "would remove {} {} ({}{tagged}, last used {})",

@@ -574,6 +574,12 @@ async fn ls_gc_and_verify_say_what_is_cached() {
     let (code, text) = run_on(&cache, &["gc", "--dry-run", "--max-size", "1B"]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("tags docker.io/library/lsme:v1"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("would remove blob")
+                && l.contains("used by docker.io/library/lsme:v1")),
+        "blobs name the tags using them: {text}"
+    );
     assert!(text.contains("2 tags"), "{text}");
     // A damaged blob (wrong size) is checked (and removed) like the rest.
     let (_, status) = run_on(&cache, &["status", "--json"]);
