@@ -66,6 +66,9 @@ pub enum ConfigError {
     /// A value is present but unusable.
     #[error("{key}: {message}")]
     Invalid { key: &'static str, message: String },
+    /// More than one problem, one per line.
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
 /// The config file's shape. Unknown keys are errors (`deny_unknown_fields`).
@@ -628,82 +631,95 @@ impl Config {
                 .extend(args.redirect_host.iter().cloned());
         }
         let mut registries = Vec::new();
+        // Every registry is checked, and every registry's problem reported.
+        let mut problems = Vec::new();
         for (name, t) in tables {
-            if !is_registry_name(&name) {
-                return Err(invalid(
-                    "registries",
-                    format!("{name:?} is not a registry name (host[:port], e.g. ghcr.io)"),
-                ));
-            }
-            let url_str = t.url.clone().unwrap_or_else(|| default_url(&name));
-            let key = if name == default_registry && args.upstream.is_some() {
-                "--upstream"
-            } else {
-                "registries.<name>.url"
-            };
-            let url =
-                parse_upstream_url(&url_str).map_err(|m| invalid(key, format!("[{name}]: {m}")))?;
-            let credentials = match (t.username, t.password_file) {
-                (None, None) => None,
-                (Some(_), None) | (None, Some(_)) => {
+            let one = || -> Result<UpstreamConfig, ConfigError> {
+                if !is_registry_name(&name) {
                     return Err(invalid(
-                        "password_file",
-                        format!("[{name}]: username and password_file must be given together"),
-                    ))
+                        "registries",
+                        format!("{name:?} is not a registry name (host[:port], e.g. ghcr.io)"),
+                    ));
                 }
-                (Some(username), Some(pf)) => {
-                    let password = read_file(&pf).map_err(|e| {
-                        invalid(
-                            "password_file",
-                            format!("[{name}]: cannot read {}: {e}", pf.display()),
-                        )
-                    })?;
-                    let password = password.trim_end_matches(['\r', '\n']).to_string();
-                    if password.is_empty() {
+                let url_str = t.url.clone().unwrap_or_else(|| default_url(&name));
+                let key = if name == default_registry && args.upstream.is_some() {
+                    "--upstream"
+                } else {
+                    "registries.<name>.url"
+                };
+                let url = parse_upstream_url(&url_str)
+                    .map_err(|m| invalid(key, format!("[{name}]: {m}")))?;
+                let credentials = match (t.username, t.password_file) {
+                    (None, None) => None,
+                    (Some(_), None) | (None, Some(_)) => {
                         return Err(invalid(
                             "password_file",
-                            format!("[{name}]: {} is empty", pf.display()),
-                        ));
+                            format!("[{name}]: username and password_file must be given together"),
+                        ))
                     }
-                    Some(Credentials {
-                        username,
-                        password,
-                        password_file: pf,
-                    })
-                }
-            };
-            let extra_roots = match &t.ca_file {
-                None => Vec::new(),
-                Some(p) => {
-                    let pem = read_file(p).map_err(|e| {
-                        invalid(
-                            "ca_file",
-                            format!("[{name}]: cannot read {}: {e}", p.display()),
-                        )
-                    })?;
-                    parse_pem_certs(&pem).map_err(|m| {
-                        invalid("ca_file", format!("[{name}]: {}: {m}", p.display()))
-                    })?
-                }
-            };
-            let redirect_hosts = t.redirect_hosts.clone().unwrap_or_default();
-            if let Some(bad) = redirect_hosts.iter().find(|h| !is_registry_name(h)) {
-                let key = match args.redirect_host.contains(bad) {
-                    true => "--redirect-host",
-                    false => "redirect_hosts",
+                    (Some(username), Some(pf)) => {
+                        let password = read_file(&pf).map_err(|e| {
+                            invalid(
+                                "password_file",
+                                format!("[{name}]: cannot read {}: {e}", pf.display()),
+                            )
+                        })?;
+                        let password = password.trim_end_matches(['\r', '\n']).to_string();
+                        if password.is_empty() {
+                            return Err(invalid(
+                                "password_file",
+                                format!("[{name}]: {} is empty", pf.display()),
+                            ));
+                        }
+                        Some(Credentials {
+                            username,
+                            password,
+                            password_file: pf,
+                        })
+                    }
                 };
-                return Err(invalid(
-                    key,
-                    format!("[{name}]: {bad:?} is not host or host:port"),
-                ));
+                let extra_roots = match &t.ca_file {
+                    None => Vec::new(),
+                    Some(p) => {
+                        let pem = read_file(p).map_err(|e| {
+                            invalid(
+                                "ca_file",
+                                format!("[{name}]: cannot read {}: {e}", p.display()),
+                            )
+                        })?;
+                        parse_pem_certs(&pem).map_err(|m| {
+                            invalid("ca_file", format!("[{name}]: {}: {m}", p.display()))
+                        })?
+                    }
+                };
+                let redirect_hosts = t.redirect_hosts.clone().unwrap_or_default();
+                if let Some(bad) = redirect_hosts.iter().find(|h| !is_registry_name(h)) {
+                    let key = match args.redirect_host.contains(bad) {
+                        true => "--redirect-host",
+                        false => "redirect_hosts",
+                    };
+                    return Err(invalid(
+                        key,
+                        format!("[{name}]: {bad:?} is not host or host:port"),
+                    ));
+                }
+                Ok(UpstreamConfig {
+                    registry: name.clone(),
+                    url,
+                    credentials,
+                    extra_roots,
+                    redirect_hosts,
+                })
+            };
+            match one() {
+                Ok(u) => registries.push(u),
+                Err(e) => problems.push(e),
             }
-            registries.push(UpstreamConfig {
-                registry: name,
-                url,
-                credentials,
-                extra_roots,
-                redirect_hosts,
-            });
+        }
+        match problems.len() {
+            0 => {}
+            1 => return Err(problems.remove(0)),
+            _ => return Err(ConfigError::Several(problems)),
         }
         Ok(Config {
             listen: args

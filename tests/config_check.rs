@@ -65,6 +65,11 @@ fn bad_configs_get_messages_that_name_the_key_and_the_fix() {
             vec!["line 1", "\"300s\"", "line 2", "not a size", "line 3", "unknown field `bogus`"],
         ),
         ("bad-url", "[upstream]\nurl = \"ftp://x\"\n".into(), vec!["url", "http:// or https://"]),
+        (
+            "every-registry",
+            "[registries.\"ghcr.io\"]\nurl = \"ftp://x\"\n[registries.\"quay.io\"]\nusername = \"u\"\n".into(),
+            vec!["[ghcr.io]", "http:// or https://", "[quay.io]", "username and password_file"],
+        ),
         ("url-with-path", "[upstream]\nurl = \"https://x/v2\"\n".into(), vec!["url", "scheme://host[:port]"]),
         (
             "password-missing",
