@@ -587,6 +587,14 @@ impl Config {
         Config::resolve(file, args, &default_cache_dir(), |p| {
             std::fs::read_to_string(p)
         })
+        .map_err(|e| match &args.config {
+            // Where in the file: the line of the key the problem names.
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => with_lines(e, path, &text),
+                Err(_) => e,
+            },
+            None => e,
+        })
     }
 
     /// Merges file and flags over the defaults. `read_file` reads password and CA files
@@ -853,6 +861,62 @@ impl Config {
         }
         problems
     }
+}
+
+/// `e` with "(<file> line N)" after each problem whose key is found in `text`: inside the
+/// problem's `[registries."<name>"]` (or `[upstream]`) table when it names one.
+fn with_lines(e: ConfigError, path: &Path, text: &str) -> ConfigError {
+    match e {
+        ConfigError::Several(all) => {
+            ConfigError::Several(all.into_iter().map(|e| with_lines(e, path, text)).collect())
+        }
+        ConfigError::Invalid { key, message } => {
+            let field = key.rsplit('.').next().unwrap_or(key);
+            let table = message
+                .strip_prefix('[')
+                .and_then(|m| m.split_once("]:"))
+                .map(|(t, _)| t.to_owned());
+            match line_of(text, table.as_deref(), field) {
+                Some(n) => ConfigError::Invalid {
+                    key,
+                    message: format!("{message} ({} line {n})", path.display()),
+                },
+                None => ConfigError::Invalid { key, message },
+            }
+        }
+        other => other,
+    }
+}
+
+/// The 1-based line of `key = ...` in `text`, inside the table of registry `table` when given
+/// (`[registries."<table>"]`, or `[upstream]` when nothing else matches).
+fn line_of(text: &str, table: Option<&str>, key: &str) -> Option<usize> {
+    let mut inside = table.is_none();
+    let mut first_in_upstream = None;
+    let mut in_upstream = false;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            inside = match table {
+                Some(name) => {
+                    t == format!("[registries.\"{name}\"]") || t == format!("[registries.{name}]")
+                }
+                None => false,
+            };
+            in_upstream = t == "[upstream]";
+            continue;
+        }
+        let is_key = t
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if is_key && inside {
+            return Some(i + 1);
+        }
+        if is_key && in_upstream && first_in_upstream.is_none() {
+            first_in_upstream = Some(i + 1);
+        }
+    }
+    table.and(first_in_upstream)
 }
 
 fn nonzero(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {

@@ -64,7 +64,8 @@ fn bad_configs_get_messages_that_name_the_key_and_the_fix() {
             "tag_ttl = 300\nmax_size = \"big\"\nbogus = 1\n".into(),
             vec!["line 1", "\"300s\"", "line 2", "not a size", "line 3", "unknown field `bogus`"],
         ),
-        ("bad-url", "[upstream]\nurl = \"ftp://x\"\n".into(), vec!["url", "http:// or https://"]),
+        ("bad-url", "[upstream]\nurl = \"ftp://x\"\n".into(), vec!["url", "http:// or https://", "line 2"]),
+        ("zero-timeout", "tag_ttl = \"1m\"\nrevalidate_timeout = \"0s\"\n".into(), vec!["revalidate_timeout", "longer than 0s", "line 2"]),
         (
             "every-registry",
             "[registries.\"ghcr.io\"]\nurl = \"ftp://x\"\n[registries.\"quay.io\"]\nusername = \"u\"\n".into(),
