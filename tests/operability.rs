@@ -8,16 +8,6 @@ use std::time::Duration;
 use regcache::config::ServeArgs;
 use support::*;
 
-/// A child process killed when the test ends, passing or not.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `/healthz` answers; `/readyz` is 200 with the upstream unreachable (a mirror keeps serving
 /// what it has) and says so in its body: the registry's state and last error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,32 +97,15 @@ async fn json_logs_carry_the_access_fields() {
     let up = FakeUpstream::start(300).await;
     let img = up.add_image("library/json", "v1", 1000, 60);
     let dir = tempfile::tempdir().unwrap();
-    let port = support::proc::free_port();
     let log = dir.path().join("log");
-    let mut child = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args([
-                "--upstream",
-                &up.url(),
-                "--redirect-host",
-                &up.cdn.to_string(),
-            ])
-            .args(["--log-format", "json", "--max-size", "1GiB", "--cache-dir"])
-            .arg(dir.path().join("cache"))
-            .env("REGCACHE_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    eventually_async("started", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
+    let mut child = ServeProcess::start(
+        &up,
+        &dir.path().join("cache"),
+        &["--log-format", "json", "--max-size", "1GiB"],
+        Some(&log),
+    )
     .await;
+    let base = child.base();
     let r = get(&format!(
         "{base}/v2/library/json/blobs/{}",
         img.layer_digest
@@ -156,8 +129,7 @@ async fn json_logs_carry_the_access_fields() {
             .any(|l| l["fields"]["request_id"] == request_id.as_str())
     })
     .await;
-    child.0.kill().unwrap();
-    let _ = child.0.wait();
+    child.kill();
     let all = lines();
     let access: Vec<_> = all
         .iter()
@@ -242,30 +214,8 @@ async fn status_shows_a_running_mirrors_fills() {
     let (warm, _) = up.add_random_blob(100_000, 62);
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let port = support::proc::free_port();
-    let mut child = KillOnDrop(
-        std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args([
-                "--upstream",
-                &up.url(),
-                "--redirect-host",
-                &up.cdn.to_string(),
-            ])
-            .arg("--cache-dir")
-            .arg(&cache)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    eventually_async("started", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
+    let mut child = ServeProcess::start(&up, &cache, &[], None).await;
+    let base = child.base();
     let warm_url = format!("{base}/v2/library/st/blobs/{warm}");
     assert_eq!(get(&warm_url).await.status, 200);
     assert_eq!(get(&warm_url).await.status, 200, "a hit");
@@ -310,8 +260,7 @@ async fn status_shows_a_running_mirrors_fills() {
     assert!(v["fetched_upstream_bytes"].as_u64().unwrap() >= 100_000);
     assert_eq!(slow.await.unwrap().status, 200);
     // Killed (the socket is left behind): the offline report, and it says why.
-    child.0.kill().unwrap();
-    let _ = child.0.wait();
+    child.kill();
     let text = status(false);
     assert!(text.contains("no running mirror answers"), "{text}");
     assert!(text.contains("objects:"), "{text}");

@@ -184,3 +184,69 @@ pub fn small_blocking_pool(threads: usize) -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// `regcache serve` as a child process on a free loopback port, mirroring a fake upstream;
+/// killed when dropped (a failing test leaves nothing running).
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+impl ServeProcess {
+    /// Starts `regcache serve` for `up` (its CDN allowed) with its cache in `cache` and the
+    /// `extra` flags, logging at info to `log` (or nowhere), and waits until it accepts
+    /// connections.
+    pub async fn start(
+        up: &super::FakeUpstream,
+        cache: &std::path::Path,
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+    ) -> ServeProcess {
+        let port = super::proc::free_port();
+        let stderr = match log {
+            Some(p) => std::process::Stdio::from(std::fs::File::create(p).expect("log file")),
+            None => std::process::Stdio::null(),
+        };
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--upstream",
+                &up.url(),
+                "--redirect-host",
+                &up.cdn.to_string(),
+            ])
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(extra)
+            .env("REGCACHE_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start regcache");
+        let p = ServeProcess { child, port };
+        super::eventually_async("regcache accepts connections", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        p
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it now (SIGKILL: nothing is cleaned up, as after a crash).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
