@@ -724,12 +724,9 @@ impl Config {
                 Err(e) => problems.push(e),
             }
         }
-        match problems.len() {
-            0 => {}
-            1 => return Err(problems.remove(0)),
-            _ => return Err(ConfigError::Several(problems)),
-        }
-        Ok(Config {
+        // Every value is checked, and every problem reported (a placeholder stands in for a
+        // bad value until then).
+        let config = Config {
             listen: args
                 .listen
                 .or(file.listen)
@@ -745,46 +742,60 @@ impl Config {
                 min_free: args.min_free.or(file.min_free),
             },
             offline: args.offline || file.offline.unwrap_or(false),
-            revalidate_timeout: nonzero(
-                "revalidate_timeout",
-                args.revalidate_timeout
-                    .or(file.revalidate_timeout)
-                    .unwrap_or(DEFAULT_REVALIDATE_TIMEOUT),
-            )?,
-            idle_timeout: nonzero(
-                "idle_timeout",
-                args.idle_timeout
-                    .or(file.idle_timeout)
-                    .unwrap_or(DEFAULT_IDLE_TIMEOUT),
-            )?,
-            header_read_timeout: nonzero(
-                "header_read_timeout",
-                args.header_read_timeout
-                    .or(file.header_read_timeout)
-                    .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
-            )?,
+            revalidate_timeout: ok(
+                &mut problems,
+                nonzero(
+                    "revalidate_timeout",
+                    args.revalidate_timeout
+                        .or(file.revalidate_timeout)
+                        .unwrap_or(DEFAULT_REVALIDATE_TIMEOUT),
+                ),
+            ),
+            idle_timeout: ok(
+                &mut problems,
+                nonzero(
+                    "idle_timeout",
+                    args.idle_timeout
+                        .or(file.idle_timeout)
+                        .unwrap_or(DEFAULT_IDLE_TIMEOUT),
+                ),
+            ),
+            header_read_timeout: ok(
+                &mut problems,
+                nonzero(
+                    "header_read_timeout",
+                    args.header_read_timeout
+                        .or(file.header_read_timeout)
+                        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
+                ),
+            ),
             max_manifest_size: match args.max_manifest_size.or(file.max_manifest_size) {
                 None => crate::cache::DEFAULT_MAX_MANIFEST_SIZE,
                 Some(n) if n == 0 || n > 64 << 20 => {
-                    return Err(ConfigError::Invalid {
+                    problems.push(ConfigError::Invalid {
                         key: "max_manifest_size",
                         message: format!("{n} bytes: must be between 1 B and 64 MiB"),
-                    })
+                    });
+                    crate::cache::DEFAULT_MAX_MANIFEST_SIZE
                 }
                 Some(n) => n as usize,
             },
-            client_idle_timeout: nonzero(
-                "client_idle_timeout",
-                args.client_idle_timeout
-                    .or(file.client_idle_timeout)
-                    .unwrap_or(DEFAULT_CLIENT_IDLE_TIMEOUT),
-            )?,
+            client_idle_timeout: ok(
+                &mut problems,
+                nonzero(
+                    "client_idle_timeout",
+                    args.client_idle_timeout
+                        .or(file.client_idle_timeout)
+                        .unwrap_or(DEFAULT_CLIENT_IDLE_TIMEOUT),
+                ),
+            ),
             max_connections: match args.max_connections.or(file.max_connections) {
                 Some(0) => {
-                    return Err(ConfigError::Invalid {
+                    problems.push(ConfigError::Invalid {
                         key: "max_connections",
                         message: "must be at least 1".into(),
-                    })
+                    });
+                    None
                 }
                 n => n,
             },
@@ -792,18 +803,24 @@ impl Config {
                 .min_fill_rate
                 .or(file.min_fill_rate)
                 .unwrap_or(DEFAULT_MIN_FILL_RATE),
-            outage_probe_interval: nonzero(
-                "outage_probe_interval",
-                args.outage_probe_interval
-                    .or(file.outage_probe_interval)
-                    .unwrap_or(DEFAULT_OUTAGE_PROBE_INTERVAL),
-            )?,
-            outage_backoff: nonzero(
-                "outage_backoff",
-                args.outage_backoff
-                    .or(file.outage_backoff)
-                    .unwrap_or(DEFAULT_OUTAGE_BACKOFF),
-            )?,
+            outage_probe_interval: ok(
+                &mut problems,
+                nonzero(
+                    "outage_probe_interval",
+                    args.outage_probe_interval
+                        .or(file.outage_probe_interval)
+                        .unwrap_or(DEFAULT_OUTAGE_PROBE_INTERVAL),
+                ),
+            ),
+            outage_backoff: ok(
+                &mut problems,
+                nonzero(
+                    "outage_backoff",
+                    args.outage_backoff
+                        .or(file.outage_backoff)
+                        .unwrap_or(DEFAULT_OUTAGE_BACKOFF),
+                ),
+            ),
             max_upstream_bandwidth: args.max_upstream_bandwidth.or(file.max_upstream_bandwidth),
             tls: match (
                 args.tls_cert.clone().or(file.tls_cert),
@@ -812,16 +829,22 @@ impl Config {
                 (Some(c), Some(k)) => Some((c, k)),
                 (None, None) => None,
                 _ => {
-                    return Err(ConfigError::Invalid {
+                    problems.push(ConfigError::Invalid {
                         key: "tls_cert",
                         message: "tls_cert and tls_key must be given together".into(),
-                    })
+                    });
+                    None
                 }
             },
             default_registry,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             registries,
-        })
+        };
+        match problems.len() {
+            0 => Ok(config),
+            1 => Err(problems.remove(0)),
+            _ => Err(ConfigError::Several(problems)),
+        }
     }
 
     /// The default registry's upstream.
@@ -917,6 +940,14 @@ fn line_of(text: &str, table: Option<&str>, key: &str) -> Option<usize> {
         }
     }
     table.and(first_in_upstream)
+}
+
+/// `r`'s value, or (its problem recorded in `problems`) a placeholder: one second.
+fn ok(problems: &mut Vec<ConfigError>, r: Result<Duration, ConfigError>) -> Duration {
+    r.unwrap_or_else(|e| {
+        problems.push(e);
+        Duration::from_secs(1)
+    })
 }
 
 fn nonzero(key: &'static str, d: Duration) -> Result<Duration, ConfigError> {

@@ -65,6 +65,11 @@ fn bad_configs_get_messages_that_name_the_key_and_the_fix() {
             vec!["line 1", "\"300s\"", "line 2", "not a size", "line 3", "unknown field `bogus`"],
         ),
         ("bad-url", "[upstream]\nurl = \"ftp://x\"\n".into(), vec!["url", "http:// or https://", "line 2"]),
+        (
+            "every-value",
+            "revalidate_timeout = \"0s\"\nidle_timeout = \"0s\"\nmax_connections = 0\n".into(),
+            vec!["revalidate_timeout", "line 1", "idle_timeout", "line 2", "max_connections", "line 3"],
+        ),
         ("zero-timeout", "tag_ttl = \"1m\"\nrevalidate_timeout = \"0s\"\n".into(), vec!["revalidate_timeout", "longer than 0s", "line 2"]),
         (
             "every-registry",
