@@ -199,9 +199,19 @@ fn hash_object(key: &ObjectKey, path: &std::path::Path) -> io::Result<(bool, u64
 /// Errors: the cache directory cannot be read.
 pub fn gc(settings: &CacheSettings, dry_run: bool) -> io::Result<(EvictReport, Vec<String>)> {
     let (store, _) = Store::attach(&settings.cache_dir)?;
+    gc_in(&store, &settings.budget, dry_run)
+}
+
+/// [`gc`] on an open store (a running mirror's, over its admin socket) with `budget`.
+///
+/// Errors: the cache directory cannot be read.
+pub fn gc_in(
+    store: &Store,
+    budget: &crate::cache::eviction::Budget,
+    dry_run: bool,
+) -> io::Result<(EvictReport, Vec<String>)> {
     if dry_run {
-        let victims =
-            crate::cache::eviction::plan(store.index(), &settings.budget, fs_space(store.root()));
+        let victims = crate::cache::eviction::plan(store.index(), budget, fs_space(store.root()));
         let mut report = EvictReport::default();
         let mut lines = Vec::new();
         let tags = store.tags();
@@ -213,7 +223,7 @@ pub fn gc(settings: &CacheSettings, dry_run: bool) -> io::Result<(EvictReport, V
                 continue;
             };
             let mut set = std::collections::HashSet::new();
-            references(&store, &d, 0, &mut set);
+            references(store, &d, 0, &mut set);
             for k in set {
                 users.entry(k).or_default().push(t.reference());
             }
@@ -256,7 +266,7 @@ pub fn gc(settings: &CacheSettings, dry_run: bool) -> io::Result<(EvictReport, V
         return Ok((report, lines));
     }
     Ok((
-        crate::cache::eviction::evict_once(&store, &settings.budget),
+        crate::cache::eviction::evict_once(store, budget),
         Vec::new(),
     ))
 }
@@ -404,7 +414,7 @@ fn references(
 }
 
 /// What `regcache rm` removed.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Removed {
     /// Tags removed, `registry/repository:tag`.
     pub tags: Vec<String>,
@@ -425,9 +435,17 @@ pub struct Removed {
 /// Errors: a malformed image reference; nothing cached under it; the cache cannot be read or
 /// written.
 pub fn rm(settings: &CacheSettings, image: &str, default_registry: &str) -> io::Result<Removed> {
+    let (store, _) = Store::attach(&settings.cache_dir)?;
+    rm_in(&store, image, default_registry)
+}
+
+/// [`rm`] on an open store (a running mirror's, over its admin socket: its index and usage
+/// follow at once).
+///
+/// Errors: as [`rm`].
+pub fn rm_in(store: &Store, image: &str, default_registry: &str) -> io::Result<Removed> {
     let bad = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
     let (registry, repository, tag, digest) = parse_image(image, default_registry).map_err(bad)?;
-    let (store, _) = Store::attach(&settings.cache_dir)?;
     let tags = store.tags();
     let same_repo =
         |t: &&crate::cache::tags::CachedTag| t.registry == registry && t.repository == repository;
@@ -475,12 +493,12 @@ pub fn rm(settings: &CacheSettings, image: &str, default_registry: &str) -> io::
     let mut keep = std::collections::HashSet::new();
     for t in store.tags() {
         if let Ok(d) = t.entry.digest.parse() {
-            references(&store, &d, 0, &mut keep);
+            references(store, &d, 0, &mut keep);
         }
     }
     let mut target = std::collections::HashSet::new();
     for d in &roots {
-        references(&store, d, 0, &mut target);
+        references(store, d, 0, &mut target);
     }
     for key in target {
         let Some(entry) = objects.get(&key) else {

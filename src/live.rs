@@ -285,20 +285,96 @@ impl LiveStatus {
 /// Errors: no socket (no mirror serves that directory), nobody listening (a stale socket),
 /// no answer within 5 s, or an answer that is not a status.
 pub fn fetch(cache_dir: &Path) -> std::io::Result<LiveStatus> {
-    let path = socket_path(cache_dir);
-    let mut s = std::os::unix::net::UnixStream::connect(&path)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let (status, body) = call(cache_dir, "GET", "/-/status", "", Duration::from_secs(5))?;
+    let bad =
+        |why: String| std::io::Error::other(format!("{}: {why}", socket_path(cache_dir).display()));
+    if status != 200 {
+        return Err(bad(format!("the mirror answered {status}")));
+    }
+    serde_json::from_slice(&body).map_err(|e| bad(format!("not a status: {e}")))
+}
+
+/// `regcache rm` done by the mirror serving `cache_dir` (so its index follows). `None`: no
+/// mirror answers there (do it on the directory).
+///
+/// Errors: the mirror's answer — a malformed reference (`InvalidInput`), nothing cached
+/// (`NotFound`), a disk error.
+pub fn rm(cache_dir: &Path, image: &str) -> Option<std::io::Result<crate::admin::Removed>> {
+    let (status, body) = call(cache_dir, "POST", "/-/rm", image, Duration::from_secs(120)).ok()?;
+    Some(answer(status, &body))
+}
+
+/// What `regcache gc` done by the serving mirror (with its own budget) reported: the report,
+/// the dry run's lines, and whether the mirror has no budget at all. `None`: no mirror answers.
+pub type GcAnswer = (crate::cache::eviction::EvictReport, Vec<String>, bool);
+
+/// `regcache gc` done by the mirror serving `cache_dir`, with `budget` (`None`: the mirror's
+/// own). `None`: no mirror answers there.
+///
+/// Errors: the mirror's answer (a disk error).
+pub fn gc(
+    cache_dir: &Path,
+    dry_run: bool,
+    budget: Option<crate::cache::eviction::Budget>,
+) -> Option<std::io::Result<GcAnswer>> {
+    let ask = serde_json::json!({ "dry_run": dry_run, "budget": budget }).to_string();
+    let (status, body) = call(cache_dir, "POST", "/-/gc", &ask, Duration::from_secs(120)).ok()?;
+    #[derive(Deserialize)]
+    struct Gc {
+        report: crate::cache::eviction::EvictReport,
+        lines: Vec<String>,
+        unbounded: bool,
+    }
+    Some(answer::<Gc>(status, &body).map(|g| (g.report, g.lines, g.unbounded)))
+}
+
+/// A JSON answer of the admin socket, or its `{"error": ...}` as an error of the right kind.
+fn answer<T: serde::de::DeserializeOwned>(status: u16, body: &[u8]) -> std::io::Result<T> {
+    if status == 200 {
+        return serde_json::from_slice(body).map_err(std::io::Error::other);
+    }
+    let why = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("the mirror answered {status}"));
+    let kind = match status {
+        400 => std::io::ErrorKind::InvalidInput,
+        404 => std::io::ErrorKind::NotFound,
+        _ => std::io::ErrorKind::Other,
+    };
+    Err(std::io::Error::new(kind, why))
+}
+
+/// One HTTP/1.1 request on the admin socket of `cache_dir`: (status, body).
+///
+/// Errors: no socket or nobody listening (no mirror), a timeout, an answer that is not HTTP.
+fn call(
+    cache_dir: &Path,
+    method: &str,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let socket = socket_path(cache_dir);
+    let mut s = std::os::unix::net::UnixStream::connect(&socket)?;
+    s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(b"GET /-/status HTTP/1.1\r\nHost: regcache\r\nConnection: close\r\n\r\n")?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: regcache\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
-    let bad = |why: &str| std::io::Error::other(format!("{}: {why}", path.display()));
+    let bad = || std::io::Error::other(format!("{}: not an HTTP answer", socket.display()));
     let at = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("not an HTTP answer"))?;
-    if !buf.starts_with(b"HTTP/1.1 200") {
-        return Err(bad("the mirror did not answer 200"));
-    }
-    serde_json::from_slice(&buf[at + 4..]).map_err(|e| bad(&format!("not a status: {e}")))
+        .ok_or_else(bad)?;
+    let status = std::str::from_utf8(&buf[..at])
+        .ok()
+        .and_then(|h| h.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((status, buf[at + 4..].to_vec()))
 }

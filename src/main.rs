@@ -188,7 +188,10 @@ fn main() -> ExitCode {
         Command::Serve(_) => unreachable!("served above"),
         Command::CheckConfig(args) => check_config(&args),
         Command::Rm { image, cache } => with_cache(&cache, |s| {
-            let r = match regcache::admin::rm(s, &image, regcache::reference::DOCKER_HUB) {
+            // A serving mirror does it (its index and usage follow); else on the directory.
+            let done = regcache::live::rm(&s.cache_dir, &image)
+                .unwrap_or_else(|| regcache::admin::rm(s, &image, regcache::reference::DOCKER_HUB));
+            let r = match done {
                 Ok(r) => r,
                 Err(e)
                     if matches!(
@@ -305,7 +308,11 @@ fn main() -> ExitCode {
         Command::Status { cache, json } => with_cache(&cache, |s| {
             match regcache::live::fetch(&s.cache_dir) {
                 Ok(live) if json => say!("{}", serde_json::to_string_pretty(&live)?),
-                Ok(live) => say_raw!("{}", live.render()),
+                Ok(live) => {
+                    say_raw!("{}", live.render());
+                    // And what is on disk, as the offline report counts it.
+                    say_raw!("{}", regcache::admin::status(s)?);
+                }
                 Err(e) => {
                     let socket = regcache::live::socket_path(&s.cache_dir);
                     let why = format!("no running mirror answers on {} ({e})", socket.display());
@@ -344,11 +351,23 @@ fn main() -> ExitCode {
             })
         }),
         Command::Gc { cache, dry_run } => with_cache(&cache, |s| {
-            if s.budget.is_unbounded() {
-                say!("no max_size or min_free configured: nothing to evict (use --max-size or --min-free)");
-                return Ok(ExitCode::SUCCESS);
-            }
-            let (r, lines) = regcache::admin::gc(s, dry_run)?;
+            // A serving mirror does it (its index follows), with the budget given here or its own.
+            let given = (!s.budget.is_unbounded()).then_some(s.budget);
+            let (r, lines) = match regcache::live::gc(&s.cache_dir, dry_run, given) {
+                Some(answer) => {
+                    let (r, lines, unbounded) = answer?;
+                    if unbounded && given.is_none() {
+                        say!("the serving mirror has no max_size or min_free: nothing to evict (use --max-size or --min-free)");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    (r, lines)
+                }
+                None if given.is_none() => {
+                    say!("no max_size or min_free configured: nothing to evict (use --max-size or --min-free)");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                None => regcache::admin::gc(s, dry_run)?,
+            };
             for l in lines {
                 say!("{l}");
             }

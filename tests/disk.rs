@@ -289,7 +289,9 @@ async fn a_full_disk_during_a_fill_still_delivers_the_whole_blob() {
     drop(m);
 }
 
-#[tokio::test]
+// Multi-threaded: the commands run as child processes that ask this in-process mirror over its
+// admin socket, which must go on answering while the test thread waits for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_status_verify_gc() {
     let up = FakeUpstream::start(300).await;
     let a = up.add_image("library/a", "v1", 300_000, 7);

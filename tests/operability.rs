@@ -605,9 +605,16 @@ async fn rm_removes_a_tag_and_what_only_it_uses() {
         text.contains("removed 0 objects") && text.contains("kept 3 shared"),
         "{text}"
     );
+    let objects = || m.app.figures().cache_objects;
+    let before = objects();
     let (code, text) = run_on(&cache, &["rm", "docker.io/library/rma:v2"]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("removed 3 objects"), "{text}");
+    assert_eq!(
+        objects(),
+        before - 3,
+        "done by the serving mirror: its index follows"
+    );
     let (_, ls) = run_on(&cache, &["ls"]);
     assert!(
         !ls.contains("library/rma") && ls.contains("library/rmb"),
@@ -634,4 +641,8 @@ async fn rm_removes_a_tag_and_what_only_it_uses() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a repository name"));
+    // gc beside the serving mirror: done by it, so its index (and status) follow.
+    let (code, text) = run_on(&cache, &["gc", "--max-size", "1B"]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(objects(), 0, "{text}");
 }

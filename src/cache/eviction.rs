@@ -25,7 +25,7 @@ pub const MIN_FREE_SLACK_BYTES: u64 = 16 << 20;
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Free space to leave on the cache filesystem.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum MinFree {
     /// An absolute number of bytes (`"5GiB"`).
     Bytes(u64),
@@ -44,7 +44,7 @@ impl MinFree {
 }
 
 /// The cache's limits. Both unset means unbounded.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Budget {
     /// Most bytes the cache may take on disk.
     pub max_size: Option<u64>,
@@ -102,7 +102,7 @@ impl Budget {
 }
 
 /// What one eviction pass did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EvictReport {
     /// Objects removed (or, for a dry run, that would be).
     pub objects: usize,
