@@ -36,9 +36,11 @@ pub fn status(settings: &CacheSettings) -> io::Result<String> {
     line(
         "objects:",
         format!(
-            "{} ({blobs} blobs, {} manifests), {tags} tags",
+            "{} ({}, {}), {}",
             objects.len(),
-            objects.len() - blobs
+            plural(blobs, "blob"),
+            plural(objects.len() - blobs, "manifest"),
+            plural(tags, "tag")
         ),
     );
     line("size:", format!("{} on disk", human(scan.bytes)));
@@ -289,6 +291,11 @@ fn count_files(dir: &std::path::Path) -> usize {
     n
 }
 
+/// `n thing` or `n things`.
+pub fn plural(n: usize, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
+}
+
 /// How coarse the recorded use times are, in minutes.
 fn regcache_touch_minutes() -> u64 {
     crate::cache::store::TOUCH_INTERVAL / 60
@@ -324,7 +331,16 @@ pub struct Listed {
     /// platform manifest) refers to.
     pub cached_bytes: u64,
     /// Blobs referred to, and how many of them are cached.
-    pub blobs: (usize, usize),
+    pub blobs: BlobCount,
+}
+
+/// Blobs an image refers to, and how many of them are cached.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BlobCount {
+    /// Blobs its manifests name.
+    pub referred: usize,
+    /// Of those, cached.
+    pub cached: usize,
 }
 
 /// `regcache ls [REPOSITORY]`: the cached tags, of every repository or of those whose
@@ -344,7 +360,8 @@ pub fn ls(settings: &CacheSettings, filter: Option<&str>) -> io::Result<Vec<List
         let Ok(digest) = t.entry.digest.parse::<crate::reference::Digest>() else {
             continue;
         };
-        let (cached_bytes, blobs) = footprint(&store, &objects, &digest);
+        let (cached_bytes, (referred, cached)) = footprint(&store, &objects, &digest);
+        let blobs = BlobCount { referred, cached };
         out.push(Listed {
             repository,
             tag: t.tag.clone(),

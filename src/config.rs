@@ -154,9 +154,9 @@ pub enum LogFormat {
     /// Human-readable lines: `<time> <level> <target>: <message> key=value ...`.
     #[default]
     Text,
-    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (`message` and each
-    /// field, e.g. the access line's `method`, `path`, `status`, `cache`, `bytes`, `ms`,
-    /// `registry`, `client`, `request_id`).
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (each field, e.g. the
+    /// access line's `method`, `path`, `status`, `cache`, `bytes`, `ms`, `registry`, `client`,
+    /// `request_id`; and `message` for lines that have one — the access line has none).
     Json,
 }
 
@@ -659,7 +659,13 @@ impl Config {
                     .map_err(|m| invalid(key, format!("[{name}]: {m}")))?;
                 let credentials = match (t.username, t.password_file) {
                     (None, None) => None,
-                    (Some(_), None) | (None, Some(_)) => {
+                    (Some(_), None) => {
+                        return Err(invalid(
+                            "username",
+                            format!("[{name}]: username and password_file must be given together"),
+                        ))
+                    }
+                    (None, Some(_)) => {
                         return Err(invalid(
                             "password_file",
                             format!("[{name}]: username and password_file must be given together"),
@@ -726,6 +732,22 @@ impl Config {
         }
         // Every value is checked, and every problem reported (a placeholder stands in for a
         // bad value until then).
+        if let Some(0) = args.max_size.or(file.max_size) {
+            problems.push(invalid(
+                "max_size",
+                "0 bytes: the cache could hold nothing; write e.g. \"20GiB\", or leave it out for no limit".into(),
+            ));
+        }
+        let cache_dir_given = args.cache_dir.clone().or(file.cache_dir.clone());
+        if cache_dir_given
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            problems.push(invalid(
+                "cache_dir",
+                "is empty; write a directory, e.g. \"/var/cache/regcache\"".into(),
+            ));
+        }
         let config = Config {
             listen: args
                 .listen
@@ -1012,7 +1034,7 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
             Ok(_) => break,
             Err(e) => e,
         };
-        problems.push(e.to_string().trim_end().to_owned());
+        problems.push(suggest(e.to_string().trim_end()));
         // Set the offending line aside (a comment keeps the numbering) and look again.
         let line = e.span().map(|sp| {
             let text = lines.join("\n");
@@ -1029,6 +1051,28 @@ pub fn parse_file(text: &str) -> Result<FileConfig, String> {
         }
     }
     Err(problems.join("\n"))
+}
+
+/// serde's "unknown field `x`, expected one of `a`, `b`, ..." with "did you mean `a`?" when one
+/// of the expected names is close to `x`.
+fn suggest(message: &str) -> String {
+    let Some(rest) = message.split("unknown field `").nth(1) else {
+        return message.to_owned();
+    };
+    let Some((typo, expected)) = rest.split_once('`') else {
+        return message.to_owned();
+    };
+    let best = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| (strsim::damerau_levenshtein(typo, k), k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
+        .min();
+    match best {
+        Some((_, k)) => format!("{message}\n(did you mean `{k}`?)"),
+        None => message.to_owned(),
+    }
 }
 
 /// Problems of one config file reported at most.

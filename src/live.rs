@@ -188,7 +188,7 @@ impl LiveStatus {
         line(
             "requests:",
             format!(
-                "hit {}, miss {}, coalesced {}, stale {}, pass {}, other {}",
+                "hit {}, miss {}, coalesced {}, stale {}, pass {}, none {} (not a pull: errors, /v2/, health, metrics)",
                 c("hit"),
                 c("miss"),
                 c("coalesced"),
@@ -265,7 +265,11 @@ impl LiveStatus {
             if let Some(t) = r.retry_after_seconds {
                 s.push_str(&format!(" (for another {t}s)"));
             }
-            s.push_str(&format!(", {} requests sent", r.requests_sent));
+            s.push_str(&format!(
+                ", {} request{} sent",
+                r.requests_sent,
+                if r.requests_sent == 1 { "" } else { "s" }
+            ));
             if let Some(rem) = &r.ratelimit_remaining {
                 let limit = r.ratelimit_limit.as_deref().unwrap_or("?");
                 s.push_str(&format!(", Docker Hub rate limit {rem} left of {limit}"));

@@ -236,8 +236,8 @@ fn main() -> ExitCode {
                     t.tag,
                     t.digest,
                     regcache::admin::human(t.cached_bytes),
-                    t.blobs.1,
-                    t.blobs.0,
+                    t.blobs.cached,
+                    t.blobs.referred,
                     humantime::format_duration(std::time::Duration::from_secs(t.age_seconds))
                 );
             }
@@ -431,7 +431,11 @@ fn with_cache(
     match f(&settings) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("regcache: {}: {e}", settings.cache_dir.display());
+            let dir = settings.cache_dir.display().to_string();
+            match e.to_string().contains(&dir) {
+                true => eprintln!("regcache: {e}"),
+                false => eprintln!("regcache: {dir}: {e}"),
+            }
             ExitCode::FAILURE
         }
     }
@@ -507,8 +511,18 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let health = mirror.cache().health();
+        if let (Some(free), Some(min)) = (health.free_bytes, health.min_free_bytes) {
+            if free < min {
+                tracing::warn!(
+                    free = %regcache::admin::human(free),
+                    min_free = %regcache::admin::human(min),
+                    "free space is already below min_free: eviction will remove cached content (all of it, if other files keep the disk this full); lower min_free or free the disk"
+                );
+            }
+        }
         // A cache that cannot be written would make a silent non-caching proxy.
-        if let Some(why) = mirror.cache().health().write_error {
+        if let Some(why) = health.write_error {
             eprintln!("regcache: {why} (make the cache directory writable by this user, or pick another with --cache-dir)");
             return ExitCode::FAILURE;
         }

@@ -132,15 +132,7 @@ pub fn render(f: &Figures) -> String {
     let requests = Labelled::default();
     let served = Labelled::default();
     for (i, r) in RESULTS.iter().enumerate() {
-        let label = vec![(
-            "cache",
-            if *r == CacheResult::None {
-                "none"
-            } else {
-                r.as_str()
-            }
-            .to_string(),
-        )];
+        let label = vec![("cache", r.as_str().to_string())];
         requests.get_or_create(&label).inc_by(f.requests[i].0);
         served.get_or_create(&label).inc_by(f.requests[i].1);
     }

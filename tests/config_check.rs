@@ -56,7 +56,14 @@ fn bad_configs_get_messages_that_name_the_key_and_the_fix() {
         ("bad-percent", "min_free = \"150%\"\n".into(), vec!["min_free", "below 100"]),
         ("no-address", "listen = \":5000\"\n".into(), vec!["listen", "has no address", "0.0.0.0:5000"]),
         ("no-port", "listen = \"127.0.0.1\"\n".into(), vec!["listen", "has no port"]),
-        ("typo", "tag_tll = \"5m\"\n".into(), vec!["line 1", "unknown field `tag_tll`", "tag_ttl"]),
+        ("typo", "tag_tll = \"5m\"\n".into(), vec!["line 1", "unknown field `tag_tll`", "did you mean `tag_ttl`?"]),
+        ("zero-size", "max_size = 0\n".into(), vec!["max_size", "could hold nothing", "line 1"]),
+        ("empty-dir", "cache_dir = \"\"\n".into(), vec!["cache_dir", "is empty"]),
+        (
+            "port-range",
+            "[upstream]\nredirect_hosts = [\"minio.internal:99999\"]\n".into(),
+            vec!["redirect_hosts", "not host or host:port", "line 2"],
+        ),
         ("wrong-type", "offline = \"yes\"\n".into(), vec!["offline", "invalid type"]),
         ("syntax", "tag_ttl = \"5m\nmax_size = \"1GiB\"\n".into(), vec!["line 1"]),
         (
@@ -82,7 +89,7 @@ fn bad_configs_get_messages_that_name_the_key_and_the_fix() {
             format!("[upstream]\nusername = \"u\"\npassword_file = {:?}\n", d.join("nope").display().to_string()),
             vec!["password_file", "cannot read", "nope"],
         ),
-        ("half-credentials", "[upstream]\nusername = \"u\"\n".into(), vec!["username and password_file"]),
+        ("half-credentials", "[upstream]\nusername = \"u\"\n".into(), vec!["username and password_file", "line 2"]),
         (
             "both-defaults",
             "[upstream]\nurl = \"https://a.example\"\n[registries.\"docker.io\"]\nurl = \"https://b.example\"\n".into(),
@@ -94,7 +101,7 @@ fn bad_configs_get_messages_that_name_the_key_and_the_fix() {
             "[upstream]\nredirect_hosts = [\"not a host!\"]\n".into(),
             vec!["redirect_hosts", "not host or host:port"],
         ),
-        ("registry-typo", "[registries.\"ghcr.io\"]\nusr = \"x\"\n".into(), vec!["unknown field `usr`", "username"]),
+        ("registry-typo", "[registries.\"ghcr.io\"]\nusrname = \"x\"\n".into(), vec!["unknown field `usrname`", "did you mean `username`?"]),
         (
             "cert-missing",
             format!("{cache_line}tls_cert = {:?}\ntls_key = {:?}\n", d.join("no.crt").display().to_string(), key_b.display().to_string()),

@@ -66,6 +66,7 @@ async fn readiness_fails_while_the_cache_is_not_writable() {
     let body = r.json();
     assert_eq!(body["status"], "not ready");
     let why = body["cache"]["write_error"].as_str().unwrap().to_owned();
+    assert_eq!(body["cache"]["problems"][0].as_str(), Some(why.as_str()));
     assert!(why.contains(&tmp.display().to_string()), "{why}");
     std::fs::remove_file(&tmp).unwrap();
     std::fs::create_dir(&tmp).unwrap();
@@ -86,6 +87,13 @@ async fn readiness_fails_below_min_free() {
     assert_eq!(r.status, 503);
     let c = &r.json()["cache"];
     assert!(c["free_bytes"].as_u64().unwrap() < c["min_free_bytes"].as_u64().unwrap());
+    assert!(
+        c["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("below min_free"),
+        "the body says why: {c}"
+    );
 }
 
 /// With `--log-format json` every log line is a JSON object; the access line carries method,

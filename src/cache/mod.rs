@@ -81,7 +81,7 @@ impl CacheResult {
             CacheResult::Coalesced => "coalesced",
             CacheResult::Stale => "stale",
             CacheResult::Pass => "pass",
-            CacheResult::None => "-",
+            CacheResult::None => "none",
         }
     }
 }
@@ -267,6 +267,8 @@ pub struct CacheHealth {
     pub free_bytes: Option<u64>,
     /// `min_free` in bytes, when configured.
     pub min_free_bytes: Option<u64>,
+    /// Why the cache is not ready, one sentence each (empty when ready).
+    pub problems: Vec<String>,
 }
 
 impl CacheHealth {
@@ -330,7 +332,7 @@ impl Cache {
             .probe_writable()
             .err()
             .map(|e| format!("cannot write in {}: {e}", root.join("tmp").display()));
-        CacheHealth {
+        let mut h = CacheHealth {
             index_loaded: self.store.index().is_indexed(),
             write_error,
             free_bytes: fs.map(|f| f.available),
@@ -340,7 +342,25 @@ impl Cache {
                 .min_free
                 .zip(fs)
                 .map(|(m, f)| m.bytes(f.total)),
+            problems: Vec::new(),
+        };
+        if !h.index_loaded {
+            h.problems
+                .push("the cache index is still being read from disk".to_owned());
         }
+        if let Some(e) = &h.write_error {
+            h.problems.push(e.clone());
+        }
+        if let (Some(free), Some(min)) = (h.free_bytes, h.min_free_bytes) {
+            if free < min {
+                h.problems.push(format!(
+                    "free space {} is below min_free {}: the evictor removes cached content to make room, and gives up only when the cache is empty",
+                    crate::admin::human(free),
+                    crate::admin::human(min)
+                ));
+            }
+        }
+        h
     }
 
     /// Opens a cache that a running mirror may be using too (`regcache prefetch`): `tmp/` is
