@@ -15,10 +15,50 @@ use crate::cache::scan::walk_objects;
 use crate::cache::store::Store;
 use crate::config::CacheSettings;
 
+/// What `regcache status` reports of a cache directory itself (with no mirror, or besides the
+/// live status), for `--json`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DiskReport {
+    /// The cache directory.
+    pub cache_dir: std::path::PathBuf,
+    /// Blobs and manifests.
+    pub objects: usize,
+    /// Blobs among them.
+    pub blobs: usize,
+    /// Manifests among them.
+    pub manifests: usize,
+    /// Cached tags.
+    pub tags: usize,
+    /// Bytes on disk.
+    pub bytes: u64,
+    /// The budget's `max_size` in bytes, when set.
+    pub max_size: Option<u64>,
+    /// Bytes available on the filesystem, and its size.
+    pub free_bytes: Option<u64>,
+    /// The filesystem's size in bytes.
+    pub filesystem_bytes: Option<u64>,
+    /// Least and most recent use, seconds since the Unix epoch (recorded at most every
+    /// [`crate::cache::store::TOUCH_INTERVAL`] seconds).
+    pub oldest_use_unix: Option<u64>,
+    /// Most recent use, seconds since the Unix epoch.
+    pub newest_use_unix: Option<u64>,
+    /// Files in `tmp/` (fills in progress, or left by a crash).
+    pub temp_files: usize,
+    /// Blobs found with the wrong size (removed from the index; `regcache verify` removes them).
+    pub damaged: usize,
+}
+
 /// `regcache status`: size against the budget, object counts, free disk, oldest and newest use.
 ///
 /// Errors: the cache directory cannot be read.
 pub fn status(settings: &CacheSettings) -> io::Result<String> {
+    status_report(settings).map(|(_, text)| text)
+}
+
+/// [`status`] as figures and as text.
+///
+/// Errors: the cache directory cannot be read.
+pub fn status_report(settings: &CacheSettings) -> io::Result<(DiskReport, String)> {
     let (store, scan) = Store::attach(&settings.cache_dir)?;
     let objects = store.index().objects();
     let blobs = objects
@@ -81,7 +121,22 @@ pub fn status(settings: &CacheSettings) -> io::Result<String> {
             ),
         );
     }
-    Ok(out)
+    let report = DiskReport {
+        cache_dir: settings.cache_dir.clone(),
+        objects: objects.len(),
+        blobs,
+        manifests: objects.len() - blobs,
+        tags,
+        bytes: scan.bytes,
+        max_size: settings.budget.max_size,
+        free_bytes: fs.map(|f| f.available),
+        filesystem_bytes: fs.map(|f| f.total),
+        oldest_use_unix: objects.first().map(|(_, e)| e.used),
+        newest_use_unix: objects.last().map(|(_, e)| e.used),
+        temp_files: temps,
+        damaged: scan.healed,
+    };
+    Ok((report, out))
 }
 
 fn budget_text(b: &Budget, used: u64, fs_total: Option<u64>) -> String {

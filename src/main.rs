@@ -52,7 +52,7 @@ enum Command {
     Status {
         #[command(flatten)]
         cache: CacheArgs,
-        /// Print JSON (the live status, or `{\"running\": false, ...}` with the offline report).
+        /// Print JSON (the live status, or `{\"running\": false, \"why\": ..., \"disk\": {...}}`).
         #[arg(long)]
         json: bool,
     },
@@ -316,13 +316,12 @@ fn main() -> ExitCode {
                 Err(e) => {
                     let socket = regcache::live::socket_path(&s.cache_dir);
                     let why = format!("no running mirror answers on {} ({e})", socket.display());
-                    let report = regcache::admin::status(s)?;
+                    let (disk, report) = regcache::admin::status_report(s)?;
                     if json {
                         let v = serde_json::json!({
                             "running": false,
                             "why": why,
-                            "cache_dir": s.cache_dir,
-                            "offline_report": report,
+                            "disk": disk,
                         });
                         say!("{}", serde_json::to_string_pretty(&v)?);
                     } else {

@@ -274,6 +274,11 @@ async fn status_shows_a_running_mirrors_fills() {
     assert!(text.contains("objects:"), "{text}");
     let v: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
     assert_eq!(v["running"], false);
+    assert!(
+        v["disk"]["objects"].as_u64().unwrap() >= 2,
+        "figures, not text: {v}"
+    );
+    assert!(v["disk"]["bytes"].as_u64().unwrap() >= 100_000, "{v}");
 }
 
 /// The value of the metric line starting with `line` (`name{labels}`), or 0 when absent.
