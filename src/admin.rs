@@ -293,15 +293,14 @@ pub fn gc_in(
             let tagged = match (k, named.is_empty()) {
                 (_, true) => String::new(),
                 (ObjectKey::Manifest(d), false) => {
-                    let own: Vec<&String> = named
+                    // Its own tags point at it; the others name it through an index.
+                    let d = d.to_string();
+                    let own: Vec<String> = tags
                         .iter()
-                        .filter(|r| {
-                            tags.iter()
-                                .any(|t| &t.reference() == *r && t.entry.digest == d.to_string())
-                        })
+                        .filter(|t| t.entry.digest == d)
+                        .map(|t| t.reference())
                         .collect();
                     report.tags += own.len();
-                    let own: Vec<&str> = own.iter().map(|s| s.as_str()).collect();
                     match own.is_empty() {
                         true => format!(", used by {}", named.join(" ")),
                         false => format!(", tags {}", own.join(" ")),
@@ -561,7 +560,8 @@ pub fn rm_in(store: &Store, image: &str, default_registry: &str) -> io::Result<R
         store.remove_tag(&t.registry, &t.repository, &t.tag)?;
         removed.tags.push(t.reference());
     }
-    // What every remaining tag still needs is kept.
+    // What every remaining tag still needs is kept. The tags are read again, not derived from
+    // the list above: beside a serving mirror, a tag it recorded meanwhile must keep its content.
     let mut keep = std::collections::HashSet::new();
     for t in store.tags() {
         if let Ok(d) = t.entry.digest.parse() {

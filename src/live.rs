@@ -101,29 +101,25 @@ pub struct LiveStatus {
 }
 
 impl LiveStatus {
-    /// The running mirror's status now (touches the disk once, for free space).
+    /// The running mirror's status now (touches the disk once, a `statvfs` for free space).
     pub fn of(mirror: &Mirror) -> LiveStatus {
         let f = mirror.figures();
-        let names = ["hit", "miss", "coalesced", "stale", "pass", "none"];
-        let requests: BTreeMap<String, Count> = names
+        let requests: BTreeMap<String, Count> = crate::metrics::RESULTS
             .iter()
             .zip(f.requests)
-            .map(|(n, (requests, bytes))| (n.to_string(), Count { requests, bytes }))
+            .map(|(r, (requests, bytes))| (r.as_str().to_owned(), Count { requests, bytes }))
             .collect();
-        let get = |n: &str| requests.get(n).copied().unwrap_or_default();
-        let pulls: Vec<Count> = ["hit", "miss", "coalesced", "stale", "pass"]
-            .iter()
-            .map(|n| get(n))
-            .collect();
-        let (all_req, all_bytes) = pulls
-            .iter()
-            .fold((0, 0), |(r, b), c| (r + c.requests, b + c.bytes));
-        let cached = ["hit", "coalesced", "stale"]
-            .map(get)
-            .iter()
-            .fold((0, 0), |(r, b), c| (r + c.requests, b + c.bytes));
+        // Requests and bytes of the named results together.
+        let total = |names: &[&str]| {
+            names
+                .iter()
+                .filter_map(|n| requests.get(*n))
+                .fold((0, 0), |(r, b), c| (r + c.requests, b + c.bytes))
+        };
+        let (all_req, all_bytes) = total(&["hit", "miss", "coalesced", "stale", "pass"]);
+        let cached = total(&["hit", "coalesced", "stale"]);
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-        let health = mirror.cache().health();
+        let (free_bytes, min_free_bytes) = mirror.cache().space();
         let registries = mirror
             .registries()
             .names()
@@ -160,8 +156,8 @@ impl LiveStatus {
             cache_bytes: f.cache_bytes,
             cache_objects: f.cache_objects,
             max_size: f.max_size,
-            free_bytes: health.free_bytes,
-            min_free_bytes: health.min_free_bytes,
+            free_bytes,
+            min_free_bytes,
             fills: mirror.cache().fill_progress(),
             fills_committed: f.fills.committed,
             fills_uncached: f.fills.uncached,

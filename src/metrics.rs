@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use crate::cache::{CacheResult, FillStats};
 
 /// The cache results counted, in label order.
-const RESULTS: [CacheResult; 6] = [
+pub const RESULTS: [CacheResult; 6] = [
     CacheResult::Hit,
     CacheResult::Miss,
     CacheResult::Coalesced,

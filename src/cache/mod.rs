@@ -322,11 +322,22 @@ impl Cache {
         Ok(cache)
     }
 
+    /// Bytes available on the cache's filesystem, and `min_free` in bytes, when known
+    /// (blocking: one `statvfs`).
+    pub fn space(&self) -> (Option<u64>, Option<u64>) {
+        let fs = eviction::fs_space(self.store.root());
+        let min_free = self.fills.budget().min_free.zip(fs);
+        (
+            fs.map(|f| f.available),
+            min_free.map(|(m, f)| m.bytes(f.total)),
+        )
+    }
+
     /// Checks what serving needs of the cache (blocking: writes and removes a temp file, reads
     /// the filesystem's free space).
     pub fn health(&self) -> CacheHealth {
         let root = self.store.root();
-        let fs = eviction::fs_space(root);
+        let (free_bytes, min_free_bytes) = self.space();
         let write_error = self
             .store
             .probe_writable()
@@ -335,13 +346,8 @@ impl Cache {
         let mut h = CacheHealth {
             index_loaded: self.store.index().is_indexed(),
             write_error,
-            free_bytes: fs.map(|f| f.available),
-            min_free_bytes: self
-                .fills
-                .budget()
-                .min_free
-                .zip(fs)
-                .map(|(m, f)| m.bytes(f.total)),
+            free_bytes,
+            min_free_bytes,
             problems: Vec::new(),
         };
         if !h.index_loaded {
