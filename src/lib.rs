@@ -19,13 +19,17 @@
 //! - [`reference`]: repository names, tags, digests and routes (spec grammars).
 //! - [`config`]: the TOML file, the flags, the embedded defaults, every value parser.
 //! - [`metrics`]: `/metrics` text from plain figures.
+//! - [`access`]: who may use a listener (htpasswd, client certificates).
 //! - [`admin`]: operator commands on a cache directory (`status`, `verify`, `gc`).
 //! - [`live`]: a running mirror's live status, on its admin socket (`regcache status`).
 //! - [`prefetch`]: `regcache prefetch`, over the cache API.
-//! - [`tls`]: HTTPS for the listener; `regcache gen-cert`.
+//! - [`service`]: the mirror as a systemd service: sockets (activation), `sd_notify`,
+//!   SIGHUP reload, graceful stop.
+//! - [`tls`]: HTTPS for the listeners; `regcache gen-cert`.
 //! - `fuzzing`: the fuzz targets' bodies (`fuzz/`, replayed by `tests/fuzz_corpus.rs`).
 #![deny(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod body;
 pub mod cache;
@@ -39,5 +43,6 @@ pub mod metrics;
 pub mod mirror;
 pub mod prefetch;
 pub mod reference;
+pub mod service;
 pub mod tls;
 pub mod upstream;

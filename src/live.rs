@@ -145,7 +145,13 @@ impl LiveStatus {
         LiveStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
-            listen: mirror.config().listen.to_string(),
+            listen: mirror
+                .config()
+                .listeners
+                .iter()
+                .map(|l| l.label())
+                .collect::<Vec<_>>()
+                .join(", "),
             uptime_seconds: mirror.uptime().as_secs(),
             hit_ratio_requests: ratio(cached.0, all_req),
             hit_ratio_bytes: ratio(cached.1, all_bytes),

@@ -1,11 +1,9 @@
 //! The `regcache` command: parse the CLI, load config, start logging, bind, serve.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use regcache::config::{CacheArgs, CacheSettings, Config, LogFormat, ServeArgs};
-use regcache::mirror::Mirror;
 
 /// `println!` that ignores a closed stdout (`regcache status | head` must not panic on EPIPE).
 macro_rules! say {
@@ -462,9 +460,17 @@ fn check_config(args: &ServeArgs) -> ExitCode {
         }
         return ExitCode::from(2);
     }
+    for w in config.warnings() {
+        eprintln!("warning: {w}");
+    }
     say!(
-        "{source}: OK (listen {}, cache_dir {}, registries {})",
-        config.listen,
+        "{source}: OK (listeners {}, cache_dir {}, registries {})",
+        config
+            .listeners
+            .iter()
+            .map(|l| l.label())
+            .collect::<Vec<_>>()
+            .join(", "),
         config.cache_dir.display(),
         config
             .registries
@@ -497,93 +503,5 @@ fn serve(args: ServeArgs) -> ExitCode {
     let Some(rt) = runtime() else {
         return ExitCode::FAILURE;
     };
-    rt.block_on(async move {
-        let listen = config.listen;
-        let cache_dir = config.cache_dir.clone();
-        let mirror = match Mirror::new(config) {
-            Ok(m) => Arc::new(m),
-            Err(e) => {
-                eprintln!(
-                    "regcache: cannot open cache directory {}: {e} (create it, writable by this user, or pick another with --cache-dir)",
-                    cache_dir.display()
-                );
-                return ExitCode::FAILURE;
-            }
-        };
-        let health = mirror.cache().health();
-        if let (Some(free), Some(min)) = (health.free_bytes, health.min_free_bytes) {
-            if free < min {
-                tracing::warn!(
-                    free = %regcache::admin::human(free),
-                    min_free = %regcache::admin::human(min),
-                    "free space is already below min_free: eviction will remove cached content (all of it, if other files keep the disk this full); lower min_free or free the disk"
-                );
-            }
-        }
-        // A cache that cannot be written would make a silent non-caching proxy.
-        if let Some(why) = health.write_error {
-            eprintln!("regcache: {why} (make the cache directory writable by this user, or pick another with --cache-dir)");
-            return ExitCode::FAILURE;
-        }
-        let listener = match tokio::net::TcpListener::bind(listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("regcache: cannot listen on {listen}: {e} (use --listen ADDR)");
-                return ExitCode::FAILURE;
-            }
-        };
-        let c = mirror.config();
-        let with_credentials: Vec<&str> = c
-            .registries
-            .iter()
-            .filter(|r| r.credentials.is_some())
-            .map(|r| r.registry.as_str())
-            .collect();
-        tracing::info!(
-            listen = %listen,
-            tls = c.tls.is_some(),
-            default_registry = %c.default_registry,
-            upstream = %mirror.registries().default_upstream().host(),
-            registries = %mirror.registries().names().collect::<Vec<_>>().join(","),
-            credentials_for = %with_credentials.join(","),
-            offline = c.offline,
-            cache_dir = %mirror.cache().store().root().display(),
-            max_size = %c.budget.max_size.map_or("unbounded".to_owned(), regcache::admin::human),
-            min_free = %c.budget.min_free.map_or("none".to_owned(), |m| match m {
-                regcache::cache::eviction::MinFree::Bytes(b) => regcache::admin::human(b),
-                regcache::cache::eviction::MinFree::Percent(p) => format!("{p}%"),
-            }),
-            tag_ttl = %humantime::format_duration(c.tag_ttl),
-            "regcache serving"
-        );
-        match regcache::http::server::run(listener, mirror, shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("regcache: {e}");
-                ExitCode::FAILURE
-            }
-        }
-    })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
+    rt.block_on(regcache::service::run(config, args))
 }

@@ -12,6 +12,65 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 ///
 /// Errors: a message naming the file and what is wrong with it.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    build(cert, key, None)
+}
+
+/// The rustls server configuration of a listener: [`server_config`], and with `client_ca`,
+/// TLS client certificates verified against those CA certificates (RFC 5280 path validation
+/// by webpki). `client_cert_optional`: a client without a certificate may still connect (the
+/// listener also accepts Basic credentials); otherwise the handshake requires one.
+///
+/// Errors: a message naming the file (`tls_cert`, `tls_key`, `client_ca`) and the problem.
+pub fn listener_config(
+    tls: &crate::config::ListenerTls,
+    client_cert_optional: bool,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let verifier = match &tls.client_ca {
+        None => None,
+        Some(ca) => Some(client_verifier(ca, client_cert_optional)?),
+    };
+    build(&tls.cert, &tls.key, verifier)
+}
+
+/// A verifier of client certificates chaining to the CA certificates in `ca` (PEM).
+fn client_verifier(
+    ca: &Path,
+    optional: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("client_ca {}: {e}", ca.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("client_ca {}: {e}", ca.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "client_ca {}: no PEM certificate in it; give the CA certificate clients' certificates are signed by (ca.crt from regcache certs init)",
+            ca.display()
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| format!("client_ca {}: {e}", ca.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let builder = if optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    builder
+        .build()
+        .map_err(|e| format!("client_ca {}: {e}", ca.display()))
+}
+
+fn build(
+    cert: &Path,
+    key: &Path,
+    verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| format!("tls_cert {}: {e}", cert.display()))?
         .collect::<Result<_, _>>()
@@ -25,14 +84,33 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     let key =
         PrivateKeyDer::from_pem_file(key).map_err(|e| format!("tls_key {}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
+        .map_err(|e| e.to_string())?;
+    let builder = match verifier {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("tls_cert/tls_key do not make a usable pair: {e}"))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// A certificate's subject for logs: its common name, else the whole subject, else
+/// `"(unparsable certificate)"`.
+pub fn subject_name(cert: &CertificateDer<'_>) -> String {
+    match x509_parser::parse_x509_certificate(cert.as_ref()) {
+        Ok((_, c)) => c
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_owned)
+            .unwrap_or_else(|| c.subject().to_string()),
+        Err(_) => "(unparsable certificate)".into(),
+    }
 }
 
 /// Writes a self-signed certificate for `hostnames` (DNS names or IP addresses) and its key into

@@ -153,6 +153,7 @@ async fn json_logs_carry_the_access_fields() {
     assert_eq!(f["cache"], "miss");
     assert_eq!(f["registry"], "docker.io");
     assert_eq!(f["bytes"], 1000);
+    assert_eq!(f["user"], "-", "no client auth on this listener");
     assert!(
         f["client"].as_str().unwrap().starts_with("127.0.0.1:"),
         "{f}"
@@ -171,7 +172,14 @@ async fn json_logs_carry_the_access_fields() {
         .unwrap();
     let f = &start["fields"];
     assert_eq!(f["offline"], false);
-    assert_eq!(f["tls"], false);
+    assert!(
+        f["listeners"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:"),
+        "{f}"
+    );
+    assert_eq!(f["shutdown_grace"], "5m", "{f}");
     assert_eq!(f["max_size"], "1.0 GiB");
     assert!(f.get("credentials_for").is_some(), "{f}");
 }

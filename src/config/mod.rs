@@ -44,6 +44,9 @@ use url::Url;
 use crate::cache::eviction::{Budget, MinFree};
 use crate::reference::is_registry_name;
 
+pub mod listeners;
+pub use listeners::{ListenerConfig, ListenerFile, ListenerTls};
+
 /// Default listen address: loopback only (security by default).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 /// Default upstream: Docker Hub's API host.
@@ -137,6 +140,13 @@ pub struct FileConfig {
     pub tls_cert: Option<PathBuf>,
     /// `tls_key`: PEM private key for `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// `[[listeners]]`: several listeners, each with its own TLS and client auth (instead of
+    /// `listen`, `tls_cert`, `tls_key`).
+    pub listeners: Option<Vec<ListenerFile>>,
+    /// `shutdown_grace`: after SIGTERM/SIGINT, how long responses in progress (and fills) may
+    /// take to finish before they are cut, e.g. `"5m"`.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub shutdown_grace: Option<Duration>,
     /// `default_registry`: the registry a request without `ns` or path prefix means.
     pub default_registry: Option<String>,
     /// `log_format`: `"text"` (default) or `"json"` (one JSON object per line).
@@ -420,7 +430,27 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// htpasswd file (bcrypt entries, `htpasswd -B`): clients must send matching Basic
+    /// credentials.
+    #[arg(long, value_name = "FILE")]
+    pub htpasswd: Option<PathBuf>,
+    /// PEM CA certificates: clients must present a TLS certificate signed by one (with
+    /// --tls-cert).
+    #[arg(long, value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
+    /// Serve clients that authenticate in no way on a non-loopback address although a
+    /// registry has credentials (otherwise serve refuses to start).
+    #[arg(long)]
+    pub allow_anonymous: bool,
+    /// After SIGTERM/SIGINT, how long responses in progress may take to finish, e.g. 5m
+    /// [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
 }
+
+/// Default for `shutdown_grace`: a large layer on a slow link finishes (systemd's unit
+/// allows a little more, `TimeoutStopSec=`).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(300);
 
 /// The config file the commands read when neither `--config` nor `REGCACHE_CONFIG` names one,
 /// if it exists (applied by the command line, never by [`Config::load`] itself).
@@ -536,8 +566,10 @@ pub struct UpstreamConfig {
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Listen address.
-    pub listen: SocketAddr,
+    /// Where it listens, and who may use each listener (at least one).
+    pub listeners: Vec<ListenerConfig>,
+    /// After SIGTERM/SIGINT, how long responses in progress may take to finish.
+    pub shutdown_grace: Duration,
     /// Cache directory.
     pub cache_dir: PathBuf,
     /// How long a tag->digest answer is trusted before an upstream HEAD revalidates it.
@@ -567,8 +599,6 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// Cap on upstream bytes per second, all fills together.
     pub max_upstream_bandwidth: Option<u64>,
-    /// Certificate and key files: the listener speaks HTTPS.
-    pub tls: Option<(PathBuf, PathBuf)>,
     /// Registry used when a request names none.
     pub default_registry: String,
     /// How log lines are written.
@@ -672,6 +702,8 @@ impl Config {
                         ))
                     }
                     (Some(username), Some(pf)) => {
+                        let pf = expand_path(&pf)
+                            .map_err(|m| invalid("password_file", format!("[{name}]: {m}")))?;
                         let password = read_file(&pf).map_err(|e| {
                             invalid(
                                 "password_file",
@@ -695,6 +727,8 @@ impl Config {
                 let extra_roots = match &t.ca_file {
                     None => Vec::new(),
                     Some(p) => {
+                        let p = &expand_path(p)
+                            .map_err(|m| invalid("ca_file", format!("[{name}]: {m}")))?;
                         let pem = read_file(p).map_err(|e| {
                             invalid(
                                 "ca_file",
@@ -748,11 +782,31 @@ impl Config {
                 "is empty; write a directory, e.g. \"/var/cache/regcache\"".into(),
             ));
         }
+        let listeners = listeners::resolve(
+            file.listen,
+            file.tls_cert,
+            file.tls_key,
+            file.listeners,
+            args,
+            &mut problems,
+        );
+        let with_credentials: Vec<&str> = registries
+            .iter()
+            .filter(|r: &&UpstreamConfig| r.credentials.is_some())
+            .map(|r| r.registry.as_str())
+            .collect();
+        problems.extend(listeners::exposure_problems(&listeners, &with_credentials));
         let config = Config {
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            listeners,
+            shutdown_grace: ok(
+                &mut problems,
+                nonzero(
+                    "shutdown_grace",
+                    args.shutdown_grace
+                        .or(file.shutdown_grace)
+                        .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+                ),
+            ),
             cache_dir: args
                 .cache_dir
                 .clone()
@@ -844,20 +898,6 @@ impl Config {
                 ),
             ),
             max_upstream_bandwidth: args.max_upstream_bandwidth.or(file.max_upstream_bandwidth),
-            tls: match (
-                args.tls_cert.clone().or(file.tls_cert),
-                args.tls_key.clone().or(file.tls_key),
-            ) {
-                (Some(c), Some(k)) => Some((c, k)),
-                (None, None) => None,
-                _ => {
-                    problems.push(ConfigError::Invalid {
-                        key: "tls_cert",
-                        message: "tls_cert and tls_key must be given together".into(),
-                    });
-                    None
-                }
-            },
             default_registry,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             registries,
@@ -867,6 +907,21 @@ impl Config {
             1 => Err(problems.remove(0)),
             _ => Err(ConfigError::Several(problems)),
         }
+    }
+
+    /// What `serve` runs with but warns about (plain HTTP off loopback, `allow_anonymous` in
+    /// effect), one message each with the fix.
+    pub fn warnings(&self) -> Vec<String> {
+        listeners::warnings(&self.listeners, &self.registries_with_credentials())
+    }
+
+    /// Names of the registries that have credentials.
+    pub fn registries_with_credentials(&self) -> Vec<&str> {
+        self.registries
+            .iter()
+            .filter(|r| r.credentials.is_some())
+            .map(|r| r.registry.as_str())
+            .collect()
     }
 
     /// The default registry's upstream.
@@ -883,9 +938,16 @@ impl Config {
     /// `serve` gives.
     pub fn runtime_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if let Some((cert, key)) = &self.tls {
-            if let Err(e) = crate::tls::server_config(cert, key) {
-                problems.push(e);
+        for l in &self.listeners {
+            if let Some(t) = &l.tls {
+                if let Err(e) = crate::tls::listener_config(t, l.htpasswd.is_some()) {
+                    problems.push(format!("listener {}: {e}", l.label()));
+                }
+            }
+            if let Some(h) = &l.htpasswd {
+                if let Err(e) = crate::access::Htpasswd::load(h) {
+                    problems.push(format!("listener {}: {e}", l.label()));
+                }
             }
         }
         // The nearest existing ancestor must let us create the cache directory and write in it.
@@ -1107,8 +1169,114 @@ pub fn raise_open_file_limit() {
     }
 }
 
-/// `/var/cache/regcache` for root, else `$XDG_CACHE_HOME/regcache` (or `~/.cache/regcache`).
+/// The settings that differ between a running `old` and a reloaded `new` configuration but
+/// need a restart to apply, by key. Listener files (certificates, client CAs, htpasswd) and
+/// upstream credentials are not among them: a reload re-reads those.
+pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut differ = |key: &'static str, changed: bool| {
+        if changed {
+            out.push(key);
+        }
+    };
+    let addresses = |c: &Config| -> Vec<(SocketAddr, Option<String>)> {
+        c.listeners
+            .iter()
+            .map(|l| (l.address, l.name.clone()))
+            .collect()
+    };
+    differ("listeners", addresses(old) != addresses(new));
+    differ("cache_dir", old.cache_dir != new.cache_dir);
+    differ("tag_ttl", old.tag_ttl != new.tag_ttl);
+    differ("max_size", old.budget.max_size != new.budget.max_size);
+    differ("min_free", old.budget.min_free != new.budget.min_free);
+    differ("offline", old.offline != new.offline);
+    differ(
+        "revalidate_timeout",
+        old.revalidate_timeout != new.revalidate_timeout,
+    );
+    differ("idle_timeout", old.idle_timeout != new.idle_timeout);
+    differ("outage_backoff", old.outage_backoff != new.outage_backoff);
+    differ(
+        "outage_probe_interval",
+        old.outage_probe_interval != new.outage_probe_interval,
+    );
+    differ("min_fill_rate", old.min_fill_rate != new.min_fill_rate);
+    differ(
+        "header_read_timeout",
+        old.header_read_timeout != new.header_read_timeout,
+    );
+    differ(
+        "client_idle_timeout",
+        old.client_idle_timeout != new.client_idle_timeout,
+    );
+    differ(
+        "max_manifest_size",
+        old.max_manifest_size != new.max_manifest_size,
+    );
+    differ(
+        "max_connections",
+        old.max_connections != new.max_connections,
+    );
+    differ(
+        "max_upstream_bandwidth",
+        old.max_upstream_bandwidth != new.max_upstream_bandwidth,
+    );
+    differ(
+        "default_registry",
+        old.default_registry != new.default_registry,
+    );
+    differ("log_format", old.log_format != new.log_format);
+    differ("shutdown_grace", old.shutdown_grace != new.shutdown_grace);
+    let registries = |c: &Config| -> Vec<UpstreamConfig> {
+        c.registries
+            .iter()
+            .map(|r| UpstreamConfig {
+                credentials: None,
+                ..r.clone()
+            })
+            .collect()
+    };
+    differ("registries", registries(old) != registries(new));
+    out
+}
+
+/// `path` with a leading `${CREDENTIALS_DIRECTORY}` replaced by that environment variable
+/// (set by systemd for `LoadCredential=`); other paths unchanged.
+///
+/// Errors: the variable is used but not set (not running under such a unit), or used
+/// elsewhere than at the start.
+pub fn expand_path(path: &Path) -> Result<PathBuf, String> {
+    const VAR: &str = "${CREDENTIALS_DIRECTORY}";
+    let text = path.to_string_lossy();
+    let Some(rest) = text.strip_prefix(VAR) else {
+        if text.contains(VAR) {
+            return Err(format!(
+                "{}: {VAR} may only start a path (\"{VAR}/name\")",
+                path.display()
+            ));
+        }
+        return Ok(path.to_path_buf());
+    };
+    match std::env::var_os("CREDENTIALS_DIRECTORY").filter(|v| !v.is_empty()) {
+        Some(dir) => Ok(PathBuf::from(format!("{}{rest}", Path::new(&dir).display()))),
+        None => Err(format!(
+            "{}: CREDENTIALS_DIRECTORY is not set; systemd sets it for a unit with LoadCredential= (run it as that service, or write the file's own path)",
+            path.display()
+        )),
+    }
+}
+
+/// `$CACHE_DIRECTORY` when set (systemd's `CacheDirectory=`), else `/var/cache/regcache` for root, else `$XDG_CACHE_HOME/regcache` (or `~/.cache/regcache`).
 pub fn default_cache_dir() -> PathBuf {
+    // systemd may list several, separated by ':'; the first is this service's.
+    if let Some(dir) = std::env::var("CACHE_DIRECTORY")
+        .ok()
+        .and_then(|d| d.split(':').next().map(str::to_owned))
+        .filter(|d| !d.is_empty())
+    {
+        return PathBuf::from(dir);
+    }
     // SAFETY-free check for root: the effective uid is readable via /proc without libc.
     let is_root = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -1164,7 +1332,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = resolve("", &ServeArgs::default()).unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.listeners[0].address.to_string(), "127.0.0.1:5000");
         assert_eq!(c.cache_dir, PathBuf::from("/c"));
         assert_eq!(c.tag_ttl, Duration::ZERO);
         assert_eq!(c.default_registry, "docker.io");
@@ -1184,7 +1352,7 @@ mod tests {
             ..Default::default()
         };
         let c = resolve(text, &args).unwrap();
-        assert_eq!(c.listen.port(), 7000);
+        assert_eq!(c.listeners[0].address.port(), 7000);
         assert_eq!(c.cache_dir, PathBuf::from("/x"));
         assert_eq!(c.tag_ttl, Duration::from_secs(300));
         assert!(c.budget.is_unbounded());

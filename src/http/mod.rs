@@ -18,6 +18,7 @@ pub mod admin_socket;
 mod blobs;
 mod guard;
 pub mod health;
+pub mod listener;
 mod manifests;
 mod passthrough;
 pub mod range;

@@ -25,30 +25,63 @@ use crate::cache::CacheResult;
 use crate::mirror::Mirror;
 
 use super::guard::{Progress, SendGuard, Waiting};
+use super::listener::Listener;
 
-/// Time in-flight responses (and fills) get to finish after shutdown is asked for.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How the server is told to stop: `shutdown` begins a graceful stop (no new connections;
+/// responses in progress and fills get `grace` to finish), `hurry` (a second signal) ends the
+/// wait at once.
+pub struct Stop<S, H> {
+    /// Resolves when a graceful stop is asked for.
+    pub shutdown: S,
+    /// Resolves when the wait for responses in progress should end now.
+    pub hurry: H,
+    /// Longest wait for responses in progress and fills after `shutdown`.
+    pub grace: Duration,
+}
 
-/// Serves `app` on an already bound `listener` until `shutdown` completes, then drains open
-/// connections (and fills) for up to [`DRAIN_TIMEOUT`]. Speaks HTTPS when the config names a
-/// certificate. Accept errors never stop the loop (it backs off when out of file descriptors).
+/// Serves `app` on an already bound `listener`, with the settings of the config's first
+/// listener, until `shutdown` completes, then drains open connections (and fills) for up to
+/// the config's `shutdown_grace`.
 ///
-/// Errors: the TLS certificate or key cannot be loaded.
+/// Errors: the listener's TLS or htpasswd files cannot be loaded.
 pub async fn run(
     listener: TcpListener,
     app: Arc<Mirror>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let tls = match &app.config().tls {
-        Some((cert, key)) => Some(tokio_rustls::TlsAcceptor::from(
-            crate::tls::server_config(cert, key).map_err(std::io::Error::other)?,
-        )),
-        None => None,
-    };
+    let settings = super::listener::Listener::load(&app.config().listeners[0])
+        .map_err(std::io::Error::other)?;
+    let grace = app.config().shutdown_grace;
+    serve_listeners(
+        vec![(listener, settings)],
+        app,
+        Stop {
+            shutdown,
+            hurry: std::future::pending::<()>(),
+            grace,
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// Serves `app` on every bound listener, each with its settings, until `stop.shutdown`
+/// completes; then stops accepting and lets connections in progress (and fills) finish for up
+/// to `stop.grace` (or until `stop.hurry`). Accept errors never stop a listener (it backs off
+/// when out of file descriptors). Returns the number of connections still open when it gave
+/// up waiting (0 after a clean drain).
+pub async fn serve_listeners<S, H>(
+    listeners: Vec<(TcpListener, Arc<Listener>)>,
+    app: Arc<Mirror>,
+    stop: Stop<S, H>,
+) -> usize
+where
+    S: Future<Output = ()>,
+    H: Future<Output = ()>,
+{
     // Shutdown: `stop` tells every connection to finish gracefully; `conns` counts them.
-    let (stop, stopping) = watch::channel(false);
+    let (stopper, stopping) = watch::channel(false);
     let conns = Gauge::new();
-    let client_idle = app.config().client_idle_timeout;
     let header_timeout = app.config().header_read_timeout;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -62,116 +95,226 @@ pub async fn run(
         .max_send_buf_size(H2_SEND_BUFFER)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    // The protocol is decided before hyper sees the connection (ALPN, or the first bytes on
-    // plain TCP, within the header timeout): hyper's own detection waits for ever.
-    let builders = Builders {
-        h1: builder.clone().http1_only(),
-        h2: builder.http2_only(),
-    };
     let max = app
         .config()
         .max_connections
         .unwrap_or_else(default_max_connections);
-    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let shared = Arc::new(Shared {
+        // The protocol is decided before hyper sees the connection (ALPN, or the first bytes
+        // on plain TCP, within the header timeout): hyper's own detection waits for ever.
+        builders: Builders {
+            h1: builder.clone().http1_only(),
+            h2: builder.http2_only(),
+        },
+        slots: Arc::new(tokio::sync::Semaphore::new(max)),
+        max,
+        refusals: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS)),
+        client_idle: app.config().client_idle_timeout,
+        header_timeout,
+        conns: conns.clone(),
+        stopping: stopping.clone(),
+        app: app.clone(),
+    });
     let admin = tokio::spawn(super::admin_socket::serve(app.clone(), stopping.clone()));
-    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS));
-    tokio::pin!(shutdown);
-    let mut fd_warning = Throttled::new(FD_WARNING_INTERVAL);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // EMFILE/ENFILE: wait for descriptors to free up (said at most every
-                        // few seconds); others: client resets.
-                        if matches!(e.raw_os_error(), Some(23) | Some(24)) {
-                            fd_warning.say(&e);
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    // A few refusals at a time are answered (on plain HTTP; a TLS client would
-                    // see a plaintext answer as a broken handshake); past that, closed at once.
-                    if tls.is_some() {
-                        continue;
-                    }
-                    if let Ok(r) = refusals.clone().try_acquire_owned() {
-                        tokio::spawn(async move {
-                            refuse(stream, max).await;
-                            drop(r);
-                        });
-                    }
-                    continue;
-                };
-                let (app, builders) = (app.clone(), builders.clone());
-                let watch = Watch {
-                    stopping: stopping.clone(),
-                    idle: client_idle,
-                    _live: conns.enter(),
-                };
-                match tls.clone() {
-                    None => {
-                        tokio::spawn(async move {
-                            let _slot = slot;
-                            // A connection that sends nothing, or stops inside the HTTP/2
-                            // preface, is closed after the header timeout (or at shutdown).
-                            let mut stopping = watch.stopping.clone();
-                            let proto = tokio::select! {
-                                p = sniff(&stream, header_timeout) => p,
-                                _ = stopping.wait_for(|s| *s) => None,
-                            };
-                            let Some(proto) = proto else {
-                                return;
-                            };
-                            let io = crate::body::zero_copy::ZeroCopyStream::new(stream);
-                            serve_connection(io, app, builders.pick(proto), watch, true, None, peer).await
-                        });
-                    }
-                    Some(acceptor) => {
-                        // The handshake runs in the connection's task, bounded like header reads.
-                        tokio::spawn(async move {
-                            let _slot = slot;
-                            let mut stopping = watch.stopping.clone();
-                            let handshake = tokio::select! {
-                                r = tokio::time::timeout(header_timeout, acceptor.accept(stream)) => r,
-                                _ = stopping.wait_for(|s| *s) => return,
-                            };
-                            match handshake {
-                                Ok(Ok(io)) => {
-                                    let proto = match io.get_ref().1.alpn_protocol() {
-                                        Some(b"h2") => Proto::Http2,
-                                        _ => Proto::Http1,
-                                    };
-                                    // HTTP/1 heads are bounded by hyper; the HTTP/2 preface here.
-                                    let preface = (proto == Proto::Http2).then_some(header_timeout);
-                                    serve_connection(io, app, builders.pick(proto), watch, false, preface, peer).await
-                                }
-                                Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                                Err(_) => tracing::debug!("TLS handshake timed out"),
-                            }
-                        });
-                    }
-                }
-            }
-            _ = &mut shutdown => break,
-        }
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|(listener, settings)| tokio::spawn(accept_loop(listener, settings, shared.clone())))
+        .collect();
+    stop.shutdown.await;
+    let _ = stopper.send(true);
+    for l in loops {
+        let _ = l.await;
     }
-    drop(listener);
-    let _ = stop.send(true);
+    drop(shared);
     let _ = admin.await;
+    let open = conns.count();
+    if open > 0 {
+        tracing::info!(
+            connections = open,
+            grace = %humantime::format_duration(stop.grace),
+            "shutdown: waiting for responses in progress (a second SIGTERM or Ctrl-C cuts them)"
+        );
+    }
     tokio::select! {
         _ = async {
             conns.wait_none().await;
             // Fills whose clients are gone finish and commit rather than being cut.
             app.cache().wait_idle().await;
-        } => {}
-        _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("shutdown: connections still open after the drain timeout"),
+        } => 0,
+        _ = tokio::time::sleep(stop.grace) => {
+            let open = conns.count();
+            tracing::warn!(connections = open, "shutdown: cutting what is still in progress after shutdown_grace (fills in progress are discarded, never committed)");
+            open
+        }
+        _ = stop.hurry => {
+            let open = conns.count();
+            tracing::warn!(connections = open, "shutdown: second signal, cutting what is still in progress (fills in progress are discarded, never committed)");
+            open
+        }
     }
-    Ok(())
+}
+
+/// What every listener's accept loop shares.
+struct Shared {
+    app: Arc<Mirror>,
+    builders: Builders,
+    /// One permit per connection served (`max_connections`).
+    slots: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    /// Connections over `max_connections` being answered 503.
+    refusals: Arc<tokio::sync::Semaphore>,
+    client_idle: Duration,
+    header_timeout: Duration,
+    conns: Arc<Gauge>,
+    stopping: watch::Receiver<bool>,
+}
+
+/// Accepts connections on `listener` until shutdown, serving each in its own task.
+async fn accept_loop(listener: TcpListener, settings: Arc<Listener>, shared: Arc<Shared>) {
+    let mut fd_warning = Throttled::new(FD_WARNING_INTERVAL);
+    let mut stopping = shared.stopping.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopping.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE/ENFILE: wait for descriptors to free up (said at most every few
+                // seconds); others: client resets.
+                if matches!(e.raw_os_error(), Some(23) | Some(24)) {
+                    fd_warning.say(&e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let tls = settings.tls();
+        let Ok(slot) = shared.slots.clone().try_acquire_owned() else {
+            // A few refusals at a time are answered (on plain HTTP; a TLS client would see a
+            // plaintext answer as a broken handshake); past that, closed at once.
+            if tls.is_some() {
+                continue;
+            }
+            if let Ok(r) = shared.refusals.clone().try_acquire_owned() {
+                let max = shared.max;
+                tokio::spawn(async move {
+                    refuse(stream, max).await;
+                    drop(r);
+                });
+            }
+            continue;
+        };
+        let watch = Watch {
+            stopping: shared.stopping.clone(),
+            idle: shared.client_idle,
+            _live: shared.conns.enter(),
+        };
+        let header_timeout = shared.header_timeout;
+        let conn = Conn {
+            app: shared.app.clone(),
+            listener: settings.clone(),
+            peer,
+            client_certificate: None,
+        };
+        let builders = shared.builders.clone();
+        match tls {
+            None => {
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    // A connection that sends nothing, or stops inside the HTTP/2 preface, is
+                    // closed after the header timeout (or at shutdown).
+                    let mut stopping = watch.stopping.clone();
+                    let proto = tokio::select! {
+                        p = sniff(&stream, header_timeout) => p,
+                        _ = stopping.wait_for(|s| *s) => None,
+                    };
+                    let Some(proto) = proto else {
+                        return;
+                    };
+                    let io = crate::body::zero_copy::ZeroCopyStream::new(stream);
+                    serve_connection(io, conn, builders.pick(proto), watch, true, None).await
+                });
+            }
+            Some(acceptor) => {
+                // The handshake runs in the connection's task, bounded like header reads.
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let mut stopping = watch.stopping.clone();
+                    let handshake = tokio::select! {
+                        r = tokio::time::timeout(header_timeout, tls_handshake(acceptor, stream)) => r,
+                        _ = stopping.wait_for(|s| *s) => return,
+                    };
+                    match handshake {
+                        Ok(Ok(io)) => {
+                            let session = io.get_ref().1;
+                            let proto = match session.alpn_protocol() {
+                                Some(b"h2") => Proto::Http2,
+                                _ => Proto::Http1,
+                            };
+                            let conn = Conn {
+                                client_certificate: session
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .map(|c| crate::tls::subject_name(c)),
+                                ..conn
+                            };
+                            // HTTP/1 heads are bounded by hyper; the HTTP/2 preface here.
+                            let preface = (proto == Proto::Http2).then_some(header_timeout);
+                            serve_connection(io, conn, builders.pick(proto), watch, false, preface)
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The TLS handshake, after a look at the first byte: a client speaking plain HTTP to this
+/// HTTPS port gets a 400 saying so (not a garbled TLS alert), and the connection is closed.
+async fn tls_handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let mut first = [0u8; 1];
+    let n = stream.peek(&mut first).await?;
+    // A TLS record starts with its content type: 22, handshake. An HTTP method starts with a
+    // capital letter.
+    if n == 1 && first[0].is_ascii_uppercase() {
+        plain_http_to_tls_port(stream).await;
+        return Err(std::io::Error::other("plain HTTP sent to the HTTPS port"));
+    }
+    acceptor.accept(stream).await
+}
+
+/// Answers a plain-HTTP request on an HTTPS port with a 400 (an OCI error body) and closes.
+async fn plain_http_to_tls_port(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    read_head(&mut stream).await;
+    let port = stream.local_addr().map(|a| a.port()).unwrap_or_default();
+    let body = crate::error::ApiError::new(
+        http::StatusCode::BAD_REQUEST,
+        "UNSUPPORTED",
+        format!("this port speaks HTTPS: use https://<host>:{port} (and trust the mirror's CA)"),
+    )
+    .body_json();
+    let head = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nDocker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.write_all(body.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// Half the process's open-file limit (the other half is for upstream connections, temp and
@@ -250,20 +393,10 @@ async fn sniff(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<Prot
 /// Answers a connection over `max_connections` with a 503 (an OCI error body, `Retry-After`)
 /// and closes it, so the clients already connected keep their capacity.
 async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // Read the request head first (bounded): clients treat an answer before their request as
-    // a broken connection, not as an answer.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let mut head = Vec::new();
-        let mut buf = [0u8; 2048];
-        while head.len() < 16 << 10 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => head.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
+    use tokio::io::AsyncWriteExt;
+    // Read the request head first: clients treat an answer before their request as a broken
+    // connection, not as an answer.
+    read_head(&mut stream).await;
     let body = crate::error::ApiError::unavailable(format!(
         "too many connections (max_connections = {max}); retry shortly"
     ))
@@ -276,6 +409,22 @@ async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
         let _ = stream.write_all(head.as_bytes()).await;
         let _ = stream.write_all(body.as_bytes()).await;
         let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Reads (and drops) a request head, at most 16 KiB and 1 s.
+async fn read_head(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 2048];
+        while head.len() < 16 << 10 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
     })
     .await;
 }
@@ -333,6 +482,11 @@ impl Gauge {
         Entered(self.clone())
     }
 
+    /// How many are in progress.
+    fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Nothing in progress, for at least `limit`.
     fn idle_for(&self, limit: Duration) -> bool {
         self.count.load(std::sync::atomic::Ordering::SeqCst) == 0
@@ -373,19 +527,31 @@ struct Watch {
     _live: Entered,
 }
 
+/// One client connection: who it is and where it came in.
+#[derive(Clone)]
+struct Conn {
+    /// The mirror it is served by.
+    app: Arc<Mirror>,
+    /// The listener it came in on (its htpasswd entries are read per request).
+    listener: Arc<Listener>,
+    /// The client's address, for the access log.
+    peer: std::net::SocketAddr,
+    /// The subject of the TLS client certificate it presented (verified in the handshake).
+    client_certificate: Option<String>,
+}
+
 /// Serves one connection (HTTP/1.1 or HTTP/2) until it closes, shutdown drains it, it has
 /// been idle (no request in progress) for `client_idle_timeout`, or its responses have waited
 /// that long for a client that takes nothing (see `http::guard`). `preface`: the time an HTTP/2
-/// client has to send its connection preface, when not already checked. `peer`: the client's
-/// address, for the access log.
+/// client has to send its connection preface, when not already checked. During a graceful
+/// stop, responses in progress go on while their client keeps taking bytes.
 async fn serve_connection<I>(
     io: I,
-    app: Arc<Mirror>,
+    conn: Conn,
     builder: auto::Builder<TokioExecutor>,
     mut watch: Watch,
     zero_copy: bool,
     preface: Option<Duration>,
-    peer: std::net::SocketAddr,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -398,13 +564,13 @@ async fn serve_connection<I>(
     let progress = Arc::new(Progress::default());
     let prog = progress.clone();
     let svc = service_fn(move |mut req: Request<Incoming>| {
-        let (app, active, progress) = (app.clone(), act.enter(), prog.clone());
+        let (conn, active, progress) = (conn.clone(), act.enter(), prog.clone());
         if zero_copy {
             req.extensions_mut()
                 .insert(crate::body::zero_copy::ZeroCopyConnection);
         }
         req.extensions_mut().insert(copy_budget.clone());
-        async move { Ok::<_, Infallible>(serve(app, req, active, progress, peer).await) }
+        async move { Ok::<_, Infallible>(serve(conn, req, active, progress).await) }
     });
     let mut io = SendGuard::new(io, watch.idle, progress.clone());
     if let Some(t) = preface {
@@ -442,13 +608,23 @@ async fn serve_connection<I>(
             tracing::debug!("connection closed: its client took nothing for client_idle_timeout");
             return;
         }
-        // Streams still open after a GOAWAY (an HTTP/2 client granting no credit for what is
-        // buffered) get at most one more window.
+        // Responses in progress after a GOAWAY go on while their client takes bytes (the
+        // server bounds the whole drain by `shutdown_grace`); one that waited a window for a
+        // client granting no credit is dropped.
         Err(End::Graceful) => {
             let drained = async { tokio::join!(graceful.shutdown(), served).1 };
-            match tokio::time::timeout(idle, drained).await {
-                Ok(r) => r,
-                Err(_) => return,
+            let stalled = async {
+                let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+                loop {
+                    tokio::time::sleep(tick).await;
+                    if progress.stalled(idle) {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                r = drained => r,
+                _ = stalled => return,
             }
         }
     };
@@ -466,15 +642,19 @@ enum End {
 }
 
 async fn serve(
-    app: Arc<Mirror>,
+    conn: Conn,
     req: Request<Incoming>,
     active: Entered,
     progress: Arc<Progress>,
-    client: std::net::SocketAddr,
 ) -> Response<LoggedBody> {
     let started = Instant::now();
     let request_id = next_request_id();
-    let handled = super::handle(&app, &req).await;
+    let app = conn.app.clone();
+    let client = conn.peer;
+    let (user, handled) = match authorize(&conn, &req).await {
+        Ok(user) => (user, super::handle(&app, &req).await),
+        Err(denied) => (None, denied),
+    };
     let (mut parts, body) = handled.response.into_parts();
     if let Ok(v) = http::HeaderValue::from_str(&request_id) {
         parts.headers.insert("x-request-id", v);
@@ -489,6 +669,7 @@ async fn serve(
         cache: handled.cache,
         registry: handled.registry,
         client,
+        user,
         request_id,
         started,
         app,
@@ -506,6 +687,49 @@ async fn serve(
             waiting,
         },
     )
+}
+
+/// Whether the connection's client may make `req`: `Ok` with who it authenticated as (none
+/// on an open listener), or the 401 answer (`WWW-Authenticate: Basic`, an OCI `UNAUTHORIZED`
+/// body; nothing is read from the cache or asked upstream). Health probes are always
+/// answered. See [`crate::access`] for what each listener requires.
+async fn authorize<B>(conn: &Conn, req: &Request<B>) -> Result<Option<String>, super::Handled> {
+    if super::health::PATHS.contains(&req.uri().path()) {
+        return Ok(None);
+    }
+    let htpasswd = conn.listener.htpasswd();
+    if let Some(subject) = &conn.client_certificate {
+        // Verified in the handshake; enough on its own.
+        return Ok(Some(subject.clone()));
+    }
+    let Some(htpasswd) = htpasswd else {
+        // No htpasswd: open, or client certificates required by the handshake.
+        return Ok(None);
+    };
+    let why = match req.headers().get(http::header::AUTHORIZATION) {
+        None => "authentication required: send Basic credentials (docker login, skopeo --creds, or an Authorization header)",
+        Some(v) => match crate::access::basic_credentials(v) {
+            None => "the Authorization header is not Basic credentials",
+            Some((user, password)) => {
+                if htpasswd.verify(&user, &password).await {
+                    return Ok(Some(user));
+                }
+                tracing::info!(client = %conn.peer, user = %user.chars().take(64).collect::<String>(), "client credentials refused");
+                "wrong user name or password"
+            }
+        },
+    };
+    let response = crate::error::ApiError::new(http::StatusCode::UNAUTHORIZED, "UNAUTHORIZED", why)
+        .with_header(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Basic realm=\"regcache\", charset=\"UTF-8\""),
+        )
+        .into_response(req.method() == http::Method::HEAD);
+    Err(super::Handled {
+        response,
+        cache: CacheResult::None,
+        registry: None,
+    })
 }
 
 /// A request id unique within this process run: 16 hex digits (the process start's low bits,
@@ -536,6 +760,9 @@ struct AccessLog {
     registry: Option<String>,
     /// The client's address.
     client: std::net::SocketAddr,
+    /// Who the client authenticated as: its Basic user name, or its client certificate's
+    /// subject.
+    user: Option<String>,
     /// This request's id (also sent as `X-Request-Id`).
     request_id: String,
     /// When the request arrived.
@@ -620,6 +847,7 @@ impl Drop for LoggedBody {
                     ms,
                     registry,
                     client = %l.client,
+                    user = l.user.as_deref().unwrap_or("-"),
                     request_id = %l.request_id,
                 )
             };

@@ -149,7 +149,7 @@ impl Upstream {
         let challenge = self.auth.lock().expect("auth lock").challenge.clone();
         match challenge {
             None => Ok(None),
-            Some(Challenge::Basic) => Ok(self.credentials.as_ref().map(basic_header)),
+            Some(Challenge::Basic) => Ok(self.credentials().as_ref().map(basic_header)),
             Some(Challenge::Bearer { realm, service, .. }) => {
                 let token = self.token(&realm, service.as_deref(), scope).await?;
                 let v = HeaderValue::from_str(&format!("Bearer {token}"))
@@ -182,12 +182,12 @@ impl Upstream {
             realm_host = %Url::parse(realm).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default(),
             scope,
             ok = fetched.is_ok(),
-            with_credentials = self.credentials.is_some(),
+            with_credentials = self.credentials().is_some(),
             "token fetch"
         );
         let counter = match fetched {
             Ok(_) => {
-                if self.credentials.is_some() {
+                if self.credentials().is_some() {
                     self.credentials_accepted();
                 }
                 &self.token_fetches.0
@@ -229,7 +229,7 @@ impl Upstream {
             .method(Method::GET)
             .uri(url.as_str())
             .header(USER_AGENT, USER_AGENT_VALUE);
-        if let Some(c) = &self.credentials {
+        if let Some(c) = &self.credentials() {
             req = req.header(AUTHORIZATION, basic_header(c));
         }
         let req = req
@@ -244,7 +244,7 @@ impl Upstream {
             resp.status(),
             http::StatusCode::UNAUTHORIZED | http::StatusCode::FORBIDDEN
         );
-        if refused && self.credentials.is_some() {
+        if refused && self.credentials().is_some() {
             return Err(self.credentials_rejected());
         }
         if !resp.status().is_success() {

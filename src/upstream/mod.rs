@@ -62,7 +62,7 @@ pub enum UpstreamError {
     Auth(String),
     /// The upstream (its token endpoint, or the registry for Basic auth) refused the
     /// configured credentials: the mirror's config needs fixing, retrying will not help.
-    #[error("upstream {registry} rejected the configured credentials (username {username:?}, password_file {}): fix them in the config and restart regcache", password_file.display())]
+    #[error("upstream {registry} rejected the configured credentials (username {username:?}, password_file {}): fix the password file or the config, then reload regcache (systemctl reload regcache, or SIGHUP)", password_file.display())]
     CredentialsRejected {
         registry: String,
         username: String,
@@ -121,8 +121,8 @@ pub struct Upstream {
     base: Url,
     /// Non-public redirect targets this registry may use (`host` or `host:port`).
     redirect_hosts: Vec<String>,
-    /// Basic credentials for the token realm or the registry.
-    credentials: Option<Credentials>,
+    /// Basic credentials for the token realm or the registry (replaced on reload).
+    credentials: std::sync::RwLock<Option<Credentials>>,
     /// Pooled HTTP/1.1 + HTTP/2 client.
     client: HttpsClient,
     /// Challenge and tokens.
@@ -278,7 +278,7 @@ impl Upstream {
         Ok(Upstream {
             registry: cfg.registry.clone(),
             base: cfg.url.clone(),
-            credentials: cfg.credentials.clone(),
+            credentials: std::sync::RwLock::new(cfg.credentials.clone()),
             redirect_hosts: cfg.redirect_hosts.clone(),
             client,
             auth: Mutex::new(AuthState::default()),
@@ -508,7 +508,7 @@ impl Upstream {
         let Some(challenge) = challenge else {
             return Ok(false);
         };
-        if challenge == Challenge::Basic && self.credentials.is_none() {
+        if challenge == Challenge::Basic && self.credentials().is_none() {
             return Ok(false);
         }
         // Basic credentials sent and refused again: they are wrong.
@@ -530,7 +530,8 @@ impl Upstream {
 
     /// The error for refused credentials, logged once (until they work again).
     pub(super) fn credentials_rejected(&self) -> UpstreamError {
-        let c = self.credentials.as_ref();
+        let c = self.credentials();
+        let c = c.as_ref();
         let e = UpstreamError::CredentialsRejected {
             registry: self.registry.clone(),
             username: c.map(|c| c.username.clone()).unwrap_or_default(),
@@ -543,6 +544,25 @@ impl Upstream {
             tracing::warn!(registry = %self.registry, error = %e, "upstream credentials rejected");
         }
         e
+    }
+
+    /// The credentials in force (a copy: a reload may replace them meanwhile).
+    pub(super) fn credentials(&self) -> Option<Credentials> {
+        self.credentials.read().expect("credentials lock").clone()
+    }
+
+    /// Replaces the credentials (a reload re-read the password file). Returns whether they
+    /// changed; if so, tokens fetched with the old ones are forgotten.
+    pub fn set_credentials(&self, credentials: Option<Credentials>) -> bool {
+        let mut c = self.credentials.write().expect("credentials lock");
+        if *c == credentials {
+            return false;
+        }
+        *c = credentials;
+        drop(c);
+        self.auth.lock().expect("auth lock").tokens.clear();
+        self.credentials_accepted();
+        true
     }
 
     /// The configured credentials worked: a later rejection is said again.

@@ -79,7 +79,9 @@ impl Mirror {
         Self::start_with(args, dir).await
     }
 
-    async fn start_with(args: regcache::config::ServeArgs, dir: tempfile::TempDir) -> Mirror {
+    async fn start_with(mut args: regcache::config::ServeArgs, dir: tempfile::TempDir) -> Mirror {
+        // Tests that stop a mirror with connections open wait this long at most.
+        args.shutdown_grace.get_or_insert(Duration::from_secs(10));
         let config = regcache::config::Config::load(&args).expect("config");
         let app = Arc::new(regcache::mirror::Mirror::new(config).expect("mirror"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mirror");
