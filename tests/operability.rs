@@ -275,6 +275,12 @@ async fn status_shows_a_running_mirrors_fills() {
     assert!(v["hit_ratio_requests"].as_f64().unwrap() > 0.0, "{v}");
     assert!(v["fetched_upstream_bytes"].as_u64().unwrap() >= 100_000);
     assert_eq!(slow.await.unwrap().status, 200);
+    // The fill commits just after its client has the last byte.
+    eventually("the slow blob committed", || {
+        let v: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+        v["fills"].as_array().is_some_and(|f| f.is_empty())
+    })
+    .await;
     // Killed (the socket is left behind): the offline report, and it says why.
     child.kill();
     let text = status(false);
