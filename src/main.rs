@@ -475,7 +475,7 @@ fn check_config(args: &ServeArgs) -> ExitCode {
         config
             .registries
             .iter()
-            .map(|r| format!("{} = {}", r.registry, r.url))
+            .map(|r| format!("{} = {} ({})", r.registry, r.url, r.proxy.describe(&r.url)))
             .collect::<Vec<_>>()
             .join(", ")
     );

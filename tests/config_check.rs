@@ -6,7 +6,10 @@ use std::path::Path;
 use std::process::Command;
 
 fn regcache() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_regcache"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_regcache"));
+    // The test machine's own proxy settings must not change the answers.
+    c.envs(regcache::upstream::proxy::PROXY_ENV.map(|k| (k, "")));
+    c
 }
 
 /// Runs `check-config --config <file with text>`; returns (exit code, stdout + stderr).
@@ -113,12 +116,36 @@ fn bad_configs_get_messages_that_name_the_key_and_the_fix() {
             vec!["tls_cert/tls_key", "usable pair"],
         ),
         (
+            "socks-proxy",
+            "[upstream]\nproxy = \"socks5://proxy.corp:1080\"\n".into(),
+            vec!["registries.<name>.proxy", "[docker.io]", "SOCKS proxies are not supported", "http://host:port", "line 2"],
+        ),
+        (
+            "https-proxy",
+            "[registries.\"ghcr.io\"]\nproxy = \"https://proxy.corp:443\"\n".into(),
+            vec!["proxy", "[ghcr.io]", "https:// proxies", "http:// address", "line 2"],
+        ),
+        (
+            "garbage-proxy",
+            "[upstream]\nproxy = \"http://bob:hunter2@proxy corp:3128\"\n".into(),
+            vec!["proxy", "not a proxy URL", "http://user:password@host:port", "line 2"],
+        ),
+        ("proxy-no-port", "[upstream]\nproxy = \"http://proxy.corp\"\n".into(), vec!["proxy", "has no port", "http://proxy.corp:3128"]),
+        ("empty-proxy", "[upstream]\nproxy = \"\"\n".into(), vec!["proxy", "is empty", "\"none\""]),
+        (
             "cache-under-a-file",
             format!("cache_dir = {:?}\n", not_a_dir.join("cache").display().to_string()),
             vec!["cache_dir", "not a directory"],
         ),
     ];
     let mut failures = Vec::new();
+    for (name, _, _) in cases.iter().filter(|c| c.0.contains("proxy")) {
+        let (_, out) = check(d, name, &cases.iter().find(|c| c.0 == *name).unwrap().1);
+        assert!(
+            !out.contains("hunter2"),
+            "{name}: the password is shown: {out}"
+        );
+    }
     for (name, text, wants) in &cases {
         let (code, out) = check(d, name, text);
         if code != 2 || !wants.iter().all(|w| out.contains(w)) {
@@ -137,6 +164,74 @@ fn bad_configs_get_messages_that_name_the_key_and_the_fix() {
         out.contains("OK") && out.contains("127.0.0.1:5000"),
         "{out}"
     );
+}
+
+/// A malformed proxy variable stops `check-config` (and `serve`) with the variable named; the
+/// OK line shows each registry's proxy, its password redacted.
+#[test]
+fn proxy_environment_is_checked_and_shown_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("r.toml");
+    let cache = dir.path().join("cache");
+    std::fs::write(
+        &cfg,
+        format!(
+            "cache_dir = {:?}\n[registries.\"ghcr.io\"]\n[registries.\"quay.io\"]\nproxy = \"none\"\n[registries.\"registry.corp\"]\n",
+            cache.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |cmd: &str, env: &[(&str, &str)]| {
+        let out = regcache()
+            .args([cmd, "--config"])
+            .arg(&cfg)
+            .args(if cmd == "serve" {
+                vec!["--listen", "127.0.0.1:0"]
+            } else {
+                vec![]
+            })
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    };
+    for cmd in ["check-config", "serve"] {
+        let (code, out) = run(cmd, &[("HTTPS_PROXY", "socks5://bob:hunter2@s:1080")]);
+        assert_eq!(code, 2, "{cmd}: {out}");
+        assert!(
+            out.contains("HTTPS_PROXY") && out.contains("SOCKS") && out.contains("unset it"),
+            "{cmd}: {out}"
+        );
+        assert!(!out.contains("hunter2"), "{out}");
+    }
+    let (code, out) = run(
+        "check-config",
+        &[
+            ("https_proxy", "http://bob:hunter2@proxy.corp:3128"),
+            ("NO_PROXY", ".corp"),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(
+            "ghcr.io = https://ghcr.io/ (via http://bob:***@proxy.corp:3128 (https_proxy))"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("quay.io = https://quay.io/ (direct (proxy = \"none\"))"),
+        "{out}"
+    );
+    assert!(
+        out.contains("registry.corp = https://registry.corp/ (direct (NO_PROXY))"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "{out}");
 }
 
 /// `serve` refuses a bad config with the message `check-config` gives, before binding.

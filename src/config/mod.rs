@@ -31,6 +31,7 @@
 //! [registries."registry.internal:5443"]
 //! ca_file = "/etc/regcache/internal-ca.pem"
 //! redirect_hosts = ["minio.internal:9000"]   # private redirect targets allowed for this one
+//! proxy = "none"            # direct, whatever HTTPS_PROXY says (or "http://[user:pass@]host:port")
 //! ```
 
 use std::collections::BTreeMap;
@@ -187,6 +188,11 @@ pub struct RegistryFile {
     /// although they are loopback, link-local or private addresses (by default only public
     /// addresses and the registry's own host are followed).
     pub redirect_hosts: Option<Vec<String>>,
+    /// `proxy`: `"http://[user:password@]host:port"`, the HTTP proxy (CONNECT) every connection
+    /// of this registry goes through (redirects and token realm included, the environment
+    /// ignored); `"none"`: direct, whatever the environment says. Unset: `HTTPS_PROXY` /
+    /// `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` from the environment.
+    pub proxy: Option<String>,
 }
 
 /// A string value, or an error naming the fix when the file gave a number or another type
@@ -561,6 +567,9 @@ pub struct UpstreamConfig {
     pub extra_roots: Vec<Vec<u8>>,
     /// Non-public redirect targets allowed (`host` or `host:port`), from `redirect_hosts`.
     pub redirect_hosts: Vec<String>,
+    /// How connections leave (direct or through a proxy, per destination host), from `proxy`
+    /// or the environment.
+    pub proxy: crate::upstream::proxy::ProxyPlan,
 }
 
 /// The effective configuration.
@@ -613,10 +622,25 @@ impl Config {
     ///
     /// Errors: [`ConfigError`] naming the file, key and problem.
     pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
+        Config::load_with_env(args, &|k| std::env::var(k).ok())
+    }
+
+    /// [`Config::load`] reading the proxy variables (`HTTPS_PROXY`, `NO_PROXY`, ...; see
+    /// [`crate::upstream::proxy::PROXY_ENV`]) through `env` instead of the process environment.
+    ///
+    /// Errors: as [`Config::load`]; a malformed proxy variable is named as the key.
+    pub fn load_with_env(
+        args: &ServeArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let file = read_file(args.config.as_deref())?;
-        Config::resolve(file, args, &default_cache_dir(), |p| {
-            std::fs::read_to_string(p)
-        })
+        Config::resolve_with_env(
+            file,
+            args,
+            &default_cache_dir(),
+            |p| std::fs::read_to_string(p),
+            env,
+        )
         .map_err(|e| match &args.config {
             // Where in the file: the line of the key the problem names.
             Some(path) => match std::fs::read_to_string(path) {
@@ -628,12 +652,25 @@ impl Config {
     }
 
     /// Merges file and flags over the defaults. `read_file` reads password and CA files
-    /// (injected so tests need no files).
+    /// (injected so tests need no files). No environment is read: registries without a
+    /// `proxy` key connect directly (see [`Config::resolve_with_env`]).
     pub fn resolve(
         file: FileConfig,
         args: &ServeArgs,
         default_cache_dir: &Path,
         read_file: impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<Config, ConfigError> {
+        Config::resolve_with_env(file, args, default_cache_dir, read_file, &|_| None)
+    }
+
+    /// [`Config::resolve`], with the proxy variables of the environment read through `env`
+    /// (for registries without a `proxy` key).
+    pub fn resolve_with_env(
+        file: FileConfig,
+        args: &ServeArgs,
+        default_cache_dir: &Path,
+        read_file: impl Fn(&Path) -> std::io::Result<String>,
+        env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
         let default_registry = file
@@ -671,6 +708,8 @@ impl Config {
         let mut registries = Vec::new();
         // Every registry is checked, and every registry's problem reported.
         let mut problems = Vec::new();
+        // A bad proxy variable is reported once, whichever registries would use it.
+        let mut env_problems: Vec<(&'static str, String)> = Vec::new();
         for (name, t) in tables {
             let one = || -> Result<UpstreamConfig, ConfigError> {
                 if !is_registry_name(&name) {
@@ -751,18 +790,39 @@ impl Config {
                         format!("[{name}]: {bad:?} is not host or host:port"),
                     ));
                 }
+                use crate::upstream::proxy::ProxyPlan;
+                let proxy = match &t.proxy {
+                    Some(v) => ProxyPlan::from_key(v).map_err(|m| {
+                        invalid("registries.<name>.proxy", format!("[{name}]: {m}"))
+                    })?,
+                    // An https registry never redirects down to http: only its side is read.
+                    None => ProxyPlan::from_env(env, (url.scheme() == "http", true))
+                        .unwrap_or_else(|e| {
+                            if !env_problems.contains(&e) {
+                                env_problems.push(e);
+                            }
+                            ProxyPlan::default()
+                        }),
+                };
                 Ok(UpstreamConfig {
                     registry: name.clone(),
                     url,
                     credentials,
                     extra_roots,
                     redirect_hosts,
+                    proxy,
                 })
             };
             match one() {
                 Ok(u) => registries.push(u),
                 Err(e) => problems.push(e),
             }
+        }
+        for (var, m) in env_problems {
+            problems.push(invalid(
+                var,
+                format!("environment variable: {m} (fix or unset it, or set proxy = \"http://host:port\" or \"none\" per registry)"),
+            ));
         }
         // Every value is checked, and every problem reported (a placeholder stands in for a
         // bad value until then).

@@ -8,6 +8,7 @@
 mod auth;
 pub(crate) mod bandwidth;
 pub mod breaker;
+pub mod proxy;
 mod target;
 
 use std::sync::Mutex;
@@ -110,8 +111,7 @@ impl UpstreamError {
 /// An upstream's answer: the final response, whatever its status.
 pub type Answer = Result<Response<Incoming>, UpstreamError>;
 
-type HttpsClient =
-    Client<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>, Empty<Bytes>>;
+type HttpsClient = Client<hyper_rustls::HttpsConnector<proxy::Connector>, Empty<Bytes>>;
 
 /// One upstream registry: its base URL, credentials, token cache and connection pool.
 pub struct Upstream {
@@ -245,7 +245,8 @@ pub struct UpstreamOptions {
 
 impl Upstream {
     /// Builds the client for `cfg`. TLS trusts the system roots (or the bundled webpki roots
-    /// when the system has none) plus the registry's `ca_file` certificates.
+    /// when the system has none) plus the registry's `ca_file` certificates. Connections go
+    /// direct or through the proxy `cfg.proxy` names for their host (see [`proxy`]).
     ///
     /// Errors: an I/O error when the TLS configuration cannot be built (a bad `ca_file`
     /// certificate).
@@ -260,12 +261,20 @@ impl Upstream {
             })
             .collect();
         trusted.extend(cfg.url.host_str().map(str::to_ascii_lowercase));
-        let mut http = HttpConnector::new_with_resolver(GuardedResolver {
+        let guard = GuardedResolver {
             trusted: std::sync::Arc::new(trusted),
-        });
+        };
+        let mut http = HttpConnector::new_with_resolver(guard.clone());
         http.enforce_http(false);
         http.set_connect_timeout(Some(opts.timeout));
         http.set_nodelay(true);
+        let http = proxy::Connector::new(&cfg.proxy, http, guard, opts.timeout);
+        tracing::info!(
+            registry = %cfg.registry,
+            url = %cfg.url,
+            proxy = %cfg.proxy.describe(&cfg.url),
+            "upstream"
+        );
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls_config(&cfg.extra_roots)?)
             .https_or_http()

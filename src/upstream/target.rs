@@ -115,7 +115,7 @@ impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for 
 /// (`100.64.0.0/10`), IETF protocol assignments (`192.0.0.0/24`), benchmarking
 /// (`198.18.0.0/15`), reserved (`240.0.0.0/4`), multicast or broadcast; IPv4 inside IPv6
 /// (mapped, compatible, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is judged as the IPv4 address.
-fn is_public(ip: &std::net::IpAddr) -> bool {
+pub(super) fn is_public(ip: &std::net::IpAddr) -> bool {
     use std::net::{IpAddr, Ipv4Addr};
     match ip {
         IpAddr::V4(v4) => {

@@ -79,10 +79,37 @@ impl Mirror {
         Self::start_with(args, dir).await
     }
 
-    async fn start_with(mut args: regcache::config::ServeArgs, dir: tempfile::TempDir) -> Mirror {
+    /// [`Mirror::start_with_config`] with the proxy variables (`HTTPS_PROXY`, `NO_PROXY`, ...)
+    /// read from `env` (the other starts see none, whatever the test machine has).
+    pub async fn start_with_config_env(toml: &str, env: &[(&str, &str)]) -> Mirror {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("regcache.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let args = regcache::config::ServeArgs {
+            config: Some(cfg),
+            cache_dir: Some(dir.path().join("cache")),
+            ..Default::default()
+        };
+        Self::start_env(args, dir, env).await
+    }
+
+    async fn start_with(args: regcache::config::ServeArgs, dir: tempfile::TempDir) -> Mirror {
+        Self::start_env(args, dir, &[]).await
+    }
+
+    async fn start_env(
+        mut args: regcache::config::ServeArgs,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> Mirror {
         // Tests that stop a mirror with connections open wait this long at most.
         args.shutdown_grace.get_or_insert(Duration::from_secs(10));
-        let config = regcache::config::Config::load(&args).expect("config");
+        let lookup = |k: &str| {
+            env.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        let config = regcache::config::Config::load_with_env(&args, &lookup).expect("config");
         let app = Arc::new(regcache::mirror::Mirror::new(config).expect("mirror"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mirror");
         let addr = listener.local_addr().unwrap();
@@ -204,6 +231,40 @@ impl ServeProcess {
         extra: &[&str],
         log: Option<&std::path::Path>,
     ) -> ServeProcess {
+        Self::start_env(up, cache, extra, log, &[]).await
+    }
+
+    /// [`ServeProcess::start`] with `env` set in the child (`REGCACHE_LOG` may be among them)
+    /// and every proxy variable of the test's own environment removed.
+    pub async fn start_env(
+        up: &super::FakeUpstream,
+        cache: &std::path::Path,
+        extra: &[&str],
+        log: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> ServeProcess {
+        let (url, cdn) = (up.url(), up.cdn.to_string());
+        let cache = cache.to_str().expect("utf-8 cache path");
+        let mut args = vec![
+            "--upstream",
+            &url,
+            "--redirect-host",
+            &cdn,
+            "--cache-dir",
+            cache,
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(&args, log, env).await
+    }
+
+    /// `regcache serve --listen 127.0.0.1:<free port> <args>` with `env` set (after
+    /// `REGCACHE_LOG=info` and every proxy variable emptied, so the test machine's own proxy
+    /// settings never leak in), stderr to `log`; waits until it accepts connections.
+    pub async fn spawn(
+        args: &[&str],
+        log: Option<&std::path::Path>,
+        env: &[(&str, &str)],
+    ) -> ServeProcess {
         let port = super::proc::free_port();
         let stderr = match log {
             Some(p) => std::process::Stdio::from(std::fs::File::create(p).expect("log file")),
@@ -211,16 +272,11 @@ impl ServeProcess {
         };
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args([
-                "--upstream",
-                &up.url(),
-                "--redirect-host",
-                &up.cdn.to_string(),
-            ])
-            .arg("--cache-dir")
-            .arg(cache)
-            .args(extra)
+            .args(args)
             .env("REGCACHE_LOG", "info")
+            .env_remove("REQUEST_METHOD")
+            .envs(regcache::upstream::proxy::PROXY_ENV.map(|k| (k, "")))
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(stderr)
             .spawn()

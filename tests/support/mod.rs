@@ -8,10 +8,13 @@ pub mod mirror;
 /// Process helpers shared with the e2e lab (`is_root`, ...).
 #[path = "../lab/proc.rs"]
 pub mod proc;
+pub mod proxy;
 pub mod upstream;
 
 #[allow(unused_imports)]
 pub use client::*;
 pub use data::*;
 pub use mirror::*;
+#[allow(unused_imports)]
+pub use proxy::*;
 pub use upstream::*;
