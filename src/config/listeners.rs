@@ -108,7 +108,9 @@ impl ListenerConfig {
 }
 
 /// The listeners from the file's `[[listeners]]` (or its top-level `listen`, `tls_cert`,
-/// `tls_key`) and the flags, each problem pushed to `problems` with its key and fix.
+/// `tls_key`) and the flags, each problem pushed to `problems` with its key and fix (and
+/// `[[listeners]] #N: ` when the file's N-th entry has it). Also whether they are the file's
+/// `[[listeners]]` entries, in order.
 pub(super) fn resolve(
     listen: Option<SocketAddr>,
     tls_cert: Option<PathBuf>,
@@ -116,7 +118,7 @@ pub(super) fn resolve(
     listeners: Option<Vec<ListenerFile>>,
     args: &ServeArgs,
     problems: &mut Vec<ConfigError>,
-) -> Vec<ListenerConfig> {
+) -> (Vec<ListenerConfig>, bool) {
     let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
     let top_level = ListenerFile {
         address: listen,
@@ -124,6 +126,7 @@ pub(super) fn resolve(
         tls_key,
         ..Default::default()
     };
+    let mut from_array = listeners.is_some();
     let mut entries = match listeners {
         Some(list) => {
             if top_level != ListenerFile::default() {
@@ -164,15 +167,12 @@ pub(super) fn resolve(
             one.allow_anonymous = Some(true);
         }
         entries = vec![one];
+        from_array = false;
     }
-    let single = entries.len() == 1;
+    let single = entries.len() == 1 && !from_array;
     let mut out: Vec<ListenerConfig> = Vec::new();
     for (i, e) in entries.into_iter().enumerate() {
-        let at = if single {
-            String::new()
-        } else {
-            format!("[[listeners]] #{}: ", i + 1)
-        };
+        let at = entry_prefix(from_array, i);
         let address = match e.address {
             Some(a) => a,
             None if single && e.name.is_none() => DEFAULT_LISTEN.parse().expect("valid default"),
@@ -261,7 +261,15 @@ pub(super) fn resolve(
             }
         }
     }
-    out
+    (out, from_array)
+}
+
+/// `[[listeners]] #N: ` for the file's N-th entry (how `with_lines` finds its line).
+fn entry_prefix(from_array: bool, index: usize) -> String {
+    match from_array {
+        true => format!("[[listeners]] #{}: ", index + 1),
+        false => String::new(),
+    }
 }
 
 /// The refusal of a listener that would serve what the operator's credentials fetch to anyone
@@ -269,6 +277,7 @@ pub(super) fn resolve(
 /// `with_credentials` (registry names) is not empty.
 pub(super) fn exposure_problems(
     listeners: &[ListenerConfig],
+    from_array: bool,
     with_credentials: &[&str],
 ) -> Vec<ConfigError> {
     if with_credentials.is_empty() {
@@ -276,11 +285,13 @@ pub(super) fn exposure_problems(
     }
     listeners
         .iter()
-        .filter(|l| !l.is_loopback() && !l.has_client_auth() && !l.allow_anonymous)
-        .map(|l| ConfigError::Invalid {
-            key: "allow_anonymous",
+        .enumerate()
+        .filter(|(_, l)| !l.is_loopback() && !l.has_client_auth() && !l.allow_anonymous)
+        .map(|(i, l)| ConfigError::Invalid {
+            key: "address",
             message: format!(
-                "listener {} is reachable from the network without client auth, and {} {} credentials: anyone who can reach it could pull the private images they fetch. Give the listener htpasswd = FILE (Basic auth) or client_ca = FILE (client certificates, with tls_cert/tls_key), listen on 127.0.0.1, or set allow_anonymous = true on it (--allow-anonymous) if serving them to anyone is intended",
+                "{}listener {} is reachable from the network without client auth, and {} {} credentials: anyone who can reach it could pull the private images they fetch. Give the listener htpasswd = FILE (Basic auth) or client_ca = FILE (client certificates, with tls_cert/tls_key), listen on 127.0.0.1, or set allow_anonymous = true on it (--allow-anonymous) if serving them to anyone is intended",
+                entry_prefix(from_array, i),
                 l.label(),
                 with_credentials.join(", "),
                 if with_credentials.len() == 1 { "has" } else { "have" },

@@ -842,7 +842,7 @@ impl Config {
                 "is empty; write a directory, e.g. \"/var/cache/regcache\"".into(),
             ));
         }
-        let listeners = listeners::resolve(
+        let (listeners, from_array) = listeners::resolve(
             file.listen,
             file.tls_cert,
             file.tls_key,
@@ -855,7 +855,11 @@ impl Config {
             .filter(|r: &&UpstreamConfig| r.credentials.is_some())
             .map(|r| r.registry.as_str())
             .collect();
-        problems.extend(listeners::exposure_problems(&listeners, &with_credentials));
+        problems.extend(listeners::exposure_problems(
+            &listeners,
+            from_array,
+            &with_credentials,
+        ));
         let config = Config {
             listeners,
             shutdown_grace: ok(
@@ -1039,11 +1043,19 @@ fn with_lines(e: ConfigError, path: &Path, text: &str) -> ConfigError {
         }
         ConfigError::Invalid { key, message } => {
             let field = key.rsplit('.').next().unwrap_or(key);
+            let entry = message
+                .strip_prefix("[[listeners]] #")
+                .and_then(|m| m.split_once(':'))
+                .and_then(|(n, _)| n.parse::<usize>().ok());
             let table = message
                 .strip_prefix('[')
                 .and_then(|m| m.split_once("]:"))
                 .map(|(t, _)| t.to_owned());
-            match line_of(text, table.as_deref(), field) {
+            let line = match entry {
+                Some(n) => listener_line_of(text, n, field),
+                None => line_of(text, table.as_deref(), field),
+            };
+            match line {
                 Some(n) => ConfigError::Invalid {
                     key,
                     message: format!("{message} ({} line {n})", path.display()),
@@ -1084,6 +1096,34 @@ fn line_of(text: &str, table: Option<&str>, key: &str) -> Option<usize> {
         }
     }
     table.and(first_in_upstream)
+}
+
+/// The 1-based line of `key = ...` in the `n`-th `[[listeners]]` entry of `text`, else of
+/// that entry's `[[listeners]]` line.
+fn listener_line_of(text: &str, n: usize, key: &str) -> Option<usize> {
+    let (mut seen, mut header) = (0, None);
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            if seen == n {
+                break;
+            }
+            if t == "[[listeners]]" {
+                seen += 1;
+                if seen == n {
+                    header = Some(i + 1);
+                }
+            }
+            continue;
+        }
+        let is_key = t
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if seen == n && is_key {
+            return Some(i + 1);
+        }
+    }
+    header
 }
 
 /// `r`'s value, or (its problem recorded in `problems`) a placeholder: one second.

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod data;
+pub mod https;
 pub mod mirror;
 /// Process helpers shared with the e2e lab (`is_root`, ...).
 #[path = "../lab/proc.rs"]
