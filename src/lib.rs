@@ -22,13 +22,16 @@
 //! - [`admin`]: operator commands on a cache directory (`status`, `verify`, `gc`).
 //! - [`live`]: a running mirror's live status, on its admin socket (`regcache status`).
 //! - [`prefetch`]: `regcache prefetch`, over the cache API.
-//! - [`tls`]: HTTPS for the listener; `regcache gen-cert`.
+//! - [`tls`]: HTTPS for the listener: loading the certificate and key, errors that say what a
+//!   wrong file holds.
+//! - [`certs`]: a local CA and its certificates (`regcache certs init|client|show`, `gen-cert`).
 //! - `fuzzing`: the fuzz targets' bodies (`fuzz/`, replayed by `tests/fuzz_corpus.rs`).
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod body;
 pub mod cache;
+pub mod certs;
 pub mod config;
 pub(crate) mod error;
 #[doc(hidden)]

@@ -1,6 +1,7 @@
 //! HTTPS for the listener (an edge box serving a site: Docker trusts plain http only on
 //! loopback): loading a PEM certificate chain and key into rustls, with errors that say what a
-//! wrong file holds; and `regcache gen-cert` for a self-signed certificate when no PKI is at hand.
+//! wrong file holds. Making certificates (a local CA, `regcache certs`, `gen-cert`) is
+//! [`crate::certs`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -127,35 +128,22 @@ pub(crate) fn holds(bytes: &[u8]) -> Option<String> {
     })
 }
 
-/// Writes a self-signed certificate for `hostnames` (DNS names or IP addresses) and its key into
-/// `dir` as `regcache.crt` and `regcache.key` (mode 0600). Returns their paths.
+/// Writes a local CA and a server certificate for `hostnames` (DNS names or IP addresses) into
+/// `dir` as [`crate::certs::init`] does (`ca.crt`, `ca.key`, `regcache.crt`, `regcache.key`;
+/// keys mode 0600), refusing to overwrite any of them. Returns the server certificate's and
+/// key's paths. `regcache.crt` holds the server certificate and then the CA's, so a client that
+/// trusts that file (as older instructions said) trusts the CA.
 ///
-/// Errors: a message naming what failed (bad name, directory not writable).
+/// Errors: a message naming what failed (bad name, files already there, directory not
+/// writable).
 pub fn generate(hostnames: &[String], dir: &Path) -> Result<(PathBuf, PathBuf), String> {
-    let ck = rcgen::generate_simple_self_signed(hostnames.to_vec())
-        .map_err(|e| format!("cannot make a certificate for {hostnames:?}: {e}"))?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let cert = dir.join("regcache.crt");
-    let key = dir.join("regcache.key");
-    std::fs::write(&cert, ck.cert.pem()).map_err(|e| format!("{}: {e}", cert.display()))?;
-    write_private(&key, ck.key_pair.serialize_pem().as_bytes())
-        .map_err(|e| format!("{}: {e}", key.display()))?;
-    Ok((cert, key))
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    use std::os::unix::fs::PermissionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    // `mode` applies only to a new file: an existing key file is tightened too.
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(data)
+    let done = crate::certs::init(&crate::certs::InitOptions {
+        hostnames: hostnames.to_vec(),
+        out: dir.to_path_buf(),
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
+    Ok((done.cert, done.key))
 }
 
 #[cfg(test)]
