@@ -28,7 +28,7 @@ macro_rules! say_raw {
 #[command(
     version,
     about,
-    after_help = "Examples:\n  regcache serve                                   # 127.0.0.1:5000, Docker Hub, embedded defaults\n  regcache serve --config /etc/regcache/regcache.toml\n  regcache check-config --config /etc/regcache/regcache.toml\n  regcache status\n\nThe config file is --config FILE, else $REGCACHE_CONFIG, else /etc/regcache/regcache.toml when it exists."
+    after_help = "Examples:\n  regcache serve                                   # 127.0.0.1:5000, Docker Hub, embedded defaults\n  regcache serve --config /etc/regcache/regcache.toml\n  regcache check-config --config /etc/regcache/regcache.toml\n  regcache status\n  regcache certs init --hostname mirror.site.lan   # HTTPS for other machines: a local CA\n\nThe config file is --config FILE, else $REGCACHE_CONFIG, else /etc/regcache/regcache.toml when it exists."
 )]
 struct Cli {
     #[command(subcommand)]
