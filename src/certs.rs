@@ -626,6 +626,12 @@ pub fn client(opts: &ClientOptions) -> Result<ClientIssued, CertError> {
             "--name {n:?}: a client name is 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' (e.g. --name builder-1)"
         )));
     }
+    if n == "ca" || n == "regcache" {
+        return Err(input(format!(
+            "--name {n}: {n}.key is the {} key's name: pick another name (e.g. --name builder-1)",
+            if n == "ca" { "CA" } else { "server" }
+        )));
+    }
     let (certf, keyf) = (format!("{n}.cert"), format!("{n}.key"));
     let there = existing(&opts.out, &[&certf, &keyf]);
     if !there.is_empty() && !opts.force {
@@ -868,9 +874,15 @@ fn describe(
     let subject = x.subject().to_string();
     let from = system_time(x.validity().not_before.timestamp());
     let until = system_time(x.validity().not_after.timestamp());
-    let left = match until.duration_since(now) {
-        Ok(d) => (d.as_secs() / 86400) as i64,
-        Err(e) => -((e.duration().as_secs() / 86400) as i64) - 1,
+    // Whole days: left until expiry, or since it.
+    let (expired, days_n) = match until.duration_since(now) {
+        Ok(d) => (false, (d.as_secs() / 86400) as i64),
+        Err(e) => (true, (e.duration().as_secs() / 86400) as i64),
+    };
+    let in_days = |n: i64| match n {
+        0 => "less than a day".to_owned(),
+        1 => "1 day".to_owned(),
+        n => format!("{n} days"),
     };
     let mut sans = Vec::new();
     if let Ok(Some(ext)) = x.subject_alternative_name() {
@@ -929,10 +941,10 @@ fn describe(
     }
     let state = if now < from {
         "NOT YET VALID".to_owned()
-    } else if left < 0 {
-        format!("EXPIRED {} days ago", -left)
+    } else if expired {
+        format!("EXPIRED {} ago", in_days(days_n))
     } else {
-        format!("{left} days left")
+        format!("{} left", in_days(days_n))
     };
     s.text.push_str(&format!(
         "  [{n}] subject:    {subject}\n      issuer:     {issuer}{selfsigned}\n      SANs:       {sans}\n      valid:      {from} .. {until} ({state})\n      CA:         {ca}\n      key usage:  {usage}\n      sha256:     {fp}\n",
@@ -968,15 +980,16 @@ fn describe(
             "{what} is not valid until {} (in {wait}): check this machine's clock and the clients' (timedatectl)",
             rfc3339(from)
         ));
-    } else if left < 0 {
+    } else if expired {
         s.warnings.push(format!(
-            "{what} EXPIRED on {} ({} days ago): clients refuse it; {fix}",
+            "{what} EXPIRED on {} ({} ago): clients refuse it; {fix}",
             rfc3339(until),
-            -left
+            in_days(days_n)
         ));
-    } else if left < WARN_DAYS {
+    } else if days_n < WARN_DAYS {
         s.warnings.push(format!(
-            "{what} expires in {left} days ({}): {fix}",
+            "{what} expires in {} ({}): {fix}",
+            in_days(days_n),
             rfc3339(until)
         ));
     }

@@ -60,9 +60,13 @@ pub fn read_certs(label: &str, path: &Path) -> Result<Vec<CertificateDer<'static
     if certs.is_empty() {
         let what = match holds(&bytes).as_deref() {
             Some(l) if l.contains("PRIVATE KEY") => format!(
-                "holds a {l}, not a certificate: pass the certificate file (regcache.crt) here, and this file as the key (tls_key)"
+                "holds {}, not a certificate: pass the certificate file (regcache.crt) here, and this file as the key (tls_key)",
+                a(&l)
             ),
-            Some(l) => format!("holds a {l}, not a certificate: pass a PEM certificate (regcache.crt)"),
+            Some(l) => format!(
+                "holds {}, not a certificate: pass a PEM certificate (regcache.crt)",
+                a(&l)
+            ),
             None => not_pem(&bytes, "certificate", "regcache.crt"),
         };
         return Err(format!("{label} {}: {what}", path.display()));
@@ -84,7 +88,14 @@ pub fn read_key(label: &str, path: &Path) -> Result<PrivateKeyDer<'static>, Stri
                 Some("ENCRYPTED PRIVATE KEY") => format!(
                     "holds an ENCRYPTED PRIVATE KEY: regcache cannot ask for its passphrase; write it decrypted (openssl pkey -in {p} -out {p}.plain; chmod 600 {p}.plain) and pass that"
                 ),
-                Some(l) => format!("holds a {l}, not a private key: pass the key file (regcache.key)"),
+                Some(l) if l.contains("PRIVATE KEY") => format!(
+                    "holds {}, which regcache cannot read: write it as a PEM PKCS#8 (BEGIN PRIVATE KEY), PKCS#1 (BEGIN RSA PRIVATE KEY) or SEC1 (BEGIN EC PRIVATE KEY) key and pass that",
+                    a(&l)
+                ),
+                Some(l) => format!(
+                    "holds {}, not a private key: pass the key file (regcache.key)",
+                    a(&l)
+                ),
                 None => not_pem(&bytes, "private key", "regcache.key"),
             };
             Err(format!("{label} {p}: {what}"))
@@ -115,6 +126,14 @@ fn not_pem(bytes: &[u8], want: &str, example: &str) -> String {
     } else {
         format!("is not PEM (no -----BEGIN line): pass the PEM {want} file ({example})")
     }
+}
+
+/// `label` with its article: "a CERTIFICATE", "an EC PRIVATE KEY".
+fn a(label: &str) -> String {
+    let first = label.split(' ').next().unwrap_or_default();
+    let vowel = matches!(first, "EC" | "RSA" | "X509" | "SSH2")
+        || first.starts_with(['A', 'E', 'I', 'O', 'U']);
+    format!("{} {label}", if vowel { "an" } else { "a" })
 }
 
 /// The label of the first PEM section (`CERTIFICATE`, `PRIVATE KEY`, ...) in `bytes`, if any.
@@ -190,6 +209,17 @@ mod tests {
         )
         .unwrap();
         assert!(server_config(&c, &enc).unwrap_err().contains("passphrase"));
+        let ssh = dir.path().join("ssh");
+        std::fs::write(
+            &ssh,
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n-----END OPENSSH PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = server_config(&c, &ssh).unwrap_err();
+        assert!(
+            e.contains("holds an OPENSSH PRIVATE KEY, which regcache cannot read"),
+            "{e}"
+        );
     }
 
     #[test]
