@@ -61,11 +61,11 @@ pub fn read_certs(label: &str, path: &Path) -> Result<Vec<CertificateDer<'static
         let what = match holds(&bytes).as_deref() {
             Some(l) if l.contains("PRIVATE KEY") => format!(
                 "holds {}, not a certificate: pass the certificate file (regcache.crt) here, and this file as the key (tls_key)",
-                a(&l)
+                a(l)
             ),
             Some(l) => format!(
                 "holds {}, not a certificate: pass a PEM certificate (regcache.crt)",
-                a(&l)
+                a(l)
             ),
             None => not_pem(&bytes, "certificate", "regcache.crt"),
         };
@@ -90,11 +90,11 @@ pub fn read_key(label: &str, path: &Path) -> Result<PrivateKeyDer<'static>, Stri
                 ),
                 Some(l) if l.contains("PRIVATE KEY") => format!(
                     "holds {}, which regcache cannot read: write it as a PEM PKCS#8 (BEGIN PRIVATE KEY), PKCS#1 (BEGIN RSA PRIVATE KEY) or SEC1 (BEGIN EC PRIVATE KEY) key and pass that",
-                    a(&l)
+                    a(l)
                 ),
                 Some(l) => format!(
                     "holds {}, not a private key: pass the key file (regcache.key)",
-                    a(&l)
+                    a(l)
                 ),
                 None => not_pem(&bytes, "private key", "regcache.key"),
             };
