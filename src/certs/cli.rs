@@ -41,7 +41,7 @@ pub enum CertsCommand {
         new_ca: bool,
     },
     /// Issue a TLS client certificate signed by the local CA (for a listener whose client_ca is
-    /// that ca.crt): <NAME>.cert and <NAME>.key, and print where each client puts them.
+    /// that ca.crt): NAME.cert and NAME.key, and print where each client puts them.
     #[command(
         after_help = "Examples:\n  regcache certs client --name builder-1\n  regcache certs client --name ci --ca-dir /etc/regcache/certs --out /tmp/ci-cert\n\nExit status: 0 done, 2 bad input (a name, files in the way, no CA), 1 cannot write."
     )]

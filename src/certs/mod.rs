@@ -4,7 +4,7 @@
 //! holds, and whether it expires soon). `regcache gen-cert` is kept as `certs init`'s shorthand.
 //!
 //! rcgen writes the certificates (ECDSA P-256 keys), x509-parser reads them back.
-//! `show` is in [`show`], the command line in [`cli`].
+//! Issuing is here, `show` in `certs/show.rs`, the command line in `certs/cli.rs`.
 
 mod cli;
 mod show;
@@ -459,7 +459,8 @@ fn existing(dir: &Path, names: &[&str]) -> Vec<String> {
 /// [`CertError::Io`] when the directory or a file cannot be written.
 pub fn init(opts: &InitOptions) -> Result<Initialized, CertError> {
     let (sans, labels) = subject_alt_names(&opts.hostnames, &opts.ips)?;
-    let host = opts.hostnames[0].trim().to_ascii_lowercase();
+    // The first name as it went in: lower case, an address without brackets.
+    let host = labels[0].split_once(':').map_or("", |(_, h)| h).to_owned();
     let dir = &opts.out;
     let there = existing(dir, &[CA_CERT, CA_KEY, SERVER_CERT, SERVER_KEY]);
     if !there.is_empty() && !opts.force {
@@ -535,7 +536,7 @@ pub fn init_report(done: &Initialized, port: u16) -> String {
         "new"
     };
     format!(
-        r#"wrote {dir}: {CA_CERT}{ca_written}, {SERVER_CERT} and {SERVER_KEY} (mode 0600)
+        r#"wrote {dir}: {written}
   CA: {ca_state}, expires {ca_exp}
   server certificate: {sans}, expires {exp}
 
@@ -574,10 +575,12 @@ EOF
 Check: curl --cacert {ca} https://{hp}/v2/
 "#,
         dir = dir.display(),
-        ca_written = if done.ca_kept {
-            " (kept)"
+        written = if done.ca_kept {
+            format!(
+                "{SERVER_CERT} and {SERVER_KEY} (mode 0600), signed by the {CA_CERT} already there"
+            )
         } else {
-            ", ca.key (mode 0600)"
+            format!("{CA_CERT}, {CA_KEY} (mode 0600), {SERVER_CERT} and {SERVER_KEY} (mode 0600)")
         },
         ca_exp = rfc3339(done.ca_not_after),
         sans = done.sans.join(", "),
@@ -789,6 +792,14 @@ mod tests {
             ..opts(d.path(), &["Mirror.Site.Lan", "192.168.1.2", "mirror"])
         })
         .unwrap();
+        assert_eq!(done.host, "mirror.site.lan");
+        let v6 = tempfile::tempdir().unwrap();
+        let d6 = init(&opts(v6.path(), &["[fd00::1]"])).unwrap();
+        assert_eq!(
+            (d6.host.as_str(), &d6.sans[..]),
+            ("fd00::1", &["IP:fd00::1".to_owned()][..])
+        );
+        assert!(init_report(&d6, 5000).contains("/etc/docker/certs.d/[fd00::1]:5000/ca.crt"));
         assert_eq!(
             done.sans,
             [
