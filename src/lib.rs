@@ -25,7 +25,9 @@
 //! - [`prefetch`]: `regcache prefetch`, over the cache API.
 //! - [`service`]: the mirror as a systemd service: sockets (activation), `sd_notify`,
 //!   SIGHUP reload, graceful stop.
-//! - [`tls`]: HTTPS for the listeners; `regcache gen-cert`.
+//! - [`tls`]: HTTPS for the listeners: loading the certificate, key and client CA, errors
+//!   that say what a wrong file holds.
+//! - [`certs`]: a local CA and its certificates (`regcache certs init|client|show`, `gen-cert`).
 //! - `fuzzing`: the fuzz targets' bodies (`fuzz/`, replayed by `tests/fuzz_corpus.rs`).
 #![deny(unsafe_code)]
 
@@ -33,6 +35,7 @@ pub mod access;
 pub mod admin;
 pub mod body;
 pub mod cache;
+pub mod certs;
 pub mod config;
 pub(crate) mod error;
 #[doc(hidden)]

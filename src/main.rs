@@ -26,7 +26,7 @@ macro_rules! say_raw {
 #[command(
     version,
     about,
-    after_help = "Examples:\n  regcache serve                                   # 127.0.0.1:5000, Docker Hub, embedded defaults\n  regcache serve --config /etc/regcache/regcache.toml\n  regcache check-config --config /etc/regcache/regcache.toml\n  regcache status\n\nThe config file is --config FILE, else $REGCACHE_CONFIG, else /etc/regcache/regcache.toml when it exists."
+    after_help = "Examples:\n  regcache serve                                   # 127.0.0.1:5000, Docker Hub, embedded defaults\n  regcache serve --config /etc/regcache/regcache.toml\n  regcache check-config --config /etc/regcache/regcache.toml\n  regcache status\n  regcache certs init --hostname mirror.site.lan   # HTTPS for other machines: a local CA\n\nThe config file is --config FILE, else $REGCACHE_CONFIG, else /etc/regcache/regcache.toml when it exists."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -63,17 +63,32 @@ enum Command {
         after_help = "Examples:\n  regcache prefetch alpine:3.19 debian:bookworm\n  regcache prefetch --all-platforms ghcr.io/org/app@sha256:<64 hex> --config /etc/regcache/regcache.toml"
     )]
     Prefetch(regcache::prefetch::PrefetchArgs),
-    /// Write a self-signed certificate and key for serving HTTPS (an edge box serving a site).
+    /// A local CA and its certificates, for serving HTTPS without a PKI at hand: `certs init`
+    /// (a CA and a server certificate, and what each client needs), `certs client` (TLS client
+    /// certificates), `certs show` (what certificate files hold, expiry warnings).
     #[command(
-        after_help = "Example:\n  regcache gen-cert --hostname mirror.site.lan --hostname 10.0.0.5 --out-dir /etc/regcache"
+        subcommand,
+        after_help = "Examples:\n  regcache certs init --hostname mirror.site.lan --ip 10.0.0.5\n  regcache certs client --name builder-1\n  regcache certs show --config /etc/regcache/regcache.toml"
+    )]
+    Certs(regcache::certs::CertsCommand),
+    /// Kept for compatibility: the same as `regcache certs init --out DIR` (a local CA and a
+    /// server certificate signed by it; never overwrites).
+    #[command(
+        after_help = "Example:\n  regcache gen-cert --hostname mirror.site.lan --hostname 10.0.0.5 --out-dir /etc/regcache/certs\n\nPrefer `regcache certs init` (--ip, --port, --force to reissue keeping the CA)."
     )]
     GenCert {
         /// Name (or IP address) clients use to reach the mirror; repeatable.
         #[arg(long = "hostname", value_name = "NAME", required = true)]
         hostnames: Vec<String>,
-        /// Directory to write regcache.crt and regcache.key into.
+        /// Directory to write ca.crt, ca.key, regcache.crt and regcache.key into.
         #[arg(long, value_name = "DIR", default_value = "certs")]
         out_dir: std::path::PathBuf,
+        /// Replace the server certificate and key, keeping an existing CA.
+        #[arg(long)]
+        force: bool,
+        /// With --force: replace the CA too (every client then needs the new ca.crt).
+        #[arg(long, requires = "force")]
+        new_ca: bool,
     },
     /// Check a configuration (the file and any `serve` flags) as `serve` would, without serving:
     /// every problem is printed with its key (and line) and the fix; exit status 2 on any.
@@ -172,7 +187,10 @@ fn main() -> ExitCode {
         | Command::Ls { cache: a, .. }
         | Command::Rm { cache: a, .. } => a.config = or_default(a.config.take()),
         Command::Prefetch(a) => a.config = or_default(a.config.take()),
-        Command::GenCert { .. } | Command::Completions { .. } | Command::Man => {}
+        Command::GenCert { .. }
+        | Command::Certs(_)
+        | Command::Completions { .. }
+        | Command::Man => {}
     }
     if let Command::Serve(args) = cli.command {
         return serve(*args);
@@ -282,27 +300,20 @@ fn main() -> ExitCode {
             }
         }
         Command::Prefetch(args) => prefetch(args),
-        Command::GenCert { hostnames, out_dir } => {
-            match regcache::tls::generate(&hostnames, &out_dir) {
-                Ok((cert, key)) => {
-                    let host = &hostnames[0];
-                    say!(
-                        "wrote {} and {} (key mode 0600)",
-                        cert.display(),
-                        key.display()
-                    );
-                    say!("serve:      regcache serve --listen 0.0.0.0:5000 --tls-cert {} --tls-key {}", cert.display(), key.display());
-                    say!("docker:     copy {} to /etc/docker/certs.d/{host}:5000/ca.crt on each client;", cert.display());
-                    say!("            daemon.json: {{\"registry-mirrors\": [\"https://{host}:5000\"]}}");
-                    say!("containerd: hosts.toml: [host.\"https://{host}:5000\"] capabilities = [\"pull\", \"resolve\"], ca = \"/path/to/regcache.crt\"");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("regcache gen-cert: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Certs(c) => ExitCode::from(regcache::certs::run(c)),
+        Command::GenCert {
+            hostnames,
+            out_dir,
+            force,
+            new_ca,
+        } => ExitCode::from(regcache::certs::run(regcache::certs::CertsCommand::Init {
+            hostnames,
+            ips: Vec::new(),
+            out: Some(out_dir),
+            port: regcache::certs::DEFAULT_PORT,
+            force,
+            new_ca,
+        })),
         Command::Status { cache, json } => with_cache(&cache, |s| {
             match regcache::live::fetch(&s.cache_dir) {
                 Ok(live) if json => say!("{}", serde_json::to_string_pretty(&live)?),

@@ -113,7 +113,7 @@ fn bad_configs_get_messages_that_name_the_key_and_the_fix() {
         (
             "cert-key-mismatch",
             format!("{cache_line}tls_cert = {:?}\ntls_key = {:?}\n", cert_a.display().to_string(), key_b.display().to_string()),
-            vec!["tls_cert/tls_key", "usable pair"],
+            vec!["tls_key", "does not match tls_cert", "certs init --force"],
         ),
         (
             "socks-proxy",
