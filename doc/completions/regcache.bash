@@ -16,6 +16,9 @@ _regcache() {
             ",$1")
                 cmd="regcache"
                 ;;
+            regcache,certs)
+                cmd="regcache__subcmd__certs"
+                ;;
             regcache,check-config)
                 cmd="regcache__subcmd__check__subcmd__config"
                 ;;
@@ -51,6 +54,33 @@ _regcache() {
                 ;;
             regcache,verify)
                 cmd="regcache__subcmd__verify"
+                ;;
+            regcache__subcmd__certs,client)
+                cmd="regcache__subcmd__certs__subcmd__client"
+                ;;
+            regcache__subcmd__certs,help)
+                cmd="regcache__subcmd__certs__subcmd__help"
+                ;;
+            regcache__subcmd__certs,init)
+                cmd="regcache__subcmd__certs__subcmd__init"
+                ;;
+            regcache__subcmd__certs,show)
+                cmd="regcache__subcmd__certs__subcmd__show"
+                ;;
+            regcache__subcmd__certs__subcmd__help,client)
+                cmd="regcache__subcmd__certs__subcmd__help__subcmd__client"
+                ;;
+            regcache__subcmd__certs__subcmd__help,help)
+                cmd="regcache__subcmd__certs__subcmd__help__subcmd__help"
+                ;;
+            regcache__subcmd__certs__subcmd__help,init)
+                cmd="regcache__subcmd__certs__subcmd__help__subcmd__init"
+                ;;
+            regcache__subcmd__certs__subcmd__help,show)
+                cmd="regcache__subcmd__certs__subcmd__help__subcmd__show"
+                ;;
+            regcache__subcmd__help,certs)
+                cmd="regcache__subcmd__help__subcmd__certs"
                 ;;
             regcache__subcmd__help,check-config)
                 cmd="regcache__subcmd__help__subcmd__check__subcmd__config"
@@ -88,6 +118,15 @@ _regcache() {
             regcache__subcmd__help,verify)
                 cmd="regcache__subcmd__help__subcmd__verify"
                 ;;
+            regcache__subcmd__help__subcmd__certs,client)
+                cmd="regcache__subcmd__help__subcmd__certs__subcmd__client"
+                ;;
+            regcache__subcmd__help__subcmd__certs,init)
+                cmd="regcache__subcmd__help__subcmd__certs__subcmd__init"
+                ;;
+            regcache__subcmd__help__subcmd__certs,show)
+                cmd="regcache__subcmd__help__subcmd__certs__subcmd__show"
+                ;;
             *)
                 ;;
         esac
@@ -95,7 +134,7 @@ _regcache() {
 
     case "${cmd}" in
         regcache)
-            opts="-h -V --help --version serve status verify prefetch gen-cert check-config gc ls rm completions man help"
+            opts="-h -V --help --version serve status verify prefetch certs gen-cert check-config gc ls rm completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -108,8 +147,170 @@ _regcache() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        regcache__subcmd__certs)
+            opts="-h --help init client show help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__certs__subcmd__client)
+            opts="-h --name --ca-dir --out --port --force --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --name)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__certs__subcmd__help)
+            opts="init client show help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__certs__subcmd__help__subcmd__client)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__certs__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__certs__subcmd__help__subcmd__init)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__certs__subcmd__help__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__certs__subcmd__init)
+            opts="-h --hostname --ip --out --port --force --new-ca --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --hostname)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ip)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__certs__subcmd__show)
+            opts="-h --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         regcache__subcmd__check__subcmd__config)
-            opts="-h --config --listen --cache-dir --upstream --redirect-host --tag-ttl --max-size --min-free --offline --revalidate-timeout --idle-timeout --header-read-timeout --max-manifest-size --client-idle-timeout --max-connections --min-fill-rate --outage-backoff --outage-probe-interval --max-upstream-bandwidth --log-format --tls-cert --tls-key --help"
+            opts="-h --config --listen --cache-dir --upstream --redirect-host --tag-ttl --max-size --min-free --offline --revalidate-timeout --idle-timeout --header-read-timeout --max-manifest-size --client-idle-timeout --max-connections --min-fill-rate --outage-backoff --outage-probe-interval --max-upstream-bandwidth --log-format --tls-cert --tls-key --htpasswd --client-ca --allow-anonymous --shutdown-grace --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -199,6 +400,18 @@ _regcache() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --htpasswd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --shutdown-grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -251,7 +464,7 @@ _regcache() {
             return 0
             ;;
         regcache__subcmd__gen__subcmd__cert)
-            opts="-h --hostname --out-dir --help"
+            opts="-h --hostname --out-dir --force --new-ca --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -273,8 +486,64 @@ _regcache() {
             return 0
             ;;
         regcache__subcmd__help)
-            opts="serve status verify prefetch gen-cert check-config gc ls rm completions man help"
+            opts="serve status verify prefetch certs gen-cert check-config gc ls rm completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__help__subcmd__certs)
+            opts="init client show"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__help__subcmd__certs__subcmd__client)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__help__subcmd__certs__subcmd__init)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__help__subcmd__certs__subcmd__show)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -563,7 +832,7 @@ _regcache() {
             return 0
             ;;
         regcache__subcmd__serve)
-            opts="-h --config --listen --cache-dir --upstream --redirect-host --tag-ttl --max-size --min-free --offline --revalidate-timeout --idle-timeout --header-read-timeout --max-manifest-size --client-idle-timeout --max-connections --min-fill-rate --outage-backoff --outage-probe-interval --max-upstream-bandwidth --log-format --tls-cert --tls-key --help"
+            opts="-h --config --listen --cache-dir --upstream --redirect-host --tag-ttl --max-size --min-free --offline --revalidate-timeout --idle-timeout --header-read-timeout --max-manifest-size --client-idle-timeout --max-connections --min-fill-rate --outage-backoff --outage-probe-interval --max-upstream-bandwidth --log-format --tls-cert --tls-key --htpasswd --client-ca --allow-anonymous --shutdown-grace --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -650,6 +919,18 @@ _regcache() {
                     return 0
                     ;;
                 --tls-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --htpasswd)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --client-ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --shutdown-grace)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
