@@ -16,7 +16,6 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -577,10 +576,7 @@ async fn serve_connection<I>(
         io = io.expect_preface(t);
     }
     let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-    // A per-connection graceful shutdown, triggered by the server's or by idleness.
-    let graceful = GracefulShutdown::new();
-    let served = graceful.watcher().watch(conn);
-    tokio::pin!(served);
+    tokio::pin!(conn);
     let idle = watch.idle;
     let reason = async {
         let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
@@ -599,7 +595,7 @@ async fn serve_connection<I>(
         }
     };
     let ended = tokio::select! {
-        r = &mut served => Ok(r),
+        r = conn.as_mut() => Ok(r),
         end = reason => Err(end),
     };
     let r = match ended {
@@ -608,11 +604,12 @@ async fn serve_connection<I>(
             tracing::debug!("connection closed: its client took nothing for client_idle_timeout");
             return;
         }
-        // Responses in progress after a GOAWAY go on while their client takes bytes (the
-        // server bounds the whole drain by `shutdown_grace`); one that waited a window for a
-        // client granting no credit is dropped.
+        // A graceful close (shutdown, or idle): HTTP/1 finishes the response in progress,
+        // HTTP/2 sends GOAWAY and finishes its open streams. They go on while their client
+        // takes bytes (the server bounds the whole drain by `shutdown_grace`); one that waited
+        // a window for a client granting no credit is dropped.
         Err(End::Graceful) => {
-            let drained = async { tokio::join!(graceful.shutdown(), served).1 };
+            conn.as_mut().graceful_shutdown();
             let stalled = async {
                 let tick = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
                 loop {
@@ -623,7 +620,7 @@ async fn serve_connection<I>(
                 }
             };
             tokio::select! {
-                r = drained => r,
+                r = conn.as_mut() => r,
                 _ = stalled => return,
             }
         }
@@ -635,7 +632,7 @@ async fn serve_connection<I>(
 
 /// Why a connection's watchdog ends it.
 enum End {
-    /// Shutdown, or idle: finish what is in progress (for at most one more window).
+    /// Shutdown, or idle: finish what is in progress (while its client takes bytes).
     Graceful,
     /// Its responses waited a window for a client that took nothing: dropped at once.
     Stalled,
