@@ -136,7 +136,7 @@ impl Htpasswd {
     }
 
     /// Whether `user` with `password` matches an entry. bcrypt runs on a blocking thread, at
-    /// most [`VERIFYING_AT_ONCE`] at a time; accepted credentials are remembered.
+    /// most two at a time; accepted credentials are remembered.
     pub async fn verify(&self, user: &str, password: &str) -> bool {
         let hash = self.entries.get(user);
         let memo: [u8; 32] = {

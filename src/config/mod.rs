@@ -1,6 +1,7 @@
 //! Configuration: the TOML file, the command-line flags that override it, and the embedded
-//! defaults. Parsing is pure (no environment access) so it can be tested; [`Config::load`] does
-//! the I/O (reading the file and the password file).
+//! defaults. Parsing is pure (no environment access but `${CREDENTIALS_DIRECTORY}` in paths) so
+//! it can be tested; [`Config::load`] does the I/O (reading the file, the password files and
+//! the proxy variables).
 //!
 //! ```toml
 //! listen = "127.0.0.1:5000"
@@ -21,6 +22,7 @@
 //! max_upstream_bandwidth = "2MiB/s"   # optional cap for all fills together
 //! tls_cert = "/etc/regcache/regcache.crt"  # optional: serve HTTPS (with tls_key)
 //! tls_key = "/etc/regcache/regcache.key"
+//! shutdown_grace = "5m"     # on SIGTERM, what is in progress gets this long to finish
 //! default_registry = "docker.io"   # used when a request names no registry
 //! [upstream]                # shorthand for [registries."<default_registry>"]
 //! url = "https://registry-1.docker.io"
