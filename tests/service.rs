@@ -494,3 +494,57 @@ async fn credentials_directory_paths() {
         Some(basic("me", "from-credentials"))
     );
 }
+
+/// A client certificate the listener refuses (none, or another CA's) is logged at info with
+/// the fix, so an operator sees why a client cannot pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_client_certificates_are_logged() {
+    let up = FakeUpstream::start(300).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("test CA");
+    let (cert, key) = ca.server(&["localhost"]).write(dir.path(), "server");
+    std::fs::write(dir.path().join("ca.crt"), ca.pem()).unwrap();
+    let port = support::proc::free_port();
+    let m = Served::start(
+        dir.path(),
+        &format!(
+            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n{}",
+            cert.display(),
+            key.display(),
+            dir.path().join("ca.crt").display(),
+            upstream_toml(&up)
+        ),
+        &[],
+    );
+    m.wait_log("regcache serving").await;
+    assert!(
+        m.log().contains("[auth: client certificate; bound]"),
+        "{}",
+        m.log()
+    );
+    let other = TestCa::new("another CA").client("laptop");
+    for client in [None, Some(&other)] {
+        let r = tls_get(
+            port,
+            "localhost",
+            tls_client(&ca.pem(), client),
+            "/v2/",
+            &[],
+        )
+        .await;
+        assert!(r.is_err(), "{r:?}");
+    }
+    m.wait_log("TLS client certificate refused: the client needs a certificate signed by the listener's client_ca (regcache certs client)").await;
+    let good = ca.client("docker-host-7");
+    let a = tls_get(
+        port,
+        "localhost",
+        tls_client(&ca.pem(), Some(&good)),
+        "/v2/",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200);
+    m.wait_log("user=\"docker-host-7\"").await;
+}

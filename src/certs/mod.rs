@@ -545,6 +545,9 @@ The mirror (regcache.toml):
   address = "0.0.0.0:{port}"
   tls_cert = "{crt}"
   tls_key = "{key}"
+  # When a registry has credentials, clients must authenticate on a network listener:
+  # client_ca = "{ca}"   (client certificates: regcache certs client --name HOST)
+  # htpasswd = "/etc/regcache/htpasswd"   (Basic auth: htpasswd -B -c FILE USER)
 or: regcache serve --listen 0.0.0.0:{port} --tls-cert {crt} --tls-key {key}
 
 Each client trusts {ca} (copy it there first; it is public: the key stays here).

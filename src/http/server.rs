@@ -265,6 +265,11 @@ async fn accept_loop(listener: TcpListener, settings: Arc<Listener>, shared: Arc
                             serve_connection(io, conn, builders.pick(proto), watch, false, preface)
                                 .await
                         }
+                        Ok(Err(e)) if refused_client_certificate(&e) => tracing::info!(
+                            client = %peer,
+                            error = %e,
+                            "TLS client certificate refused: the client needs a certificate signed by the listener's client_ca (regcache certs client)"
+                        ),
                         Ok(Err(e)) => {
                             tracing::debug!(client = %peer, error = %e, "TLS handshake failed")
                         }
@@ -274,6 +279,15 @@ async fn accept_loop(listener: TcpListener, settings: Arc<Listener>, shared: Arc
             }
         }
     }
+}
+
+/// Whether a failed handshake is a client certificate the listener refused (none presented, or
+/// one that does not chain to `client_ca`), which the operator may need to see.
+fn refused_client_certificate(e: &std::io::Error) -> bool {
+    matches!(
+        e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::NoCertificatesPresented | rustls::Error::InvalidCertificate(_))
+    )
 }
 
 /// The TLS handshake, after a look at the first byte: a client speaking plain HTTP to this
