@@ -744,7 +744,7 @@ pub(crate) fn rfc3339(t: SystemTime) -> String {
 mod tests {
     use super::*;
 
-    fn opts(dir: &Path, hosts: &[&str]) -> InitOptions {
+    pub(super) fn opts(dir: &Path, hosts: &[&str]) -> InitOptions {
         InitOptions {
             hostnames: hosts.iter().map(|h| h.to_string()).collect(),
             out: dir.to_path_buf(),

@@ -287,19 +287,12 @@ fn describe(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{init, InitOptions, LEAF_DAYS};
+    use super::super::tests::opts;
+    use super::super::{init, LEAF_DAYS};
     use super::*;
 
     fn days(n: i64) -> Duration {
         Duration::from_secs(n as u64 * 86400)
-    }
-
-    fn opts(dir: &Path, hosts: &[&str]) -> InitOptions {
-        InitOptions {
-            hostnames: hosts.iter().map(|h| h.to_string()).collect(),
-            out: dir.to_path_buf(),
-            ..Default::default()
-        }
     }
 
     #[test]

@@ -308,26 +308,14 @@ async fn tls_handshake(
 }
 
 /// Answers a plain-HTTP request on an HTTPS port with a 400 (an OCI error body) and closes.
-async fn plain_http_to_tls_port(mut stream: tokio::net::TcpStream) {
-    use tokio::io::AsyncWriteExt;
-    read_head(&mut stream).await;
+async fn plain_http_to_tls_port(stream: tokio::net::TcpStream) {
     let port = stream.local_addr().map(|a| a.port()).unwrap_or_default();
-    let body = crate::error::ApiError::new(
+    let e = crate::error::ApiError::new(
         http::StatusCode::BAD_REQUEST,
         "UNSUPPORTED",
         format!("this port speaks HTTPS: use https://<host>:{port} (and trust the mirror's CA)"),
-    )
-    .body_json();
-    let head = format!(
-        "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nDocker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n\r\n",
-        body.len()
     );
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = stream.write_all(head.as_bytes()).await;
-        let _ = stream.write_all(body.as_bytes()).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
+    answer_and_close(stream, "400 Bad Request", "", e).await;
 }
 
 /// Half the process's open-file limit (the other half is for upstream connections, temp and
@@ -405,17 +393,29 @@ async fn sniff(stream: &tokio::net::TcpStream, timeout: Duration) -> Option<Prot
 
 /// Answers a connection over `max_connections` with a 503 (an OCI error body, `Retry-After`)
 /// and closes it, so the clients already connected keep their capacity.
-async fn refuse(mut stream: tokio::net::TcpStream, max: usize) {
+async fn refuse(stream: tokio::net::TcpStream, max: usize) {
+    let e = crate::error::ApiError::unavailable(format!(
+        "too many connections (max_connections = {max}); retry shortly"
+    ));
+    answer_and_close(stream, "503 Service Unavailable", "Retry-After: 1\r\n", e).await;
+}
+
+/// Reads the request head, then answers it with `status` (`"503 Service Unavailable"`), the
+/// `extra` header lines (each ending in CRLF) and `e`'s OCI error body, and closes; written
+/// by hand, for connections hyper never serves. Bounded to a few seconds.
+async fn answer_and_close(
+    mut stream: tokio::net::TcpStream,
+    status: &str,
+    extra: &str,
+    e: crate::error::ApiError,
+) {
     use tokio::io::AsyncWriteExt;
     // Read the request head first: clients treat an answer before their request as a broken
     // connection, not as an answer.
     read_head(&mut stream).await;
-    let body = crate::error::ApiError::unavailable(format!(
-        "too many connections (max_connections = {max}); retry shortly"
-    ))
-    .body_json();
+    let body = e.body_json();
     let head = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nRetry-After: 1\r\nDocker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Docker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n\r\n",
         body.len()
     );
     let _ = tokio::time::timeout(Duration::from_secs(2), async {

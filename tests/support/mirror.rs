@@ -59,15 +59,7 @@ impl Mirror {
 
     /// Starts with a TOML config file (written into the cache dir's sibling) plus a cache dir.
     pub async fn start_with_config(toml: &str) -> Mirror {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = dir.path().join("regcache.toml");
-        std::fs::write(&cfg, toml).unwrap();
-        let args = regcache::config::ServeArgs {
-            config: Some(cfg),
-            cache_dir: Some(dir.path().join("cache")),
-            ..Default::default()
-        };
-        Self::start_with(args, dir).await
+        Self::start_with_config_env(toml, &[]).await
     }
 
     /// Starts with explicit flags (cache dir defaults to a fresh temp dir's `cache/`).
