@@ -132,6 +132,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         dir
     }
 
+    /// Writes `<containerd dir>/<name>/<registry>/hosts.toml` with `text` and returns the
+    /// hosts directory `<containerd dir>/<name>`.
+    pub fn write_hosts_toml(&self, name: &str, registry: &str, text: &str) -> PathBuf {
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(dir.join(registry)).expect("create hosts dir");
+        std::fs::write(dir.join(registry).join("hosts.toml"), text).expect("write hosts.toml");
+        dir
+    }
+
     /// `ctr images pull --hosts-dir DIR [--all-platforms | --platform P] REF` with a deadline;
     /// the caller checks the outcome.
     pub fn try_pull(
@@ -211,7 +220,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 pub struct Dockerd {
     pub host: String,
     docker: PathBuf,
-    cli_config: PathBuf,
+    /// The CLI's `DOCKER_CONFIG` directory (its `config.json` holds `docker login` entries).
+    pub cli_config: PathBuf,
+    /// daemon.json, as written.
+    config_path: PathBuf,
+    config: serde_json::Value,
     pub daemon: Daemon,
 }
 
@@ -270,7 +283,46 @@ impl Dockerd {
             host,
             docker,
             cli_config,
+            config_path,
+            config,
             daemon,
+        }
+    }
+
+    /// Rewrites daemon.json with `registry-mirrors: mirrors` and reloads dockerd (SIGHUP;
+    /// dockerd reloads its registry mirrors live), waiting until `docker info` shows them.
+    pub fn set_registry_mirrors(&mut self, mirrors: &[String]) {
+        self.config["registry-mirrors"] = serde_json::json!(mirrors);
+        std::fs::write(
+            &self.config_path,
+            serde_json::to_vec_pretty(&self.config).expect("serialize daemon.json"),
+        )
+        .expect("write daemon.json");
+        self.daemon.signal("HUP");
+        // `docker info` prints each mirror with a trailing slash.
+        let want: Vec<String> = mirrors
+            .iter()
+            .map(|m| format!("{}/", m.trim_end_matches('/')))
+            .collect();
+        let started = std::time::Instant::now();
+        loop {
+            let out = proc::run(
+                self.docker()
+                    .args(["info", "--format", "{{json .RegistryConfig.Mirrors}}"]),
+                CMD_TIMEOUT,
+            );
+            let got: Vec<String> = serde_json::from_str(out.stdout.trim()).unwrap_or_default();
+            if got == want {
+                proc::say(format!("dockerd registry-mirrors now {got:?}"));
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "dockerd did not reload registry-mirrors {want:?} (docker info: {}); log:\n{}",
+                out.stdout.trim(),
+                proc::tail(&self.daemon.log, 30)
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -475,6 +527,28 @@ impl Skopeo {
         let mut c = self.cmd();
         c.arg("copy")
             .args(["--src-tls-verify=false", "--src-no-creds"])
+            .arg(format!("docker://{reference}"))
+            .arg(format!("dir:{}", out.display()));
+        proc::run(&mut c, timeout)
+    }
+
+    /// `skopeo copy [--all] SRC_FLAGS... docker://REF dir:OUT` with a deadline (the flags say
+    /// how to reach and authenticate to the source, e.g. `--src-cert-dir DIR`); the caller
+    /// checks the outcome.
+    pub fn try_copy_with(
+        &self,
+        src_flags: &[String],
+        reference: &str,
+        out: &Path,
+        all: bool,
+        timeout: Duration,
+    ) -> proc::Output {
+        let mut c = self.cmd();
+        c.arg("copy");
+        if all {
+            c.arg("--all");
+        }
+        c.args(src_flags)
             .arg(format!("docker://{reference}"))
             .arg(format!("dir:{}", out.display()));
         proc::run(&mut c, timeout)

@@ -37,6 +37,9 @@ pub struct RegcacheSpec {
     pub redirect_hosts: Vec<String>,
     /// `--config FILE`.
     pub config: Option<PathBuf>,
+    /// The config file's `[[listeners]]` list `addr` (plain HTTP, first) and more: no
+    /// `--listen` flag, which would replace them all with one.
+    pub listen_in_config: bool,
     /// `--tag-ttl`.
     pub tag_ttl: String,
     /// More flags, e.g. `--revalidate-timeout 2s`.
@@ -59,6 +62,7 @@ impl RegcacheSpec {
             upstream: None,
             redirect_hosts: Vec::new(),
             config: None,
+            listen_in_config: false,
             tag_ttl: "0s".to_owned(),
             extra_args: Vec::new(),
             log: dir.join(log),
@@ -67,15 +71,17 @@ impl RegcacheSpec {
     }
 
     pub fn args(&self) -> Vec<String> {
-        let mut a = vec![
-            "serve".to_owned(),
-            "--listen".to_owned(),
-            self.addr.to_string(),
+        let mut a = vec!["serve".to_owned()];
+        if !self.listen_in_config {
+            a.push("--listen".to_owned());
+            a.push(self.addr.to_string());
+        }
+        a.extend([
             "--cache-dir".to_owned(),
             self.cache_dir.display().to_string(),
             "--tag-ttl".to_owned(),
             self.tag_ttl.clone(),
-        ];
+        ]);
         if let Some(u) = &self.upstream {
             a.push("--upstream".to_owned());
             a.push(u.clone());
@@ -251,6 +257,11 @@ pub struct Access {
     pub bytes: u64,
     pub complete: bool,
     pub ms: f64,
+    /// The client's address.
+    pub client: String,
+    /// Who the client authenticated as: the Basic user, or the subject of its TLS client
+    /// certificate (`-`: nobody).
+    pub user: String,
     pub line: String,
 }
 
@@ -275,14 +286,23 @@ impl Access {
             bytes: field("bytes").and_then(|b| b.parse().ok()).unwrap_or(0),
             complete: field("complete").as_deref() == Some("true"),
             ms: field("ms").and_then(|b| b.parse().ok()).unwrap_or(0.0),
+            client: field("client").unwrap_or_default(),
+            user: field("user").unwrap_or_default(),
             line: line.to_owned(),
         })
     }
 
     pub fn short(&self) -> String {
         format!(
-            "{} {} -> {} cache={} bytes={} complete={} {:.0}ms",
-            self.method, self.path, self.status, self.cache, self.bytes, self.complete, self.ms
+            "{} {} -> {} cache={} bytes={} complete={} {:.0}ms user={}",
+            self.method,
+            self.path,
+            self.status,
+            self.cache,
+            self.bytes,
+            self.complete,
+            self.ms,
+            self.user
         )
     }
 }
@@ -304,6 +324,11 @@ mod tests {
                 a.complete
             ),
             ("GET", "/v2/library/x/manifests/v1", 404, "-", 133, true)
+        );
+        let a = Access::parse(r#"2026-12-01T16:42:09.2Z  INFO regcache::access: method=GET path=/v2/ status=200 cache="none" bytes=2 complete=true ms=0.1 registry="-" client=192.0.2.2:40628 user="e2e-client" request_id=5f3a9c01000000a2"#).expect("parse");
+        assert_eq!(
+            (a.client.as_str(), a.user.as_str()),
+            ("192.0.2.2:40628", "e2e-client")
         );
         assert!(Access::parse("2026 INFO regcache: regcache serving").is_none());
     }

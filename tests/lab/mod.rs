@@ -9,8 +9,9 @@
 //! - `REGCACHE_E2E_KEEP=1`: keep the lab directory (logs, configs, caches) after the run.
 //!
 //! [`LabOptions`] add, for the scenarios of `tests/e2e_*.rs`: fault proxies between regcache
-//! and the upstream ([`faults`]), a second (private) registry standing in for ghcr.io, and a
-//! middle regcache tier. Those need regcache (not direct mode).
+//! and the upstream ([`faults`]), a second (private) registry standing in for ghcr.io, a
+//! middle regcache tier, and protected HTTPS listeners on the mirror ([`protected`]). Those need
+//! regcache (not direct mode).
 
 #![allow(dead_code)]
 
@@ -20,6 +21,7 @@ pub mod http;
 pub mod images;
 pub mod mirror;
 pub mod proc;
+pub mod protected;
 pub mod pulls;
 pub mod token;
 pub mod upstream;
@@ -33,6 +35,7 @@ pub use proc::say;
 use clients::{Containerd, Dockerd, Skopeo};
 use images::TestImage;
 use mirror::{Mirror, MirrorKind, RegcacheSpec};
+use protected::Protected;
 use token::{TokenOptions, TokenServer};
 use upstream::{Mark, Upstream};
 
@@ -66,6 +69,10 @@ pub struct LabOptions {
     pub mirror_tag_ttl: Option<String>,
     /// `REGCACHE_LOG` of every regcache in the lab (default `info`).
     pub log_filter: Option<String>,
+    /// Protected HTTPS listeners on the mirror besides its plain one ([`protected`]): client
+    /// certificates, Basic credentials, either; two more on the host's non-loopback address
+    /// for dockerd. The mirror's config file gets `[[listeners]]`.
+    pub protected_listeners: bool,
 }
 
 impl LabOptions {
@@ -75,6 +82,7 @@ impl LabOptions {
             || self.chain
             || !self.mirror_args.is_empty()
             || self.mirror_tag_ttl.is_some()
+            || self.protected_listeners
     }
 }
 
@@ -200,6 +208,8 @@ pub struct Lab {
     pub second: Option<SecondRegistry>,
     /// The middle regcache tier ([`LabOptions::chain`]).
     pub middle: Option<Mirror>,
+    /// The mirror's protected listeners ([`LabOptions::protected_listeners`]).
+    pub protected: Option<Protected>,
     pub options: LabOptions,
     pub skopeo: Skopeo,
     dir: Option<tempfile::TempDir>,
@@ -266,6 +276,7 @@ impl Lab {
             tokens: None,
             second: None,
             middle: None,
+            protected: None,
             options: options.clone(),
             dir: Some(dir),
             root,
@@ -313,8 +324,18 @@ impl Lab {
                 spec.tag_ttl = ttl.clone();
             }
             spec.extra_args = options.mirror_args.clone();
+            let mut config = Vec::new();
             if let Some(second) = &lab.second {
-                spec.config = Some(lab.write_second_registry_config(second));
+                config.push(lab.second_registry_config(second));
+            }
+            if options.protected_listeners {
+                let p = Protected::create(&lab.root);
+                config.push(p.listeners_toml(spec.addr));
+                spec.listen_in_config = true;
+                lab.protected = Some(p);
+            }
+            if !config.is_empty() {
+                spec.config = Some(lab.write_mirror_config(&config));
             }
             Mirror::start_regcache(spec)
         };
@@ -396,16 +417,25 @@ impl Lab {
         }
     }
 
-    /// The mirror's config file for the second registry: per-registry URL and credentials.
-    fn write_second_registry_config(&self, second: &SecondRegistry) -> PathBuf {
+    /// The mirror's config file `regcache.toml`, of `parts`.
+    fn write_mirror_config(&self, parts: &[String]) -> PathBuf {
+        let path = self.root.join("regcache.toml");
+        let text = parts.join("\n");
+        std::fs::write(&path, &text).expect("write regcache.toml");
+        say(format!("regcache config {}:\n{text}", path.display()));
+        path
+    }
+
+    /// The mirror's config for the second registry: per-registry URL and credentials (its
+    /// password file is written now).
+    fn second_registry_config(&self, second: &SecondRegistry) -> String {
         use std::os::unix::fs::PermissionsExt;
         let password_file = self.root.join("ghcr-password");
         std::fs::write(&password_file, format!("{}\n", second.puller_password))
             .expect("write ghcr password file");
         std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600))
             .expect("chmod ghcr password file");
-        let path = self.root.join("regcache.toml");
-        let text = format!(
+        format!(
             "# regcache e2e: a second registry with its own credentials\n\
              [registries.\"{SECOND_REGISTRY}\"]\n\
              url = \"http://{}\"\n\
@@ -415,10 +445,7 @@ impl Lab {
             second.upstream.registry_addr,
             second.upstream.redirect_hosts,
             password_file.display()
-        );
-        std::fs::write(&path, &text).expect("write regcache.toml");
-        say(format!("regcache config {}:\n{text}", path.display()));
-        path
+        )
     }
 
     fn push_second_images(&mut self) {
@@ -457,6 +484,12 @@ impl Lab {
         self.middle
             .as_ref()
             .expect("lab started with a middle tier")
+    }
+
+    pub fn protected(&self) -> &Protected {
+        self.protected
+            .as_ref()
+            .expect("lab started with protected listeners")
     }
 
     pub fn mirror_mut(&mut self) -> &mut Mirror {

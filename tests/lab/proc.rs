@@ -201,6 +201,24 @@ impl Daemon {
         }
     }
 
+    /// The process id (None once stopped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (a `kill` name, e.g. `HUP`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self
+            .pid()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
+        let st = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("kill -{signal} {pid}: {e}"));
+        assert!(st.success(), "kill -{signal} {pid} ({}): {st}", self.name);
+    }
+
     /// Panics (with the log tail) if the process has exited.
     pub fn assert_alive(&mut self) {
         if let Some(child) = self.child.as_mut() {
