@@ -241,6 +241,19 @@ async fn htpasswd_listener_challenges_and_never_asks_upstream_for_strangers() {
         let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
         assert_eq!(v["errors"][0]["code"], "UNAUTHORIZED", "{v}");
     }
+    let empty = plain_get(port, &blob, &[("Authorization", &basic("", ""))]).await;
+    assert_eq!(empty.status, 401);
+    assert!(
+        empty.text().contains("empty Basic credentials"),
+        "{}",
+        empty.text()
+    );
+    let wrong = plain_get(port, &blob, &[("Authorization", &wrong)]).await;
+    assert!(
+        wrong.text().contains("wrong user name or password"),
+        "{}",
+        wrong.text()
+    );
     assert_eq!(
         up.counters.total.load(Ordering::SeqCst),
         0,

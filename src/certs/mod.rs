@@ -555,6 +555,9 @@ Docker:
   mkdir -p /etc/docker/certs.d/{hp}
   cp ca.crt /etc/docker/certs.d/{hp}/ca.crt
   # /etc/docker/daemon.json: {{"registry-mirrors": ["https://{hp}"]}}, then: systemctl restart docker
+  # Docker reads certs.d (and so sends a client certificate) only for a mirror named by a
+  # non-loopback name or address: never https://127.0.0.1 or localhost (it treats those as
+  # insecure and skips certificate checks).
 containerd (config_path = "/etc/containerd/certs.d" in its CRI registry config; ctr and nerdctl: --hosts-dir /etc/containerd/certs.d):
   mkdir -p /etc/containerd/certs.d/docker.io
   cp ca.crt /etc/containerd/certs.d/docker.io/regcache-ca.crt

@@ -721,6 +721,9 @@ async fn authorize<B>(conn: &Conn, req: &Request<B>) -> Result<Option<String>, s
         None => "authentication required: send Basic credentials (docker login, skopeo --creds, or an Authorization header)",
         Some(v) => match crate::access::basic_credentials(v) {
             None => "the Authorization header is not Basic credentials",
+            Some((user, password)) if user.is_empty() && password.is_empty() => {
+                "authentication required: the client sent empty Basic credentials (give it a user name and password: docker login, skopeo --creds)"
+            }
             Some((user, password)) => {
                 if htpasswd.verify(&user, &password).await {
                     return Ok(Some(user));
