@@ -62,6 +62,10 @@ async fn an_oversized_upstream_head_is_a_bad_gateway() {
 async fn an_upstream_referrers_404_gets_an_oci_body() {
     let up = FakeUpstream::start(300).await;
     let img = up.add_image("library/rf", "v1", 100, 3);
+    up.set_faults(Faults {
+        no_referrers_api: true,
+        ..Default::default()
+    });
     let m = Mirror::start_args(args(&up)).await;
     let r = get(&m.url(&format!("/v2/library/rf/referrers/{}", img.manifest_digest))).await;
     assert_eq!(r.status, 404);

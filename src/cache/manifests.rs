@@ -41,17 +41,19 @@ pub struct ManifestAnswer {
 /// Manifests by digest and by tag over the store.
 pub(super) struct Manifests {
     /// Where manifests and tags live.
-    store: Store,
+    pub(super) store: Store,
     /// How long a tag's answer is trusted without asking upstream.
-    tag_ttl: Duration,
+    pub(super) tag_ttl: Duration,
     /// Never revalidate (serve what is cached).
-    offline: bool,
+    pub(super) offline: bool,
     /// Bound on a whole revalidation while a cached answer waits (zero: unbounded).
-    revalidate_timeout: Duration,
+    pub(super) revalidate_timeout: Duration,
     /// Largest manifest accepted from upstream, in bytes.
-    max_manifest_size: usize,
+    pub(super) max_manifest_size: usize,
     /// Per-key locks coalescing manifest fetches and tag revalidations.
-    locks: KeyedLocks,
+    pub(super) locks: KeyedLocks,
+    /// Bound on reading a listing's body (`idle_timeout`).
+    pub(super) idle_timeout: Duration,
     /// Stale answers by [`STALE_CAUSES`].
     stale: [std::sync::atomic::AtomicU64; 5],
 }
@@ -69,7 +71,7 @@ pub const STALE_CAUSES: [&str; 5] = [
 ];
 
 /// The [`STALE_CAUSES`] index of an outage error.
-fn stale_cause(e: &UpstreamError) -> usize {
+pub(super) fn stale_cause(e: &UpstreamError) -> usize {
     match e {
         UpstreamError::Timeout { .. } => 0,
         UpstreamError::Connect { .. } => 1,
@@ -97,6 +99,10 @@ impl Manifests {
             },
             stale: Default::default(),
             locks: KeyedLocks::default(),
+            idle_timeout: match opts.idle_timeout {
+                d if d.is_zero() => crate::upstream::BODY_IDLE_TIMEOUT,
+                d => d,
+            },
         }
     }
 
@@ -269,7 +275,7 @@ impl Manifests {
         }
     }
 
-    fn count_stale(&self, cause: usize) {
+    pub(super) fn count_stale(&self, cause: usize) {
         self.stale[cause].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
@@ -439,11 +445,11 @@ fn is_manifest_content_type(ct: &str) -> bool {
 
 /// Async locks by key, removed when nobody holds or waits for them.
 #[derive(Default)]
-struct KeyedLocks {
+pub(super) struct KeyedLocks {
     map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-struct KeyedGuard<'a> {
+pub(super) struct KeyedGuard<'a> {
     locks: &'a KeyedLocks,
     key: String,
     lock: Option<Arc<tokio::sync::Mutex<()>>>,
@@ -451,7 +457,7 @@ struct KeyedGuard<'a> {
 }
 
 impl KeyedLocks {
-    async fn lock(&self, key: String) -> KeyedGuard<'_> {
+    pub(super) async fn lock(&self, key: String) -> KeyedGuard<'_> {
         let lock = self
             .map
             .lock()

@@ -29,6 +29,7 @@ pub mod eviction;
 mod fill;
 pub mod hash;
 pub mod index;
+pub mod listings;
 pub(crate) mod manifests;
 pub(crate) mod scan;
 mod serial;
@@ -545,6 +546,18 @@ impl Cache {
         reference: &Reference,
     ) -> Result<ManifestAnswer, CacheError> {
         self.manifests.get(from, reference).await
+    }
+
+    /// A tag list page or a referrers answer (see [`listings`]): cached, revalidated after
+    /// `tag_ttl`, served stale while the upstream is down.
+    ///
+    /// Errors: nothing usable cached and the upstream failed or answered an error status.
+    pub async fn listing(
+        &self,
+        from: Origin<'_>,
+        kind: &listings::ListingKind,
+    ) -> Result<listings::Listing, CacheError> {
+        self.manifests.listing(from, kind).await
     }
 
     /// Waits until no fill is in progress (draining at shutdown, so fills that have sent their

@@ -19,8 +19,8 @@ mod blobs;
 mod guard;
 pub mod health;
 pub mod listener;
+mod listings;
 mod manifests;
-mod passthrough;
 pub mod range;
 pub mod server;
 
@@ -33,6 +33,7 @@ pub use range::{parse_range, resolve_range};
 use crate::body::budget::CopyBudget;
 use crate::body::zero_copy::{Delivery, ZeroCopyConnection};
 use crate::body::{self, ResponseBody};
+use crate::cache::listings::ListingKind;
 use crate::cache::{CacheResult, Origin};
 use crate::error::ApiError;
 use crate::mirror::Mirror;
@@ -123,14 +124,29 @@ async fn route<B>(
         }
         Route::TagsList { name } => {
             let name = canonical_name(up.registry(), name);
-            let idle = mirror.config().idle_timeout;
-            let (n, last) = (query.n.as_deref(), query.last.as_deref());
-            passthrough::tags_list(idle, up, &name, n, last, head).await
+            let from = Origin {
+                upstream: up,
+                name: &name,
+            };
+            let kind = ListingKind::Tags {
+                n: query.n,
+                last: query.last,
+            };
+            listings::get(cache, from, kind, None, head).await
         }
         Route::Referrers { name, digest } => {
             let name = canonical_name(up.registry(), name);
-            let path = format!("/v2/{name}/referrers/{digest}");
-            passthrough::pass_through(mirror.config().idle_timeout, up, &name, &path, head).await
+            let from = Origin {
+                upstream: up,
+                name: &name,
+            };
+            let kind = ListingKind::Referrers {
+                subject: digest,
+                n: query.n,
+                last: query.last,
+            };
+            let artifact_type = query.artifact_type.as_deref();
+            listings::get(cache, from, kind, artifact_type, head).await
         }
     }
 }
@@ -195,6 +211,8 @@ struct Query {
     n: Option<String>,
     /// `last`: tags/list pagination marker.
     last: Option<String>,
+    /// `artifactType`: the referrers filter (distribution-spec 1.1).
+    artifact_type: Option<String>,
 }
 
 impl Query {
@@ -213,6 +231,7 @@ impl Query {
                 "ns" => out.ns = Some(v.into_owned()),
                 "n" => out.n = Some(v.into_owned()),
                 "last" => out.last = Some(v.into_owned()),
+                "artifactType" => out.artifact_type = Some(v.into_owned()),
                 _ => {}
             }
         }

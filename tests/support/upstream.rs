@@ -51,6 +51,8 @@ pub struct Counters {
     pub cdn_ranges: AtomicU64,
     /// The Authorization header of each token request (None when absent).
     pub token_auth: Mutex<Vec<Option<String>>>,
+    /// referrers GETs, with their query (`""` when none).
+    pub referrers: Mutex<Vec<String>>,
 }
 
 /// Fault switches.
@@ -88,6 +90,8 @@ pub struct Faults {
     pub token_expires_in: Option<i128>,
     /// Registry: answer manifest GETs and HEADs with a 200 HTML page (a captive portal).
     pub html_manifests: bool,
+    /// Registry: answers 404 to referrers requests (no referrers API, as before OCI 1.1).
+    pub no_referrers_api: bool,
     /// Registry: tags/list sends a few bytes, then stalls with the connection open.
     pub stall_tags: bool,
     /// Registry: every answer carries a 1 MiB header (more than any client reads).
@@ -109,7 +113,13 @@ struct State {
     tokens: HashMap<String, Instant>,
     faults: Faults,
     token_lifetime: u64,
+    /// Artifact manifests by the subject digest they refer to: (digest, artifactType, media
+    /// type, size), in push order.
+    referrers: HashMap<(String, String), Vec<Referrer>>,
 }
+
+/// A referrer as the fake lists it: (digest, artifactType, media type, size).
+type Referrer = (String, String, String, usize);
 
 /// The fake registry + CDN + token server.
 pub struct FakeUpstream {
@@ -193,6 +203,46 @@ impl FakeUpstream {
         st.manifests
             .insert(d.clone(), (media_type.into(), Bytes::from(bytes)));
         st.tags.insert((name.into(), tag.into()), d.clone());
+        d
+    }
+
+    /// Pushes an OCI artifact manifest (`artifact_type`, one layer `payload`) whose `subject` is
+    /// `subject` (a manifest digest of `name`), as cosign v3 and notation do; it is listed by
+    /// the referrers API and tagged `tag` (e.g. the tag schema's `sha256-<hex>.sig`) when
+    /// given. Returns its digest.
+    pub fn add_referrer(
+        &self,
+        name: &str,
+        subject: &str,
+        artifact_type: &str,
+        payload: &[u8],
+        tag: Option<&str>,
+    ) -> String {
+        let layer = self.add_blob(payload.to_vec());
+        let config = self.add_blob(b"{}".to_vec());
+        let subject_size = self.state.lock().unwrap().manifests[subject].1.len();
+        let mt = "application/vnd.oci.image.manifest.v1+json";
+        let m = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": mt,
+            "artifactType": artifact_type,
+            "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
+            "layers": [{"mediaType": artifact_type, "digest": layer, "size": payload.len()}],
+            "subject": {"mediaType": mt, "digest": subject, "size": subject_size},
+        });
+        let bytes = serde_json::to_vec(&m).unwrap();
+        let len = bytes.len();
+        let d = sha256(&bytes);
+        let mut st = self.state.lock().unwrap();
+        st.manifests
+            .insert(d.clone(), (mt.into(), Bytes::from(bytes)));
+        if let Some(t) = tag {
+            st.tags.insert((name.into(), t.into()), d.clone());
+        }
+        st.referrers
+            .entry((name.to_owned(), subject.to_owned()))
+            .or_default()
+            .push((d.clone(), artifact_type.into(), mt.into(), len));
         d
     }
 
@@ -403,12 +453,82 @@ async fn registry_handler(
             .map(|(_, t)| t)
             .collect();
         tags.sort();
+        if tags.is_empty() {
+            return full(
+                404,
+                r#"{"errors":[{"code":"NAME_UNKNOWN","message":"repository name not known to registry"}]}"#,
+            );
+        }
+        // Pagination (distribution-spec "Listing Tags"): `last` then at most `n`, with a
+        // `Link` to the next page.
+        let q: HashMap<String, String> =
+            url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        if let Some(last) = q.get("last") {
+            tags.retain(|t| t.as_str() > last.as_str());
+        }
+        let mut link = None;
+        if let Some(n) = q.get("n").and_then(|n| n.parse::<usize>().ok()) {
+            if tags.len() > n {
+                tags.truncate(n);
+                link = Some(format!(
+                    "</v2/{name}/tags/list?n={n}&last={}>; rel=\"next\"",
+                    tags[n - 1]
+                ));
+            }
+        }
         let mut r = full(
             200,
             serde_json::json!({"name": name, "tags": tags}).to_string(),
         );
         r.headers_mut()
             .insert("content-type", "application/json".parse().unwrap());
+        if let Some(l) = link {
+            r.headers_mut().insert("link", l.parse().unwrap());
+        }
+        return r;
+    }
+    if let Some((name, subject)) = rest.split_once("/referrers/") {
+        let query = req.uri().query().unwrap_or("").to_owned();
+        c.referrers.lock().unwrap().push(query.clone());
+        if faults.no_referrers_api {
+            return full(
+                404,
+                r#"{"errors":[{"code":"NOT_FOUND","message":"no such route"}]}"#,
+            );
+        }
+        let wanted: Option<String> = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "artifactType")
+            .map(|(_, v)| v.into_owned());
+        let st = state.lock().unwrap();
+        let list: Vec<serde_json::Value> = st
+            .referrers
+            .get(&(name.to_owned(), subject.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter(|(_, at, _, _)| wanted.as_deref().is_none_or(|w| w == at))
+            .map(|(d, at, mt, len)| {
+                serde_json::json!({"mediaType": mt, "digest": d, "size": len, "artifactType": at})
+            })
+            .collect();
+        let mut r = full(
+            200,
+            serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": list,
+            })
+            .to_string(),
+        );
+        r.headers_mut().insert(
+            "content-type",
+            "application/vnd.oci.image.index.v1+json".parse().unwrap(),
+        );
+        if wanted.is_some() {
+            r.headers_mut()
+                .insert("oci-filters-applied", "artifactType".parse().unwrap());
+        }
         return r;
     }
     if let Some((name, reference)) = rest.split_once("/manifests/") {
