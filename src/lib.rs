@@ -5,7 +5,7 @@
 //! back up: [`http`] → [`mirror`] → [`cache`] → `cache::fill` → {[`upstream`], `cache::store`}.
 //!
 //! - [`http`]: the pull API — the listener ([`http::server`]), dispatch, one module per endpoint
-//!   (blobs, manifests, pass-through), `Range`.
+//!   (blobs, manifests, listings: tag lists and referrers), `Range`.
 //! - [`mirror`]: the running mirror — configuration, the cache, the registries (`?ns=` and path
 //!   prefixes select among the configured ones), request counters.
 //! - [`cache`]: where a miss becomes a hit — `Cache::blob` answers `Hit(Committed)` or

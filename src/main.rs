@@ -60,7 +60,7 @@ enum Command {
     Verify(CacheArgs),
     /// Fetch whole images into the cache ahead of time (mirror running or not).
     #[command(
-        after_help = "Examples:\n  regcache prefetch alpine:3.19 debian:bookworm\n  regcache prefetch --all-platforms ghcr.io/org/app@sha256:<64 hex> --config /etc/regcache/regcache.toml"
+        after_help = "Examples:\n  regcache prefetch alpine:3.19 debian:bookworm\n  regcache prefetch --all-platforms ghcr.io/org/app@sha256:<64 hex> --config /etc/regcache/regcache.toml\n  regcache prefetch --with-referrers cgr.dev/chainguard/static:latest   # signatures and SBOMs too, for offline verification"
     )]
     Prefetch(regcache::prefetch::PrefetchArgs),
     /// A local CA and its certificates, for serving HTTPS without a PKI at hand: `certs init`
@@ -409,9 +409,10 @@ fn prefetch(args: regcache::prefetch::PrefetchArgs) -> ExitCode {
     match rt.block_on(regcache::prefetch::run(&args)) {
         Ok(s) => {
             say!(
-                "prefetched {} images: {} manifests, {} blobs fetched ({}), {} blobs already cached",
+                "prefetched {} images: {} manifests, {} referrers, {} blobs fetched ({}), {} blobs already cached",
                 s.images,
                 s.manifests,
+                s.referrers,
                 s.blobs_fetched,
                 regcache::admin::human(s.bytes_fetched),
                 s.blobs_cached

@@ -30,6 +30,11 @@ pub struct PrefetchArgs {
     /// Fetch every platform of multi-platform images.
     #[arg(long, conflicts_with = "platform")]
     pub all_platforms: bool,
+    /// Also fetch the referrers (OCI 1.1: signatures, SBOMs, attestations) of every manifest
+    /// fetched, their manifests and blobs, and theirs in turn, so the images can be verified
+    /// offline.
+    #[arg(long)]
+    pub with_referrers: bool,
     /// TOML config file (the mirror's; registries, credentials and cache_dir are used) [default:
     /// $REGCACHE_CONFIG, else /etc/regcache/regcache.toml if it exists].
     #[arg(long, value_name = "FILE", env = "REGCACHE_CONFIG")]
@@ -172,6 +177,8 @@ pub struct Summary {
     pub images: usize,
     /// Manifests (indexes included) fetched or confirmed.
     pub manifests: usize,
+    /// Referrers (artifact manifests) fetched or confirmed (`--with-referrers`).
+    pub referrers: usize,
     /// Blobs fetched from upstream.
     pub blobs_fetched: usize,
     /// Blobs already cached.
@@ -242,10 +249,11 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
         };
         let label = format!("{registry}/{name}:{}", r.reference);
         bar.set_message(label.clone());
-        let top = manifest(&mirror, from, &r.reference)
+        let (top_digest, top) = manifest(&mirror, from, &r.reference)
             .await
             .map_err(|e| format!("{label}: {e}"))?;
         summary.manifests += 1;
+        let mut fetched = vec![top_digest];
         let top: serde_json::Value = serde_json::from_slice(&top)
             .map_err(|e| format!("{label}: manifest is not JSON: {e}"))?;
         let mut images = Vec::new();
@@ -263,10 +271,11 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
                     .ok_or_else(|| format!("{label}: index entry without a digest"))?
                     .parse()
                     .map_err(|e| format!("{label}: index entry: {e}"))?;
-                let m = manifest(&mirror, from, &d.to_string())
+                let (_, m) = manifest(&mirror, from, &d.to_string())
                     .await
                     .map_err(|e| format!("{label}: {d}: {e}"))?;
                 summary.manifests += 1;
+                fetched.push(d.clone());
                 images.push(
                     serde_json::from_slice::<serde_json::Value>(&m)
                         .map_err(|e| format!("{label}: {d}: {e}"))?,
@@ -278,6 +287,13 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
             }
         } else {
             images.push(top);
+        }
+        if args.with_referrers {
+            let artifacts = referrers(&mirror, from, fetched)
+                .await
+                .map_err(|e| format!("{label}: {e}"))?;
+            summary.referrers += artifacts.len();
+            images.extend(artifacts);
         }
         let mut blobs: Vec<(Digest, u64)> = Vec::new();
         for m in &images {
@@ -325,16 +341,77 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
     Ok(summary)
 }
 
-/// A manifest's bytes by tag or digest string, through the cache (fetched and stored when not
-/// cached, as a pull would).
-async fn manifest(mirror: &Mirror, from: Origin<'_>, reference: &str) -> Result<Bytes, String> {
+/// How deep `--with-referrers` follows referrers of referrers (a signature of an attestation of
+/// an image is depth 2).
+const REFERRER_DEPTH: usize = 3;
+
+/// The referrer manifests of `subjects` (and theirs, to [`REFERRER_DEPTH`]), each fetched into
+/// the cache with the referrers answer that lists it. A registry without the referrers API
+/// adds nothing (its tag-schema signatures are ordinary tags: name them to prefetch them).
+async fn referrers(
+    mirror: &Mirror,
+    from: Origin<'_>,
+    mut subjects: Vec<Digest>,
+) -> Result<Vec<serde_json::Value>, String> {
+    let mut seen: std::collections::HashSet<Digest> = subjects.iter().cloned().collect();
+    let mut out = Vec::new();
+    for _ in 0..REFERRER_DEPTH {
+        let mut next = Vec::new();
+        for subject in subjects {
+            let kind = crate::cache::listings::ListingKind::Referrers {
+                subject: subject.clone(),
+                n: None,
+                last: None,
+            };
+            let l = mirror.cache().listing(from, &kind).await.map_err(|e| {
+                format!(
+                    "referrers of {subject}: {}",
+                    describe(&ApiError::from_cache(&e, Subject::Manifest))
+                )
+            })?;
+            if l.stored.status != 200 {
+                continue;
+            }
+            let index: serde_json::Value = serde_json::from_str(&l.stored.body)
+                .map_err(|e| format!("referrers of {subject}: not JSON: {e}"))?;
+            for r in index["manifests"].as_array().into_iter().flatten() {
+                let d: Digest = r["digest"]
+                    .as_str()
+                    .ok_or_else(|| format!("referrers of {subject}: an entry without a digest"))?
+                    .parse()
+                    .map_err(|e| format!("referrers of {subject}: {e}"))?;
+                if !seen.insert(d.clone()) {
+                    continue;
+                }
+                let (_, m) = manifest(mirror, from, &d.to_string())
+                    .await
+                    .map_err(|e| format!("referrer {d}: {e}"))?;
+                out.push(
+                    serde_json::from_slice::<serde_json::Value>(&m)
+                        .map_err(|e| format!("referrer {d}: {e}"))?,
+                );
+                next.push(d);
+            }
+        }
+        subjects = next;
+    }
+    Ok(out)
+}
+
+/// A manifest's digest and bytes by tag or digest string, through the cache (fetched and
+/// stored when not cached, as a pull would).
+async fn manifest(
+    mirror: &Mirror,
+    from: Origin<'_>,
+    reference: &str,
+) -> Result<(Digest, Bytes), String> {
     let reference = if reference.contains(':') {
         Reference::Digest(reference.parse().map_err(|e| format!("{e}"))?)
     } else {
         Reference::Tag(reference.to_string())
     };
     match mirror.cache().manifest(from, &reference).await {
-        Ok(a) => Ok(a.manifest.bytes),
+        Ok(a) => Ok((a.digest, a.manifest.bytes)),
         Err(e) => Err(describe(&ApiError::from_cache(&e, Subject::Manifest))),
     }
 }

@@ -275,3 +275,64 @@ async fn tag_list_pages_are_cached_with_their_links() {
     let r = get(&m.url("/v2/library/nope/tags/list")).await;
     assert_eq!(r.status, 404);
 }
+
+/// `regcache prefetch --with-referrers`: an image, its signature, the signature's own
+/// attestation (a referrer of a referrer) and their blobs are cached, so an offline mirror
+/// answers a verifier's requests without the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_with_referrers_serves_verification_offline() {
+    let up = FakeUpstream::start(300).await;
+    let img = up.add_image("library/signed", "v1", 20_000, 7);
+    let sig = up.add_referrer("library/signed", &img.manifest_digest, SIG, b"sig-7", None);
+    let att = up.add_referrer("library/signed", &sig, SBOM, b"att-of-sig", None);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args([
+            "prefetch",
+            "--with-referrers",
+            "signed:v1",
+            "--upstream",
+            &up.url(),
+        ])
+        .args(["--redirect-host", &up.cdn.to_string()])
+        .arg("--cache-dir")
+        .arg(&cache)
+        .envs(regcache::upstream::proxy::PROXY_ENV.map(|k| (k, "")))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 manifests, 2 referrers"), "{stdout}");
+    let before = up.counters.total.load(Ordering::SeqCst);
+    let m = Mirror::start_args(regcache::config::ServeArgs {
+        upstream: Some(up.url()),
+        cache_dir: Some(cache),
+        offline: true,
+        ..Default::default()
+    })
+    .await;
+    for (subject, listed) in [(&img.manifest_digest, &sig), (&sig, &att)] {
+        let r = get(&m.url(&format!("/v2/library/signed/referrers/{subject}"))).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["manifests"][0]["digest"], listed.as_str());
+        let a = get(&m.url(&format!("/v2/library/signed/manifests/{listed}"))).await;
+        assert_eq!(sha256(a.bytes()), **listed);
+        let layer = a.json()["layers"][0]["digest"].as_str().unwrap().to_owned();
+        assert_eq!(
+            get(&m.url(&format!("/v2/library/signed/blobs/{layer}")))
+                .await
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        up.counters.total.load(Ordering::SeqCst),
+        before,
+        "offline: nothing upstream"
+    );
+}

@@ -419,7 +419,7 @@ async fn prefetch_then_offline_pull() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("prefetched 2 images: 3 manifests, 4 blobs fetched"),
+        stdout.contains("prefetched 2 images: 3 manifests, 0 referrers, 4 blobs fetched"),
         "{stdout}"
     );
 

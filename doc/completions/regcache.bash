@@ -768,7 +768,7 @@ _regcache() {
             return 0
             ;;
         regcache__subcmd__prefetch)
-            opts="-h --platform --all-platforms --config --cache-dir --upstream --redirect-host --help"
+            opts="-h --platform --all-platforms --with-referrers --config --cache-dir --upstream --redirect-host --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
