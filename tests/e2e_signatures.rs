@@ -426,9 +426,8 @@ fn mirror_referrers_404(lab: &Lab, img: &TestImage) {
             ));
         }
         if i > 0 && !access.iter().any(|l| l.contains("cache=hit")) {
-            say(format!(
-                "    note: request {} was answered from the remembered 404 (no upstream request) \
-                 but the access log does not say cache=hit: {access:?}",
+            problems.push(format!(
+                "request {}: answered from the remembered 404 (no upstream request), but the access log does not say cache=hit: {access:?}",
                 i + 1
             ));
         }

@@ -70,7 +70,7 @@ async fn an_upstream_referrers_404_gets_an_oci_body() {
     let r = get(&m.url(&format!("/v2/library/rf/referrers/{}", img.manifest_digest))).await;
     assert_eq!(r.status, 404);
     assert_eq!(r.header("content-type"), "application/json");
-    assert_eq!(r.json()["errors"][0]["code"], "NAME_UNKNOWN");
+    assert_eq!(r.json()["errors"][0]["code"], "UNSUPPORTED");
 }
 
 /// Emptying the cache directory while the mirror runs does not stop caching: tmp/ comes back.

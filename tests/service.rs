@@ -548,3 +548,52 @@ async fn refused_client_certificates_are_logged() {
     assert_eq!(a.status, 200);
     m.wait_log("user=\"docker-host-7\"").await;
 }
+
+/// A graceful stop while an HTTP/2 client (curl, reading at 1 MB/s) is still reading its last
+/// response: it gets every byte, and the mirror exits 0. (The connection's close drains what the
+/// client still sends — its WINDOW_UPDATEs — instead of closing with unread input, which makes
+/// the kernel reset the connection and discard the bytes still in flight.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_get_their_whole_response_across_a_graceful_stop() {
+    let Some(curl) = support::proc::which("curl") else {
+        eprintln!("SKIP http2_clients_get_their_whole_response_across_a_graceful_stop: curl not installed");
+        return;
+    };
+    let up = FakeUpstream::start(300).await;
+    let (blob, data) = up.add_random_blob(20_000_000, 51);
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::proc::free_port();
+    let mut m = Served::start(
+        dir.path(),
+        &format!(
+            "shutdown_grace = \"1m\"\n[[listeners]]\naddress = \"127.0.0.1:{port}\"\n{}",
+            upstream_toml(&up)
+        ),
+        &[],
+    );
+    m.wait_log("regcache serving").await;
+    let url = format!("http://127.0.0.1:{port}/v2/library/app/blobs/{blob}");
+    // Cached first: the stop then meets a response sent from disk as fast as the client takes it.
+    assert_eq!(
+        plain_get(port, &format!("/v2/library/app/blobs/{blob}"), &[])
+            .await
+            .body,
+        data
+    );
+    let out = dir.path().join("blob");
+    let mut c = tokio::process::Command::new(curl)
+        .args(["-sS", "--http2-prior-knowledge", "--limit-rate", "1M", "-o"])
+        .arg(&out)
+        .arg(&url)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    m.signal(Signal::TERM);
+    let status = tokio::time::timeout(Duration::from_secs(30), c.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "curl: {status}\n{}", m.log());
+    assert!(std::fs::read(&out).unwrap() == data, "every byte");
+    assert_eq!(m.exit_code(Duration::from_secs(20)).await, 0);
+}

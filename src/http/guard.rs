@@ -27,6 +27,12 @@ use tokio::time::{Duration, Instant, Sleep};
 /// Bytes a client must take per window while a response is being sent.
 pub const MIN_SEND_BYTES: u64 = 1024;
 
+/// How long a closing connection waits, after its last byte and FIN, for the client to close
+/// its side. Closing a socket with unread input makes the kernel send a reset, which discards
+/// what is still in flight: an HTTP/2 client still sending WINDOW_UPDATEs would lose the end
+/// of its last response.
+pub const LINGER: Duration = Duration::from_secs(10);
+
 /// The client IO of one connection, with its send-progress deadline.
 pub struct SendGuard<I> {
     inner: I,
@@ -40,6 +46,8 @@ pub struct SendGuard<I> {
     progress: Arc<Progress>,
     /// Bytes of the HTTP/2 preface still to come, and by when.
     preface: Option<(usize, Pin<Box<Sleep>>)>,
+    /// After the write side was shut down: until when input is drained (see [`LINGER`]).
+    linger: Option<Pin<Box<Sleep>>>,
 }
 
 impl<I> SendGuard<I> {
@@ -52,6 +60,7 @@ impl<I> SendGuard<I> {
             timer: Box::pin(tokio::time::sleep(window)),
             progress,
             preface: None,
+            linger: None,
         }
     }
 
@@ -161,7 +170,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for SendGuard<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for SendGuard<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SendGuard<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -188,8 +197,32 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for SendGuard<I> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    /// Shuts the write side down (FIN, after TLS close_notify), then reads and drops what the
+    /// client still sends until it closes or [`LINGER`] passes, so the close is never a reset
+    /// that discards the response's last bytes.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if self.linger.is_none() {
+            match Pin::new(&mut self.inner).poll_shutdown(cx) {
+                Poll::Ready(Ok(())) => {}
+                other => return other,
+            }
+            self.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            if let Some(t) = &mut self.linger {
+                if t.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => continue,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 

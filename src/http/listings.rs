@@ -28,11 +28,13 @@ pub(super) async fn get(
         .await
         .map_err(|e| ApiError::from_cache(&e, Subject::Name))?;
     if l.stored.status == 404 {
-        return Err(ApiError::new(
+        // Answered (from the cache, or just asked): the result is logged like any other.
+        let e = ApiError::new(
             StatusCode::NOT_FOUND,
-            "NAME_UNKNOWN",
+            "UNSUPPORTED",
             "the upstream has no referrers API for this repository; clients fall back to the tag schema (sha256-<hex> tags)",
-        ));
+        );
+        return Ok((e.into_response(head), l.result));
     }
     let (body, filtered) = match artifact_type.filter(|_| referrers) {
         Some(t) => (filter_referrers(&l.stored.body, t), true),
