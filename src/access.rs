@@ -23,6 +23,11 @@ const ACCEPTED_MEMORY: usize = 4096;
 /// passwords costs at most this many cores.
 const VERIFYING_AT_ONCE: usize = 2;
 
+/// The highest bcrypt cost accepted (2^N rounds): cost 12 takes about a quarter of a second a
+/// check; `htpasswd -B` writes 5 by default. Higher costs would let a few wrong passwords hold
+/// the verifiers for seconds each.
+pub const MAX_COST: u32 = 12;
+
 /// A hash bcrypt verifies against for unknown users, so an unknown user takes as long to
 /// refuse as a wrong password (cost 5, the `htpasswd -B` default).
 static DUMMY_HASH: std::sync::LazyLock<String> =
@@ -37,7 +42,7 @@ pub struct Htpasswd {
     /// SHA-256 of (user, password, hash) of credentials bcrypt accepted.
     accepted: Mutex<HashSet<[u8; 32]>>,
     /// Bounds concurrent bcrypt verifications.
-    verifying: tokio::sync::Semaphore,
+    verifying: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Htpasswd {
@@ -70,6 +75,8 @@ impl Htpasswd {
     /// Errors: as [`Htpasswd::load`].
     pub fn parse(text: &str, path: &Path) -> Result<Htpasswd, String> {
         let mut entries = HashMap::new();
+        // A byte-order mark some editors write would become part of the first user's name.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         for (i, line) in text.lines().enumerate() {
             let line = line.trim_end_matches('\r');
             if line.trim().is_empty() || line.trim_start().starts_with('#') {
@@ -98,9 +105,16 @@ impl Htpasswd {
                     path.display()
                 ));
             }
-            if hash.parse::<bcrypt::HashParts>().is_err() {
+            let Ok(parts) = hash.parse::<bcrypt::HashParts>() else {
                 return Err(format!(
                     "{at}: user {user:?} has a malformed bcrypt hash; set it again with htpasswd -B {} {user}",
+                    path.display()
+                ));
+            };
+            if parts.get_cost() > MAX_COST {
+                return Err(format!(
+                    "{at}: user {user:?} has bcrypt cost {}, over {MAX_COST}: each check would take seconds; set it again with htpasswd -B -C 5 {} {user}",
+                    parts.get_cost(),
                     path.display()
                 ));
             }
@@ -121,7 +135,7 @@ impl Htpasswd {
             path: path.to_path_buf(),
             entries,
             accepted: Mutex::new(HashSet::new()),
-            verifying: tokio::sync::Semaphore::new(VERIFYING_AT_ONCE),
+            verifying: std::sync::Arc::new(tokio::sync::Semaphore::new(VERIFYING_AT_ONCE)),
         })
     }
 
@@ -150,18 +164,23 @@ impl Htpasswd {
         if hash.is_some() && self.accepted.lock().expect("htpasswd lock").contains(&memo) {
             return true;
         }
-        let Ok(_permit) = self.verifying.acquire().await else {
+        // The permit goes with the blocking task: a client that leaves does not free a
+        // verifier still hashing for it.
+        let Ok(permit) = self.verifying.clone().acquire_owned().await else {
             return false;
         };
         let (password, against) = (
             password.to_owned(),
             hash.cloned().unwrap_or_else(|| DUMMY_HASH.clone()),
         );
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &against))
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            bcrypt::verify(password, &against)
+        })
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(false);
         if ok && hash.is_some() {
             let mut accepted = self.accepted.lock().expect("htpasswd lock");
             if accepted.len() >= ACCEPTED_MEMORY {
@@ -225,6 +244,10 @@ mod tests {
             ("carol:plain\n", "not a bcrypt hash"),
             ("dave\n", "not user:hash"),
             ("erin:$2y$05$short\n", "malformed bcrypt"),
+            (
+                "zed:$2y$31$7EqJtq98hPqEX7fNZaFWoOhi5BWX4Z7lHb8xL1G5xZr3VlUo3cZ7y\n",
+                "cost 31, over 12",
+            ),
             ("", "no entries"),
             ("# only a comment\n", "no entries"),
         ] {
@@ -235,6 +258,16 @@ mod tests {
         let h = bcrypt::hash("x", 4).unwrap();
         let e = Htpasswd::parse(&format!("a:{h}\na:{h}\n"), p).unwrap_err();
         assert!(e.contains("line 2") && e.contains("twice"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_byte_order_mark_is_not_part_of_the_first_name() {
+        let text = format!(
+            "\u{feff}{}",
+            "alice:".to_owned() + &bcrypt::hash("pw", 4).unwrap()
+        );
+        let h = Htpasswd::parse(&text, Path::new("/h")).unwrap();
+        assert!(h.verify("alice", "pw").await);
     }
 
     #[test]

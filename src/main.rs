@@ -515,5 +515,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     let Some(rt) = runtime() else {
         return ExitCode::FAILURE;
     };
-    rt.block_on(regcache::service::run(config, args))
+    let code = rt.block_on(regcache::service::run(config, args));
+    // Whatever still runs on the blocking pool (a password check for a client long gone) does
+    // not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }

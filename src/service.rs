@@ -75,13 +75,37 @@ pub async fn run(config: Config, args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    announce(&mirror, &bound);
+    // What is actually listening: a socket systemd passed may sit elsewhere than the config
+    // says (and port 0 is a real port now). The exposure rule holds for those addresses too.
+    let effective: Vec<ListenerConfig> = mirror
+        .config()
+        .listeners
+        .iter()
+        .zip(&bound)
+        .map(|(l, (socket, _))| ListenerConfig {
+            address: socket.local_addr().unwrap_or(l.address),
+            ..l.clone()
+        })
+        .collect();
+    let refused = mirror.config().exposure_problems(&effective);
+    if !refused.is_empty() {
+        for p in refused {
+            eprintln!("regcache: {p} (the socket's own address, as bound or passed by systemd)");
+        }
+        return ExitCode::from(2);
+    }
+    for (l, e) in mirror.config().listeners.iter().zip(&effective) {
+        if l.address != e.address && l.address.port() != 0 {
+            tracing::warn!(configured = %l.address, actual = %e.address, "listener {}: the socket systemd passed is on another address than the config's; the config's address is not used", l.label());
+        }
+    }
+    announce(&mirror, &effective, &bound);
     let listeners: Vec<_> = bound
         .into_iter()
         .zip(settings.iter().cloned())
         .map(|((l, _), s)| (l, s))
         .collect();
-    let summary = status_line(&mirror);
+    let summary = status_line(&mirror, &effective);
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status(&summary),
@@ -93,6 +117,7 @@ pub async fn run(config: Config, args: ServeArgs) -> ExitCode {
         args,
         mirror.clone(),
         settings,
+        effective,
     ));
     let grace = mirror.config().shutdown_grace;
     let mut first = phase.clone();
@@ -178,11 +203,10 @@ async fn watchdog() {
 }
 
 /// One line for systemd's `STATUS=` and the logs: where it listens and what it mirrors.
-fn status_line(mirror: &Mirror) -> String {
-    let c = mirror.config();
+fn status_line(mirror: &Mirror, listeners: &[ListenerConfig]) -> String {
     format!(
         "serving {} for {}",
-        c.listeners
+        listeners
             .iter()
             .map(ListenerConfig::label)
             .collect::<Vec<_>>()
@@ -192,10 +216,13 @@ fn status_line(mirror: &Mirror) -> String {
 }
 
 /// The startup log line.
-fn announce(mirror: &Mirror, bound: &[(tokio::net::TcpListener, Origin)]) {
+fn announce(
+    mirror: &Mirror,
+    effective: &[ListenerConfig],
+    bound: &[(tokio::net::TcpListener, Origin)],
+) {
     let c = mirror.config();
-    let listeners: Vec<String> = c
-        .listeners
+    let listeners: Vec<String> = effective
         .iter()
         .zip(bound)
         .map(|(l, (_, origin))| {
@@ -329,14 +356,24 @@ async fn reload_on_sighup(
     args: ServeArgs,
     mirror: Arc<Mirror>,
     listeners: Vec<Arc<Listener>>,
+    effective: Vec<ListenerConfig>,
 ) {
     while hangup.recv().await.is_some() {
-        notify(&[sd_notify::NotifyState::Reloading]);
+        match sd_notify::NotifyState::monotonic_usec_now() {
+            Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now]),
+            Err(_) => notify(&[sd_notify::NotifyState::Reloading]),
+        }
         let outcome = reload(&args, &mirror, &listeners);
         let summary = match &outcome {
             Ok(r) => {
                 for p in &r.failed {
                     tracing::error!("reload: {p}");
+                }
+                if !r.failed.is_empty() {
+                    tracing::warn!(
+                        failed = r.failed.len(),
+                        "reload incomplete: the listeners named above keep their old files"
+                    );
                 }
                 tracing::info!(
                     listeners = r.listeners,
@@ -346,11 +383,11 @@ async fn reload_on_sighup(
                     "reloaded: certificates, client CAs, htpasswd and password files read again{}",
                     if r.restart.is_empty() { String::new() } else { format!("; restart regcache to apply the other changes ({})", r.restart.join(", ")) }
                 );
-                status_line(&mirror)
+                status_line(&mirror, &effective)
             }
             Err(e) => {
                 tracing::error!("reload failed, the running configuration stays: {e}");
-                format!("{}; last reload failed", status_line(&mirror))
+                format!("{}; last reload failed", status_line(&mirror, &effective))
             }
         };
         notify(&[

@@ -179,6 +179,11 @@ fn read(label: &str, path: &Path) -> Result<Vec<u8>, String> {
             "{label} {}: is a directory: pass the file in it (regcache.crt or regcache.key)",
             path.display()
         ),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "{label} {}: {e}: make it readable by the user regcache runs as; under the systemd unit (a dynamic user) hand it over with LoadCredential=NAME:{} and write \"${{CREDENTIALS_DIRECTORY}}/NAME\" here",
+            path.display(),
+            path.display()
+        ),
         _ => format!("{label} {}: {e}", path.display()),
     })
 }

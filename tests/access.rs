@@ -130,6 +130,13 @@ fn a_network_listener_serving_credentials_needs_client_auth() {
 /// Listener problems each name the key and the fix.
 #[test]
 fn listener_config_problems_name_the_key_and_fix() {
+    let two = "[[listeners]]\naddress = \"127.0.0.1:5001\"\n[[listeners]]\naddress = \"127.0.0.1:5002\"\n";
+    let (code, err) = run("check-config", two, &["--htpasswd", "/h"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("make one listener, but the config file has 2 [[listeners]]"),
+        "flags never drop listeners silently: {err}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let md5 = write(dir.path(), "md5", "alice:$apr1$abc$def\n");
     let empty = write(dir.path(), "empty", "# nobody\n");

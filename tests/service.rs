@@ -434,10 +434,44 @@ async fn socket_activation_serves_on_the_passed_socket() {
     assert_eq!(a.status, 200, "{a:?}");
     m.wait_log("socket from systemd").await;
     assert!(
+        m.log().contains(&format!(
+            "http://127.0.0.1:{port} (lan) [auth: none (loopback); socket from systemd]"
+        )),
+        "the log names the socket's own address: {}",
+        m.log()
+    );
+    assert!(
         tokio::net::TcpStream::connect(("127.0.0.1", unused))
             .await
             .is_err(),
         "the config's own address is not bound"
+    );
+    drop(m);
+    // A passed socket on the network, for a listener the config puts on loopback, while the
+    // upstream has credentials: refused like address = "0.0.0.0:…" would be.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "secret\n").unwrap();
+    let with_credentials = format!(
+        "{toml}username = \"me\"\npassword_file = \"{}\"\n",
+        dir.path().join("pw").display()
+    );
+    let mut exposed = Command::new(&activate);
+    exposed
+        .args(["-l", &format!("0.0.0.0:{port}"), "--fdname", "lan"])
+        .args(["-E", "REGCACHE_LOG=info"])
+        .arg(env!("CARGO_BIN_EXE_regcache"));
+    let mut m = Served::start_with(exposed, dir.path(), &with_credentials, &[], &[]);
+    eventually_async("systemd-socket-activate listens", || async {
+        m.log().contains("Listening on")
+    })
+    .await;
+    let _ = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+    assert_eq!(m.exit_code(Duration::from_secs(20)).await, 2, "{}", m.log());
+    assert!(
+        m.log().contains(&format!("listener http://0.0.0.0:{port} (lan) is reachable from the network without client auth"))
+            && m.log().contains("as bound or passed by systemd"),
+        "{}",
+        m.log()
     );
     drop(m);
     let dir = tempfile::tempdir().unwrap();

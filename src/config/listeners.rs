@@ -87,9 +87,9 @@ impl ListenerConfig {
         }
     }
 
-    /// Whether only this host can reach it (`127.0.0.0/8`, `::1`).
+    /// Whether only this host can reach it (`127.0.0.0/8`, `::1`, `::ffff:127.0.0.0/104`).
     pub fn is_loopback(&self) -> bool {
-        self.address.ip().is_loopback()
+        self.address.ip().to_canonical().is_loopback()
     }
 
     /// Whether clients must authenticate (Basic credentials or a client certificate).
@@ -154,7 +154,14 @@ pub(super) fn resolve(
         // The flags make one listener: over the file's, when it has exactly one.
         let mut one = match entries.len() {
             1 => entries.remove(0),
-            _ => ListenerFile::default(),
+            0 => ListenerFile::default(),
+            n => {
+                problems.push(invalid(
+                    "--listen",
+                    format!("--listen, --tls-cert, --htpasswd, --client-ca and --allow-anonymous make one listener, but the config file has {n} [[listeners]]; drop the flags (or set those keys in the entries), or keep one entry"),
+                ));
+                ListenerFile::default()
+            }
         };
         one.address = args.listen.or(one.address);
         if args.tls_cert.is_some() {
@@ -203,7 +210,9 @@ pub(super) fn resolve(
                 Ok(p) => Some(p),
                 Err(m) => {
                     problems.push(invalid(key, format!("{at}{m}")));
-                    None
+                    // Kept as written: the listener still has this file (and its client auth)
+                    // for the checks that follow.
+                    Some(p)
                 }
             }
         };

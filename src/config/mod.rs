@@ -981,6 +981,17 @@ impl Config {
         listeners::warnings(&self.listeners, &self.registries_with_credentials())
     }
 
+    /// The refusals of [`Config::resolve`]'s exposure rule for `listeners` as actually bound
+    /// (a socket systemd passed may sit on another address than the config says): one message
+    /// per listener reachable from the network without client auth while a registry has
+    /// credentials.
+    pub fn exposure_problems(&self, listeners: &[ListenerConfig]) -> Vec<String> {
+        listeners::exposure_problems(listeners, false, &self.registries_with_credentials())
+            .into_iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
     /// Names of the registries that have credentials.
     pub fn registries_with_credentials(&self) -> Vec<&str> {
         self.registries
@@ -1351,8 +1362,11 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 pub fn expand_path(path: &Path) -> Result<PathBuf, String> {
     const VAR: &str = "${CREDENTIALS_DIRECTORY}";
     let text = path.to_string_lossy();
-    let Some(rest) = text.strip_prefix(VAR) else {
-        if text.contains(VAR) {
+    let Some(rest) = text
+        .strip_prefix(VAR)
+        .or_else(|| text.strip_prefix("$CREDENTIALS_DIRECTORY"))
+    else {
+        if text.contains("CREDENTIALS_DIRECTORY") {
             return Err(format!(
                 "{}: {VAR} may only start a path (\"{VAR}/name\")",
                 path.display()

@@ -257,7 +257,9 @@ async fn accept_loop(listener: TcpListener, settings: Arc<Listener>, shared: Arc
                                 client_certificate: session
                                     .peer_certificates()
                                     .and_then(|c| c.first())
-                                    .map(|c| crate::tls::subject_name(c)),
+                                    .map(|c| {
+                                        crate::tls::subject_name(c).escape_debug().to_string()
+                                    }),
                                 ..conn
                             };
                             // HTTP/1 heads are bounded by hyper; the HTTP/2 preface here.
@@ -718,7 +720,7 @@ async fn authorize<B>(conn: &Conn, req: &Request<B>) -> Result<Option<String>, s
         return Ok(None);
     };
     let why = match req.headers().get(http::header::AUTHORIZATION) {
-        None => "authentication required: send Basic credentials (docker login, skopeo --creds, or an Authorization header)",
+        None => "authentication required: send Basic credentials (skopeo --creds, containerd hosts.toml header, or an Authorization header) or use a client certificate",
         Some(v) => match crate::access::basic_credentials(v) {
             None => "the Authorization header is not Basic credentials",
             Some((user, password)) if user.is_empty() && password.is_empty() => {
@@ -728,7 +730,9 @@ async fn authorize<B>(conn: &Conn, req: &Request<B>) -> Result<Option<String>, s
                 if htpasswd.verify(&user, &password).await {
                     return Ok(Some(user));
                 }
-                tracing::info!(client = %conn.peer, user = %user.chars().take(64).collect::<String>(), "client credentials refused");
+                // Escaped: the name is the client's, and must not forge log lines.
+                let shown: String = user.chars().take(64).collect();
+                tracing::info!(client = %conn.peer, user = %shown.escape_debug(), "client credentials refused");
                 "wrong user name or password"
             }
         },
