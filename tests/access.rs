@@ -270,6 +270,22 @@ async fn htpasswd_listener_challenges_and_never_asks_upstream_for_strangers() {
     for probe in ["/healthz", "/readyz"] {
         assert_eq!(plain_get(port, probe, &[]).await.status, 200, "{probe}");
     }
+    // Strangers get readiness alone: no upstream hosts, errors or disk figures.
+    let bad = basic("alice", "wrong");
+    for headers in [vec![], vec![("Authorization", bad.as_str())]] {
+        let r = plain_get(port, "/readyz", &headers).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, r#"{"status":"ready"}"#)
+        );
+    }
+    let full = plain_get(
+        port,
+        "/readyz",
+        &[("Authorization", &basic("alice", "correct horse"))],
+    )
+    .await;
+    assert!(full.text().contains("\"registries\""), "{}", full.text());
     let right = basic("alice", "correct horse");
     let a = plain_get(port, &blob, &[("Authorization", &right)]).await;
     assert_eq!(a.status, 200, "{a:?}");

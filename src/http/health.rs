@@ -6,7 +6,9 @@
 //!   bound, the index is loaded, a temp file can be written in the cache's `tmp/`, free space
 //!   is not below `min_free`), else 503; the JSON body names each check and, for information,
 //!   each registry's upstream state. Readiness never depends on an upstream: a mirror with the
-//!   Hub down still serves what it has.
+//!   Hub down still serves what it has. On a listener with client auth, a client that has not
+//!   authenticated gets the status alone ([`readyz_brief`]): upstream hosts, their errors and
+//!   the free space are for those who may pull.
 
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Response, StatusCode};
@@ -48,6 +50,16 @@ pub fn readyz(mirror: &Mirror, head: bool) -> Response<ResponseBody> {
         StatusCode::SERVICE_UNAVAILABLE
     };
     json(status, body.to_string(), head)
+}
+
+/// `GET /readyz` for a client that has not authenticated on a listener with client auth: the
+/// same status code, and `{"status":"ready"}` (or `"not ready"`) alone.
+pub fn readyz_brief(mirror: &Mirror, head: bool) -> Response<ResponseBody> {
+    let (status, text) = match mirror.cache().health().ready() {
+        true => (StatusCode::OK, r#"{"status":"ready"}"#),
+        false => (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
+    };
+    json(status, text.to_owned(), head)
 }
 
 fn json(status: StatusCode, text: String, head: bool) -> Response<ResponseBody> {

@@ -156,7 +156,7 @@ async fn route<B>(
 /// `Transfer-Encoding`, a `Content-Length` other than one `0`), and a missing or repeated
 /// `Host` on HTTP/1.1. Answered 400 `UNSUPPORTED`, and the connection is closed after it.
 /// HTTP/2 frames its messages itself and is left to hyper.
-fn check_framing<B>(req: &Request<B>) -> Result<(), ApiError> {
+pub(super) fn check_framing<B>(req: &Request<B>) -> Result<(), ApiError> {
     if req.version() >= http::Version::HTTP_2 {
         return Ok(());
     }

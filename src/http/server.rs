@@ -705,11 +705,11 @@ async fn serve(
 /// Whether the connection's client may make `req`: `Ok` with who it authenticated as (none
 /// on an open listener), or the 401 answer (`WWW-Authenticate: Basic`, an OCI `UNAUTHORIZED`
 /// body; nothing is read from the cache or asked upstream). Health probes are always
-/// answered. See [`crate::access`] for what each listener requires.
+/// answered, `/readyz` with its status alone to a client that has not authenticated. See
+/// [`crate::access`] for what each listener requires.
 async fn authorize<B>(conn: &Conn, req: &Request<B>) -> Result<Option<String>, super::Handled> {
-    if super::health::PATHS.contains(&req.uri().path()) {
-        return Ok(None);
-    }
+    let probe = super::health::PATHS.contains(&req.uri().path())
+        && matches!(*req.method(), http::Method::GET | http::Method::HEAD);
     let htpasswd = conn.listener.htpasswd();
     if let Some(subject) = &conn.client_certificate {
         // Verified in the handshake; enough on its own.
@@ -730,6 +730,10 @@ async fn authorize<B>(conn: &Conn, req: &Request<B>) -> Result<Option<String>, s
                 if htpasswd.verify(&user, &password).await {
                     return Ok(Some(user));
                 }
+                if probe {
+                    // Probes are not pulls: a wrong password there is not worth a line.
+                    return Err(probe_answer(conn, req).await);
+                }
                 // Escaped: the name is the client's, and must not forge log lines.
                 let shown: String = user.chars().take(64).collect();
                 tracing::info!(client = %conn.peer, user = %shown.escape_debug(), "client credentials refused");
@@ -737,6 +741,9 @@ async fn authorize<B>(conn: &Conn, req: &Request<B>) -> Result<Option<String>, s
             }
         },
     };
+    if probe {
+        return Err(probe_answer(conn, req).await);
+    }
     let response = crate::error::ApiError::new(http::StatusCode::UNAUTHORIZED, "UNAUTHORIZED", why)
         .with_header(
             http::header::WWW_AUTHENTICATE,
@@ -748,6 +755,24 @@ async fn authorize<B>(conn: &Conn, req: &Request<B>) -> Result<Option<String>, s
         cache: CacheResult::None,
         registry: None,
     })
+}
+
+/// A health probe from a client that has not authenticated: `/healthz` as always, `/readyz`
+/// with its status alone.
+async fn probe_answer<B>(conn: &Conn, req: &Request<B>) -> super::Handled {
+    if req.uri().path() != "/readyz" {
+        return super::handle(&conn.app, req).await;
+    }
+    let head = req.method() == http::Method::HEAD;
+    let response = match super::check_framing(req) {
+        Ok(()) => super::health::readyz_brief(&conn.app, head),
+        Err(e) => e.into_response(head),
+    };
+    super::Handled {
+        response,
+        cache: CacheResult::None,
+        registry: None,
+    }
 }
 
 /// A request id unique within this process run: 16 hex digits (the process start's low bits,
