@@ -226,10 +226,7 @@ fn announce(
         .iter()
         .zip(bound)
         .map(|(l, (_, origin))| {
-            let auth = match (
-                l.htpasswd.is_some(),
-                l.tls.as_ref().and_then(|t| t.client_ca.as_ref()).is_some(),
-            ) {
+            let auth = match (l.htpasswd.is_some(), l.verifies_client_certificates()) {
                 (true, true) => "htpasswd or client certificate",
                 (true, false) => "htpasswd",
                 (false, true) => "client certificate",

@@ -92,9 +92,14 @@ impl ListenerConfig {
         self.address.ip().to_canonical().is_loopback()
     }
 
+    /// Whether it verifies TLS client certificates (`client_ca`).
+    pub fn verifies_client_certificates(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+    }
+
     /// Whether clients must authenticate (Basic credentials or a client certificate).
     pub fn has_client_auth(&self) -> bool {
-        self.htpasswd.is_some() || self.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+        self.htpasswd.is_some() || self.verifies_client_certificates()
     }
 
     /// `http://127.0.0.1:5000` or `https://0.0.0.0:5443 (lan)`, for messages.

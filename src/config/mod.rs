@@ -852,16 +852,6 @@ impl Config {
             args,
             &mut problems,
         );
-        let with_credentials: Vec<&str> = registries
-            .iter()
-            .filter(|r: &&UpstreamConfig| r.credentials.is_some())
-            .map(|r| r.registry.as_str())
-            .collect();
-        problems.extend(listeners::exposure_problems(
-            &listeners,
-            from_array,
-            &with_credentials,
-        ));
         let config = Config {
             listeners,
             shutdown_grace: ok(
@@ -968,6 +958,11 @@ impl Config {
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             registries,
         };
+        problems.extend(listeners::exposure_problems(
+            &config.listeners,
+            from_array,
+            &config.registries_with_credentials(),
+        ));
         match problems.len() {
             0 => Ok(config),
             1 => Err(problems.remove(0)),

@@ -54,14 +54,6 @@ impl Listener {
         self.htpasswd.read().expect("listener lock").clone()
     }
 
-    /// Whether it verifies client certificates.
-    pub fn verifies_client_certificates(&self) -> bool {
-        self.config
-            .tls
-            .as_ref()
-            .is_some_and(|t| t.client_ca.is_some())
-    }
-
     /// Re-reads its files as `new` names them (same address). Nothing changes when any fails.
     /// What needs a restart instead (HTTP ↔ HTTPS, adding or removing client auth) is refused.
     ///
@@ -70,8 +62,7 @@ impl Listener {
         let old = &self.config;
         if old.tls.is_some() != new.tls.is_some()
             || old.htpasswd.is_some() != new.htpasswd.is_some()
-            || self.verifies_client_certificates()
-                != new.tls.as_ref().is_some_and(|t| t.client_ca.is_some())
+            || old.verifies_client_certificates() != new.verifies_client_certificates()
             || old.allow_anonymous != new.allow_anonymous
         {
             return Err(format!(
