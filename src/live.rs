@@ -51,6 +51,21 @@ pub struct RegistryStatus {
     pub ratelimit_remaining: Option<String>,
     /// Docker Hub's last `ratelimit-limit`, e.g. `100;w=21600`.
     pub ratelimit_limit: Option<String>,
+    /// Seconds until that budget is whole again at the latest (one window after the report).
+    #[serde(default)]
+    pub ratelimit_refill_seconds: Option<u64>,
+    /// `rate_limit_reserve`.
+    #[serde(default)]
+    pub ratelimit_reserve: u64,
+    /// Whether the budget is at the reserve: prefetch pauses, cached tags are not revalidated.
+    #[serde(default)]
+    pub ratelimit_at_reserve: bool,
+    /// Manifest GETs the registry answered (Docker Hub counts these against its rate limit).
+    #[serde(default)]
+    pub manifest_gets: u64,
+    /// Manifest HEADs the registry answered (not counted).
+    #[serde(default)]
+    pub manifest_heads: u64,
 }
 
 /// What a running mirror reports about itself.
@@ -127,6 +142,8 @@ impl LiveStatus {
                 let up = mirror.registries().get(name)?;
                 let h = up.health();
                 let rl = up.rate_limit();
+                let budget = up.governor().budget();
+                let (gets, heads) = up.manifest_requests();
                 Some((
                     name.to_owned(),
                     RegistryStatus {
@@ -138,6 +155,11 @@ impl LiveStatus {
                         requests_sent: up.requests_sent(),
                         ratelimit_limit: rl.as_ref().map(|(l, _)| l.clone()),
                         ratelimit_remaining: rl.map(|(_, r)| r),
+                        ratelimit_refill_seconds: budget.map(|b| b.refills_in().as_secs()),
+                        ratelimit_reserve: up.governor().reserve(),
+                        ratelimit_at_reserve: up.governor().at_reserve().is_some(),
+                        manifest_gets: gets,
+                        manifest_heads: heads,
                     },
                 ))
             })
@@ -272,9 +294,30 @@ impl LiveStatus {
                 r.requests_sent,
                 if r.requests_sent == 1 { "" } else { "s" }
             ));
+            s.push_str(&format!(
+                " ({} manifest GET{} counted by rate limits, {} HEAD{})",
+                r.manifest_gets,
+                if r.manifest_gets == 1 { "" } else { "s" },
+                r.manifest_heads,
+                if r.manifest_heads == 1 { "" } else { "s" },
+            ));
             if let Some(rem) = &r.ratelimit_remaining {
-                let limit = r.ratelimit_limit.as_deref().unwrap_or("?");
-                s.push_str(&format!(", Docker Hub rate limit {rem} left of {limit}"));
+                // `76;w=21600` → `76`: the window is said by "whole again within".
+                let number = |v: &str| v.split(';').next().unwrap_or(v).trim().to_owned();
+                let limit = r.ratelimit_limit.as_deref().map_or("?".into(), number);
+                s.push_str(&format!(", rate limit {} left of {limit}", number(rem)));
+                if let Some(t) = r.ratelimit_refill_seconds.filter(|t| *t > 0) {
+                    s.push_str(&format!(
+                        ", whole again within {}",
+                        humantime::format_duration(std::time::Duration::from_secs(t))
+                    ));
+                }
+                if r.ratelimit_at_reserve {
+                    s.push_str(&format!(
+                        "; AT THE RESERVE ({}): prefetch paused, cached tags served without revalidation",
+                        r.ratelimit_reserve
+                    ));
+                }
             }
             if let (Some(e), Some(ago)) = (&r.last_error, r.last_error_seconds_ago) {
                 s.push_str(&format!("; last error {ago}s ago: {e}"));

@@ -73,7 +73,7 @@ pub struct Figures {
     /// Bytes sent with `sendfile(2)`.
     pub sendfile_bytes: u64,
     /// Cached tags served stale, in [`crate::cache::STALE_CAUSES`] order.
-    pub stale_by_cause: [u64; 5],
+    pub stale_by_cause: [u64; crate::cache::STALE_CAUSES.len()],
     /// Per upstream registry.
     pub upstreams: Vec<UpstreamFigures>,
 }
@@ -87,6 +87,17 @@ pub struct UpstreamFigures {
     pub requests: u64,
     /// Docker Hub's last `ratelimit-remaining`, once reported.
     pub ratelimit_remaining: Option<i64>,
+    /// Its last `ratelimit-limit`, once reported.
+    pub ratelimit_limit: Option<i64>,
+    /// Seconds until the reported budget is whole again at the latest (one window after the
+    /// report), once reported.
+    pub ratelimit_refill_seconds: Option<i64>,
+    /// `rate_limit_reserve`.
+    pub ratelimit_reserve: u64,
+    /// Whether the budget is at the reserve (prefetch paused, revalidation backing off).
+    pub ratelimit_at_reserve: bool,
+    /// Manifest requests the registry answered: (GET, HEAD). Docker Hub counts the GETs.
+    pub manifest_requests: (u64, u64),
     /// Response-header latency of its answered requests.
     pub latency: crate::upstream::LatencyFigures,
     /// Token fetches (succeeded, failed).
@@ -206,7 +217,7 @@ pub fn render(f: &Figures) -> String {
     }
     reg.register(
         "stale_answers",
-        "Cached tags served stale, by cause (timeout, unreachable, backing_off, rate_limited, upstream_error)",
+        "Cached tags served stale, by cause (timeout, unreachable, backing_off, rate_limited, upstream_error, rate_budget)",
         stale,
     );
     reg.register(
@@ -237,6 +248,11 @@ pub fn render(f: &Figures) -> String {
     let upstream = Labelled::default();
     let tokens = Labelled::default();
     let remaining = Family::<Vec<(&'static str, String)>, Gauge>::default();
+    let limit = Family::<Vec<(&'static str, String)>, Gauge>::default();
+    let refill = Family::<Vec<(&'static str, String)>, Gauge>::default();
+    let reserve = Family::<Vec<(&'static str, String)>, Gauge>::default();
+    let at_reserve = Family::<Vec<(&'static str, String)>, Gauge>::default();
+    let manifests = Labelled::default();
     for up in &f.upstreams {
         let label = vec![("registry", up.registry.clone())];
         upstream.get_or_create(&label).inc_by(up.requests);
@@ -249,6 +265,28 @@ pub fn render(f: &Figures) -> String {
         }
         if let Some(rem) = up.ratelimit_remaining {
             remaining.get_or_create(&label).set(rem);
+        }
+        if let Some(l) = up.ratelimit_limit {
+            limit.get_or_create(&label).set(l);
+        }
+        if let Some(r) = up.ratelimit_refill_seconds {
+            refill.get_or_create(&label).set(r);
+        }
+        reserve
+            .get_or_create(&label)
+            .set(up.ratelimit_reserve as i64);
+        at_reserve
+            .get_or_create(&label)
+            .set(up.ratelimit_at_reserve as i64);
+        for (method, n) in [
+            ("GET", up.manifest_requests.0),
+            ("HEAD", up.manifest_requests.1),
+        ] {
+            let l = vec![
+                ("registry", up.registry.clone()),
+                ("method", method.to_owned()),
+            ];
+            manifests.get_or_create(&l).inc_by(n);
         }
     }
     reg.register(
@@ -271,6 +309,31 @@ pub fn render(f: &Figures) -> String {
         "upstream_ratelimit_remaining",
         "Docker Hub's last ratelimit-remaining, per registry (present once reported)",
         remaining,
+    );
+    reg.register(
+        "upstream_ratelimit_limit",
+        "The last ratelimit-limit, per registry (present once reported)",
+        limit,
+    );
+    reg.register(
+        "upstream_ratelimit_refill_seconds",
+        "Seconds until the reported rate-limit budget is whole again at the latest (one window after the last report), per registry",
+        refill,
+    );
+    reg.register(
+        "upstream_ratelimit_reserve",
+        "rate_limit_reserve: the ratelimit-remaining at which prefetch pauses and tag revalidation backs off",
+        reserve,
+    );
+    reg.register(
+        "upstream_ratelimit_at_reserve",
+        "1 while the reported budget is at or below rate_limit_reserve (prefetch paused, cached tags served without revalidation)",
+        at_reserve,
+    );
+    reg.register(
+        "upstream_manifest_requests",
+        "Manifest requests answered by each registry, by method: Docker Hub counts GETs against its pull rate limit, not HEADs",
+        manifests,
     );
     let mut out = String::new();
     let _ = encode(&mut out, &reg);

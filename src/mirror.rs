@@ -99,14 +99,22 @@ impl Mirror {
                 .registries
                 .map
                 .iter()
-                .map(|(name, up)| UpstreamFigures {
-                    registry: name.clone(),
-                    requests: up.requests_sent(),
-                    ratelimit_remaining: up
-                        .rate_limit()
-                        .and_then(|(_, r)| r.split(';').next().and_then(|v| v.trim().parse().ok())),
-                    latency: up.latency(),
-                    token_fetches: up.token_fetches(),
+                .map(|(name, up)| {
+                    let budget = up.governor().budget();
+                    UpstreamFigures {
+                        registry: name.clone(),
+                        requests: up.requests_sent(),
+                        ratelimit_remaining: budget.as_ref().map(|b| b.remaining as i64),
+                        ratelimit_limit: budget.as_ref().map(|b| b.limit as i64),
+                        ratelimit_refill_seconds: budget
+                            .as_ref()
+                            .map(|b| b.refills_in().as_secs() as i64),
+                        ratelimit_reserve: up.governor().reserve(),
+                        ratelimit_at_reserve: up.governor().at_reserve().is_some(),
+                        manifest_requests: up.manifest_requests(),
+                        latency: up.latency(),
+                        token_fetches: up.token_fetches(),
+                    }
                 })
                 .collect(),
         }
@@ -120,6 +128,11 @@ fn cache_options(config: &Config) -> CacheOptions {
         bandwidth: config.max_upstream_bandwidth,
         min_fill_rate: config.min_fill_rate,
         tag_ttl: config.tag_ttl,
+        policies: config
+            .registries
+            .iter()
+            .map(|r| (r.registry.clone(), r.freshness.clone()))
+            .collect(),
         offline: config.offline,
         revalidate_timeout: config.revalidate_timeout,
         max_manifest_size: config.max_manifest_size,

@@ -410,9 +410,38 @@ async fn manifest(
     } else {
         Reference::Tag(reference.to_string())
     };
+    wait_for_budget(mirror, from, &reference).await;
     match mirror.cache().manifest(from, &reference).await {
         Ok(a) => Ok((a.digest, a.manifest.bytes)),
         Err(e) => Err(describe(&ApiError::from_cache(&e, Subject::Manifest))),
+    }
+}
+
+/// Pauses while asking for `reference` would spend the registry's rate-limit budget below
+/// `rate_limit_reserve` (see [`crate::upstream::budget`]): a manifest that is not cached costs
+/// a counted GET; a cached one costs nothing (at the reserve, the cache serves a cached tag
+/// without revalidating it). Says why and until when on stderr.
+async fn wait_for_budget(mirror: &Mirror, from: Origin<'_>, reference: &Reference) {
+    let governor = from.upstream.governor();
+    while let Some(b) = governor.at_reserve() {
+        if mirror.cache().has_manifest(from, reference) {
+            return;
+        }
+        let wait = b.refills_in();
+        eprintln!(
+            "prefetch: {} rate-limit budget is down to the reserve ({} of {} left, rate_limit_reserve = {}); paused until {} (in {}), when it is whole again at the latest. Clients' pulls of uncached content still go upstream meanwhile.",
+            from.upstream.registry(),
+            b.remaining,
+            b.limit,
+            governor.reserve(),
+            humantime::format_rfc3339_seconds(b.refills_at()),
+            humantime::format_duration(std::time::Duration::from_secs(wait.as_secs().max(1))),
+        );
+        tokio::time::sleep(wait).await;
+        eprintln!(
+            "prefetch: {} rate-limit window passed; going on",
+            from.upstream.registry()
+        );
     }
 }
 

@@ -98,7 +98,7 @@ async fn readiness_fails_below_min_free() {
 
 /// With `--log-format json` every log line is a JSON object; the access line carries method,
 /// path, status, cache result, bytes, time, registry, client address and request id (also sent
-/// as `X-Request-Id`); health probes are not in the access log at info; the startup line says
+/// as `X-Request-Id`), and `counted` (a manifest GET went upstream); health probes are not in the access log at info; the startup line says
 /// offline mode, TLS, the disk budget and which registries have credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_the_access_fields() {
@@ -122,6 +122,9 @@ async fn json_logs_carry_the_access_fields() {
     assert_eq!(r.status, 200);
     let request_id = r.header("x-request-id").to_owned();
     assert_eq!(request_id.len(), 16, "{request_id}");
+    let manifest_url = format!("{base}/v2/library/json/manifests/v1");
+    let cold = get(&manifest_url).await.header("x-request-id").to_owned();
+    let warm = get(&manifest_url).await.header("x-request-id").to_owned();
     assert_eq!(get(&format!("{base}/readyz")).await.status, 200);
     let _ = get(&format!("{base}/healthz")).await;
     let lines = || -> Vec<serde_json::Value> {
@@ -131,10 +134,11 @@ async fn json_logs_carry_the_access_fields() {
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
     };
-    eventually("the access line is written", || {
-        lines()
+    eventually("the access lines are written", || {
+        let all = lines();
+        [&request_id, &warm]
             .iter()
-            .any(|l| l["fields"]["request_id"] == request_id.as_str())
+            .all(|id| all.iter().any(|l| l["fields"]["request_id"] == id.as_str()))
     })
     .await;
     child.kill();
@@ -148,6 +152,26 @@ async fn json_logs_carry_the_access_fields() {
         .find(|l| l["fields"]["request_id"] == request_id.as_str())
         .unwrap();
     let f = &line["fields"];
+    assert_eq!(
+        f["counted"], false,
+        "a blob GET is not counted by rate limits"
+    );
+    let counted = |id: &str| {
+        access
+            .iter()
+            .find(|l| l["fields"]["request_id"] == id)
+            .map(|l| l["fields"]["counted"].clone())
+    };
+    assert_eq!(
+        counted(&cold),
+        Some(true.into()),
+        "the cold manifest GET went upstream"
+    );
+    assert_eq!(
+        counted(&warm),
+        Some(false.into()),
+        "a HEAD revalidated the warm one"
+    );
     assert_eq!(f["method"], "GET");
     assert_eq!(f["status"], 200);
     assert_eq!(f["cache"], "miss");

@@ -155,7 +155,7 @@ impl Manifests {
         let path = kind.upstream_path(name);
         let cached = self.store.read_listing(registry, name, &path);
         if let Some(c) = &cached {
-            if self.offline || self.listing_fresh(c) {
+            if self.offline || self.listing_fresh(from, c) {
                 return Ok(Listing {
                     stored: c.clone(),
                     result: CacheResult::Hit,
@@ -165,7 +165,7 @@ impl Manifests {
         let _guard = self.locks.lock(format!("{registry}/{name} {path}")).await;
         let cached = self.store.read_listing(registry, name, &path);
         match cached {
-            Some(c) if self.listing_fresh(&c) => Ok(Listing {
+            Some(c) if self.listing_fresh(from, &c) => Ok(Listing {
                 stored: c,
                 result: CacheResult::Coalesced,
             }),
@@ -176,6 +176,12 @@ impl Manifests {
                 );
                 match bounded.await {
                     Ok(answer) => answer,
+                    Err(_) if !self.listing_within_max_stale(from, &c) => {
+                        Err(CacheError::Upstream(UpstreamError::Timeout {
+                            host: from.upstream.host(),
+                            after: self.revalidate_timeout * 2,
+                        }))
+                    }
                     Err(_) => {
                         self.count_stale(0);
                         tracing::warn!(registry = %registry, name, what = kind.label(), "revalidation took too long; serving cached listing (stale)");
@@ -191,12 +197,20 @@ impl Manifests {
     }
 
     /// Whether a cached listing may be used without asking upstream.
-    fn listing_fresh(&self, l: &StoredListing) -> bool {
+    fn listing_fresh(&self, from: Origin<'_>, l: &StoredListing) -> bool {
+        let tag_ttl = self.policy(from).listing_ttl(from.name);
         let ttl = match l.status {
-            404 => self.tag_ttl.max(NOT_FOUND_TTL),
-            _ => self.tag_ttl,
+            404 => tag_ttl.max(NOT_FOUND_TTL),
+            _ => tag_ttl,
         };
         !ttl.is_zero() && unix_now().saturating_sub(l.checked) < ttl.as_secs()
+    }
+
+    /// Whether a cached listing is young enough to be served stale (`max_stale`).
+    fn listing_within_max_stale(&self, from: Origin<'_>, l: &StoredListing) -> bool {
+        self.policy(from)
+            .max_stale(from.name)
+            .is_none_or(|m| unix_now().saturating_sub(l.checked) <= m.as_secs())
     }
 
     /// Asks upstream for `path` (conditionally when `cached` has an ETag), stores what it
@@ -209,8 +223,12 @@ impl Manifests {
         cached: Option<StoredListing>,
     ) -> Result<Listing, CacheError> {
         let (up, registry, name) = (from.upstream, from.upstream.registry(), from.name);
-        let stale = |e: &UpstreamError, c: StoredListing| {
-            self.count_stale(stale_cause(e));
+        let stale = |e: UpstreamError, c: StoredListing| {
+            if !self.listing_within_max_stale(from, &c) {
+                tracing::warn!(registry = %registry, name, what = kind.label(), error = %e, "upstream unavailable and the cached listing is older than max_stale; not serving it");
+                return Err(CacheError::Upstream(e));
+            }
+            self.count_stale(stale_cause(&e));
             tracing::warn!(registry = %registry, name, what = kind.label(), error = %e, "upstream unavailable; serving cached listing (stale)");
             Ok(Listing {
                 stored: c,
@@ -230,7 +248,7 @@ impl Manifests {
         let resp = match sent {
             Ok(r) => r,
             Err(e) if e.is_outage() => match cached {
-                Some(c) => return stale(&e, c),
+                Some(c) => return stale(e, c),
                 None => return Err(e.into()),
             },
             Err(e) => return Err(e.into()),
@@ -269,7 +287,7 @@ impl Manifests {
                 let e = UpstreamError::from_status(&resp);
                 if e.is_outage() {
                     if let Some(c) = cached {
-                        return stale(&e, c);
+                        return stale(e, c);
                     }
                 }
                 if status == StatusCode::NOT_FOUND {
@@ -293,7 +311,7 @@ impl Manifests {
                 let e =
                     UpstreamError::Protocol(format!("reading the {} of {name}: {e}", kind.label()));
                 return match cached {
-                    Some(c) => stale(&e, c),
+                    Some(c) => stale(e, c),
                     None => Err(e.into()),
                 };
             }

@@ -18,6 +18,7 @@ use http::{HeaderMap, Method, StatusCode};
 
 use crate::cache::hash::Hasher;
 use crate::cache::index::unix_now;
+use crate::cache::policy::{FreshnessPolicy, TagRules};
 use crate::cache::store::{is_storable_media_type, Store, StoredManifest};
 use crate::cache::tags::TagEntry;
 use crate::cache::{CacheError, CacheOptions, CacheResult, Origin};
@@ -42,8 +43,10 @@ pub struct ManifestAnswer {
 pub(super) struct Manifests {
     /// Where manifests and tags live.
     pub(super) store: Store,
-    /// How long a tag's answer is trusted without asking upstream.
-    pub(super) tag_ttl: Duration,
+    /// Tag TTLs, immutable tags and `max_stale`, by registry.
+    policies: std::collections::BTreeMap<String, FreshnessPolicy>,
+    /// For a registry without one (only `tag_ttl`).
+    default_policy: FreshnessPolicy,
     /// Never revalidate (serve what is cached).
     pub(super) offline: bool,
     /// Bound on a whole revalidation while a cached answer waits (zero: unbounded).
@@ -55,20 +58,25 @@ pub(super) struct Manifests {
     /// Bound on reading a listing's body (`idle_timeout`).
     pub(super) idle_timeout: Duration,
     /// Stale answers by [`STALE_CAUSES`].
-    stale: [std::sync::atomic::AtomicU64; 5],
+    stale: [std::sync::atomic::AtomicU64; STALE_CAUSES.len()],
 }
 
 /// Why a cached tag was served stale, as `/metrics` labels it: `timeout` (the upstream, its
 /// token endpoint or its answer took longer than `revalidate_timeout`), `unreachable` (no
 /// connection), `backing_off` (its circuit is open after timeouts), `rate_limited` (a 429 and
-/// its `Retry-After`), `upstream_error` (a 5xx or 429 answer).
-pub const STALE_CAUSES: [&str; 5] = [
+/// its `Retry-After`), `upstream_error` (a 5xx or 429 answer), `rate_budget` (not revalidated:
+/// the registry's reported rate-limit budget is down to `rate_limit_reserve`).
+pub const STALE_CAUSES: [&str; 6] = [
     "timeout",
     "unreachable",
     "backing_off",
     "rate_limited",
     "upstream_error",
+    "rate_budget",
 ];
+
+/// The [`STALE_CAUSES`] index of `rate_budget`.
+const STALE_RATE_BUDGET: usize = 5;
 
 /// The [`STALE_CAUSES`] index of an outage error.
 pub(super) fn stale_cause(e: &UpstreamError) -> usize {
@@ -90,7 +98,14 @@ impl Manifests {
     pub(super) fn new(store: Store, opts: &CacheOptions) -> Manifests {
         Manifests {
             store,
-            tag_ttl: opts.tag_ttl,
+            policies: opts.policies.clone(),
+            default_policy: FreshnessPolicy {
+                global: crate::cache::policy::Freshness {
+                    tag_ttl: Some(opts.tag_ttl),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
             offline: opts.offline,
             revalidate_timeout: opts.revalidate_timeout,
             max_manifest_size: match opts.max_manifest_size {
@@ -163,9 +178,17 @@ impl Manifests {
         from: Origin<'_>,
         tag: &str,
     ) -> Result<(Digest, StoredManifest, CacheResult), CacheError> {
+        let rules = self.policy(from).for_tag(from.name, tag);
         if let Some((entry, d, m)) = self.cached_tag(from, tag)? {
-            if self.fresh(&entry) || self.offline {
+            if rules.immutable || fresh(&entry, &rules) || self.offline {
                 return Ok((d, m, CacheResult::Hit));
+            }
+            if let Some(b) = from.upstream.governor().at_reserve() {
+                if within_max_stale(&entry, &rules) {
+                    self.count_stale(STALE_RATE_BUDGET);
+                    tracing::debug!(registry = %from.upstream.registry(), name = from.name, tag, remaining = b.remaining, "rate-limit budget at the reserve; serving cached tag without revalidation (stale)");
+                    return Ok((d, m, CacheResult::Stale));
+                }
             }
         }
         let registry = from.upstream.registry();
@@ -176,20 +199,29 @@ impl Manifests {
         let cached = self.cached_tag(from, tag)?;
         match cached {
             // Another request may have revalidated it while this one waited for the lock.
-            Some((entry, d, m)) if self.fresh(&entry) => Ok((d, m, CacheResult::Hit)),
-            Some((_, d, m)) if self.revalidate_timeout.is_zero() => {
-                self.revalidate(from, tag, d, m).await
+            Some((entry, d, m)) if fresh(&entry, &rules) => Ok((d, m, CacheResult::Hit)),
+            Some((entry, d, m)) if self.revalidate_timeout.is_zero() => {
+                self.revalidate(from, tag, d, m, (&entry, &rules)).await
             }
-            Some((_, d, m)) => {
+            Some((entry, d, m)) => {
                 // Twice the per-request bound: a request to an origin that does not answer
                 // times out on its own first (and tells the upstream's circuit breaker), while
                 // a trickling token or manifest body is cut here.
                 let bounded = tokio::time::timeout(
                     self.revalidate_timeout * 2,
-                    self.revalidate(from, tag, d.clone(), m.clone()),
+                    self.revalidate(from, tag, d.clone(), m.clone(), (&entry, &rules)),
                 );
                 match bounded.await {
                     Ok(answer) => answer,
+                    Err(_) if !within_max_stale(&entry, &rules) => Err(too_stale(
+                        from,
+                        tag,
+                        &entry,
+                        UpstreamError::Timeout {
+                            host: from.upstream.host(),
+                            after: self.revalidate_timeout * 2,
+                        },
+                    )),
                     Err(_) => {
                         self.count_stale(0);
                         tracing::warn!(registry = %registry, name = from.name, tag, after = ?self.revalidate_timeout * 2, "revalidation took too long; serving cached tag (stale)");
@@ -215,11 +247,17 @@ impl Manifests {
         tag: &str,
         cached: Digest,
         cached_m: StoredManifest,
+        (entry, rules): (&TagEntry, &TagRules),
     ) -> Result<(Digest, StoredManifest, CacheResult), CacheError> {
         let (up, name) = (from.upstream, from.name);
-        let stale = |e: &UpstreamError| {
-            self.count_stale(stale_cause(e));
+        // The cached answer, stale, or the upstream's error when it is older than max_stale.
+        let stale = |e: UpstreamError, cached: Digest, cached_m: StoredManifest| {
+            if !within_max_stale(entry, rules) {
+                return Err(too_stale(from, tag, entry, e));
+            }
+            self.count_stale(stale_cause(&e));
             tracing::warn!(registry = %up.registry(), name, tag, error = %e, "upstream unavailable; serving cached tag (stale)");
+            Ok((cached, cached_m, CacheResult::Stale))
         };
         let path = format!("/v2/{name}/manifests/{tag}");
         let resp = match up
@@ -227,17 +265,13 @@ impl Manifests {
             .await
         {
             Ok(r) => r,
-            Err(e) if e.is_outage() => {
-                stale(&e);
-                return Ok((cached, cached_m, CacheResult::Stale));
-            }
+            Err(e) if e.is_outage() => return stale(e, cached, cached_m),
             Err(e) => return Err(e.into()),
         };
         if resp.status() != StatusCode::OK {
             let e = UpstreamError::from_status(&resp);
             if e.is_outage() {
-                stale(&e);
-                return Ok((cached, cached_m, CacheResult::Stale));
+                return stale(e, cached, cached_m);
             }
             if resp.status() == StatusCode::NOT_FOUND {
                 let _ = self.store.remove_tag(up.registry(), name, tag);
@@ -267,10 +301,7 @@ impl Manifests {
                 self.record_tag(from, tag, &d, &m.media_type);
                 Ok((d, m, CacheResult::Miss))
             }
-            Err(CacheError::Upstream(e)) if e.is_outage() => {
-                stale(&e);
-                Ok((cached, cached_m, CacheResult::Stale))
-            }
+            Err(CacheError::Upstream(e)) if e.is_outage() => stale(e, cached, cached_m),
             Err(e) => Err(e),
         }
     }
@@ -280,13 +311,15 @@ impl Manifests {
     }
 
     /// Stale answers so far, in [`STALE_CAUSES`] order.
-    pub(super) fn stale_counts(&self) -> [u64; 5] {
+    pub(super) fn stale_counts(&self) -> [u64; STALE_CAUSES.len()] {
         std::array::from_fn(|i| self.stale[i].load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Whether a tag's cached answer may be used without asking upstream (`tag_ttl` 0: never).
-    fn fresh(&self, entry: &TagEntry) -> bool {
-        !self.tag_ttl.is_zero() && entry.age() < self.tag_ttl
+    /// The freshness policy of the request's registry.
+    pub(super) fn policy(&self, from: Origin<'_>) -> &FreshnessPolicy {
+        self.policies
+            .get(from.upstream.registry())
+            .unwrap_or(&self.default_policy)
     }
 
     fn record_tag(&self, from: Origin<'_>, tag: &str, d: &Digest, media_type: &str) {
@@ -353,6 +386,22 @@ impl Manifests {
         }
         Ok((digest, StoredManifest { media_type, bytes }))
     }
+}
+
+/// Whether a tag's cached answer may be used without asking upstream (`tag_ttl` 0: never).
+fn fresh(entry: &TagEntry, rules: &TagRules) -> bool {
+    !rules.tag_ttl.is_zero() && entry.age() < rules.tag_ttl
+}
+
+/// Whether a cached tag is young enough to be served stale (`max_stale`, unbounded by default).
+pub(super) fn within_max_stale(entry: &TagEntry, rules: &TagRules) -> bool {
+    rules.max_stale.is_none_or(|m| entry.age() <= m)
+}
+
+/// The error for a tag that cannot be revalidated and is older than `max_stale`.
+fn too_stale(from: Origin<'_>, tag: &str, entry: &TagEntry, e: UpstreamError) -> CacheError {
+    tracing::warn!(registry = %from.upstream.registry(), name = from.name, tag, age_s = entry.age().as_secs(), error = %e, "upstream unavailable and the cached tag is older than max_stale; not serving it");
+    CacheError::Upstream(e)
 }
 
 /// GETs a manifest: its bytes (at most `limit`), upstream's `Docker-Content-Digest` and

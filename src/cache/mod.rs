@@ -31,6 +31,7 @@ pub mod hash;
 pub mod index;
 pub mod listings;
 pub(crate) mod manifests;
+pub mod policy;
 pub(crate) mod scan;
 mod serial;
 pub mod store;
@@ -120,8 +121,11 @@ pub struct CacheOptions {
     /// A fill slower than this many bytes per second over an `idle_timeout` window is resumed
     /// (0: no floor).
     pub min_fill_rate: u64,
-    /// How long a tag's answer is trusted before it is revalidated (zero: always revalidate).
+    /// How long a tag's answer is trusted before it is revalidated (zero: always revalidate),
+    /// for a registry without a policy in `policies`.
     pub tag_ttl: Duration,
+    /// Each registry's freshness policy (tag TTLs, immutable tags, `max_stale`), by name.
+    pub policies: std::collections::BTreeMap<String, policy::FreshnessPolicy>,
     /// Serve only what is cached; never revalidate.
     pub offline: bool,
     /// Largest manifest accepted from upstream, in bytes (0: 4 MiB, distribution's limit).
@@ -548,6 +552,20 @@ impl Cache {
         self.manifests.get(from, reference).await
     }
 
+    /// Whether `reference` can be answered from the cache without spending a counted upstream
+    /// request: a manifest by digest that is stored, or a tag whose last answer is stored
+    /// (fresh, immutable, or servable stale). Reads the tag entry; never asks upstream.
+    pub fn has_manifest(&self, from: Origin<'_>, reference: &Reference) -> bool {
+        match reference {
+            Reference::Digest(d) => matches!(self.store.read_manifest(d), Ok(Some(_))),
+            Reference::Tag(t) => self
+                .store
+                .read_tag(from.upstream.registry(), from.name, t)
+                .and_then(|e| e.digest.parse::<Digest>().ok())
+                .is_some_and(|d| matches!(self.store.read_manifest(&d), Ok(Some(_)))),
+        }
+    }
+
     /// A tag list page or a referrers answer (see [`listings`]): cached, revalidated after
     /// `tag_ttl`, served stale while the upstream is down.
     ///
@@ -577,7 +595,7 @@ impl Cache {
     }
 
     /// Cached tags served stale so far, in [`STALE_CAUSES`] order.
-    pub fn stale_counts(&self) -> [u64; 5] {
+    pub fn stale_counts(&self) -> [u64; STALE_CAUSES.len()] {
         self.manifests.stale_counts()
     }
 

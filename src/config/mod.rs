@@ -47,6 +47,7 @@ use url::Url;
 use crate::cache::eviction::{Budget, MinFree};
 use crate::reference::is_registry_name;
 
+pub mod freshness;
 pub mod listeners;
 pub use listeners::{ListenerConfig, ListenerFile, ListenerTls};
 
@@ -89,6 +90,19 @@ pub struct FileConfig {
     /// `tag_ttl`: duration such as `"0s"`, `"5m"`.
     #[serde(default, deserialize_with = "de_duration")]
     pub tag_ttl: Option<Duration>,
+    /// `immutable_tags`: tag globs (every registry's, unless it sets its own) whose first
+    /// answer is kept until evicted, never revalidated, e.g. `["v*.*.*", "sha256-*"]`.
+    #[serde(default, deserialize_with = "freshness::de_patterns")]
+    pub immutable_tags: Option<Vec<String>>,
+    /// `max_stale`: the oldest cached tag (time since upstream last confirmed it) served stale
+    /// while its upstream is unavailable or its rate-limit budget is at the reserve; older
+    /// ones get the upstream's error, e.g. `"7d"` (default: unbounded).
+    #[serde(default, deserialize_with = "de_duration")]
+    pub max_stale: Option<Duration>,
+    /// `rate_limit_reserve`: requests left of a registry's reported rate-limit budget
+    /// (`ratelimit-remaining`) at which prefetch pauses and tag revalidation backs off, while
+    /// cold pulls still go upstream (default 10).
+    pub rate_limit_reserve: Option<u64>,
     /// `max_size`: most bytes the cache may take on disk, e.g. `"20GiB"`.
     #[serde(default, deserialize_with = "de_size")]
     pub max_size: Option<u64>,
@@ -168,7 +182,7 @@ pub enum LogFormat {
     #[default]
     Text,
     /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (each field, e.g. the
-    /// access line's `method`, `path`, `status`, `cache`, `bytes`, `ms`, `registry`, `client`,
+    /// access line's `method`, `path`, `status`, `cache`, `bytes`, `ms`, `registry`, `counted`, `client`,
     /// `request_id`; and `message` for lines that have one — the access line has none).
     Json,
 }
@@ -195,6 +209,19 @@ pub struct RegistryFile {
     /// ignored); `"none"`: direct, whatever the environment says. Unset: `HTTPS_PROXY` /
     /// `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` from the environment.
     pub proxy: Option<String>,
+    /// `tag_ttl`: this registry's, over the top-level one.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub tag_ttl: Option<Duration>,
+    /// `immutable_tags`: this registry's (replacing the top-level list).
+    #[serde(default, deserialize_with = "freshness::de_patterns")]
+    pub immutable_tags: Option<Vec<String>>,
+    /// `max_stale`: this registry's, over the top-level one.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub max_stale: Option<Duration>,
+    /// `rate_limit_reserve`: this registry's, over the top-level one.
+    pub rate_limit_reserve: Option<u64>,
+    /// `[[registries."<name>".policy]]`: per repository pattern, first match wins.
+    pub policy: Option<Vec<freshness::PolicyFile>>,
 }
 
 /// A string value, or an error naming the fix when the file gave a number or another type
@@ -572,6 +599,10 @@ pub struct UpstreamConfig {
     /// How connections leave (direct or through a proxy, per destination host), from `proxy`
     /// or the environment.
     pub proxy: crate::upstream::proxy::ProxyPlan,
+    /// Tag TTLs, immutable tags and `max_stale`, per repository.
+    pub freshness: crate::cache::policy::FreshnessPolicy,
+    /// `ratelimit-remaining` at which prefetch pauses and revalidation backs off.
+    pub rate_limit_reserve: u64,
 }
 
 /// The effective configuration.
@@ -710,6 +741,16 @@ impl Config {
         let mut registries = Vec::new();
         // Every registry is checked, and every registry's problem reported.
         let mut problems = Vec::new();
+        let tag_ttl = args.tag_ttl.or(file.tag_ttl).unwrap_or(Duration::ZERO);
+        let global_freshness =
+            freshness::global(tag_ttl, file.immutable_tags.as_ref(), file.max_stale)
+                .unwrap_or_else(|e| {
+                    problems.push(e);
+                    Default::default()
+                });
+        let reserve = file
+            .rate_limit_reserve
+            .unwrap_or(freshness::DEFAULT_RATE_LIMIT_RESERVE);
         // A bad proxy variable is reported once, whichever registries would use it.
         let mut env_problems: Vec<(&'static str, String)> = Vec::new();
         for (name, t) in tables {
@@ -728,6 +769,8 @@ impl Config {
                 };
                 let url = parse_upstream_url(&url_str)
                     .map_err(|m| invalid(key, format!("[{name}]: {m}")))?;
+                let freshness = freshness::registry(&name, &t, &global_freshness)?;
+                let rate_limit_reserve = t.rate_limit_reserve.unwrap_or(reserve);
                 let credentials = match (t.username, t.password_file) {
                     (None, None) => None,
                     (Some(_), None) => {
@@ -813,6 +856,8 @@ impl Config {
                     extra_roots,
                     redirect_hosts,
                     proxy,
+                    freshness,
+                    rate_limit_reserve,
                 })
             };
             match one() {
@@ -868,7 +913,7 @@ impl Config {
                 .clone()
                 .or(file.cache_dir)
                 .unwrap_or_else(|| default_cache_dir.to_path_buf()),
-            tag_ttl: args.tag_ttl.or(file.tag_ttl).unwrap_or(Duration::ZERO),
+            tag_ttl,
             budget: Budget {
                 max_size: args.max_size.or(file.max_size),
                 min_free: args.min_free.or(file.min_free),

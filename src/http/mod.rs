@@ -47,13 +47,16 @@ pub struct Handled {
     pub cache: CacheResult,
     /// The registry the request was routed to (`docker.io`), once known.
     pub registry: Option<String>,
+    /// Whether answering it sent a manifest GET upstream (the kind Docker Hub counts against
+    /// its pull rate limit): a manifest miss.
+    pub counted: bool,
 }
 
 /// Answers one request. Never fails: errors become OCI error responses.
 pub async fn handle<B>(mirror: &Mirror, req: &Request<B>) -> Handled {
     let head = req.method() == Method::HEAD;
-    let mut registry = None;
-    let (response, cache) = match route(mirror, req, &mut registry).await {
+    let (mut registry, mut counted) = (None, false);
+    let (response, cache) = match route(mirror, req, &mut registry, &mut counted).await {
         Ok(r) => r,
         Err(e) => {
             // regcache's own failures (the cache directory's, mostly) are the operator's to fix:
@@ -73,14 +76,17 @@ pub async fn handle<B>(mirror: &Mirror, req: &Request<B>) -> Handled {
         response,
         cache,
         registry,
+        counted,
     }
 }
 
-/// Routes `req`; sets `registry` as soon as the request's registry is known.
+/// Routes `req`; sets `registry` as soon as the request's registry is known, and `counted` when
+/// answering it sent a manifest GET upstream.
 async fn route<B>(
     mirror: &Mirror,
     req: &Request<B>,
     registry: &mut Option<String>,
+    counted: &mut bool,
 ) -> Result<(Response<ResponseBody>, CacheResult), ApiError> {
     let method = req.method();
     if method != Method::GET && method != Method::HEAD {
@@ -109,7 +115,12 @@ async fn route<B>(
                 upstream: up,
                 name: &name,
             };
-            manifests::get(cache, from, &reference, req.headers(), head).await
+            let answer = manifests::get(cache, from, &reference, req.headers(), head).await;
+            // A manifest miss is the one answer that GETs a manifest upstream (a cold tag, a
+            // moved tag, a digest not cached); a hit, a HEAD-confirmed tag or a stale answer
+            // costs no counted request.
+            *counted = matches!(answer, Ok((_, CacheResult::Miss)));
+            answer
         }
         Route::Blob { name, digest } => {
             let name = canonical_name(up.registry(), name);

@@ -681,6 +681,7 @@ async fn serve(
         status: parts.status.as_u16(),
         cache: handled.cache,
         registry: handled.registry,
+        counted: handled.counted,
         client,
         user,
         request_id,
@@ -754,6 +755,7 @@ async fn authorize<B>(conn: &Conn, req: &Request<B>) -> Result<Option<String>, s
         response,
         cache: CacheResult::None,
         registry: None,
+        counted: false,
     })
 }
 
@@ -772,6 +774,7 @@ async fn probe_answer<B>(conn: &Conn, req: &Request<B>) -> super::Handled {
         response,
         cache: CacheResult::None,
         registry: None,
+        counted: false,
     }
 }
 
@@ -801,6 +804,8 @@ struct AccessLog {
     cache: CacheResult,
     /// The registry the request was routed to, once known.
     registry: Option<String>,
+    /// Answering it sent a manifest GET upstream (counted by Docker Hub's rate limit).
+    counted: bool,
     /// The client's address.
     client: std::net::SocketAddr,
     /// Who the client authenticated as: its Basic user name, or its client certificate's
@@ -889,6 +894,7 @@ impl Drop for LoggedBody {
                     complete,
                     ms,
                     registry,
+                    counted = l.counted,
                     client = %l.client,
                     user = l.user.as_deref().unwrap_or("-"),
                     request_id = %l.request_id,

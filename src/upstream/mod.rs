@@ -8,6 +8,7 @@
 mod auth;
 pub(crate) mod bandwidth;
 pub mod breaker;
+pub mod budget;
 pub mod proxy;
 mod target;
 
@@ -133,8 +134,11 @@ pub struct Upstream {
     offline: bool,
     /// Fail fast while the upstream is down or rate limiting; probe for its return.
     breaker: breaker::Breaker,
-    /// Docker Hub's last `ratelimit-limit` / `ratelimit-remaining` values.
-    rate_limit: Mutex<Option<(String, String)>>,
+    /// The rate-limit budget its answers report, and the reserve.
+    governor: budget::Governor,
+    /// Manifest requests answered by the registry itself: (GET, HEAD). Docker Hub counts the
+    /// GETs against its pull rate limit, not the HEADs.
+    manifest_requests: (std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64),
     /// Requests sent (for `/metrics`).
     sent: std::sync::atomic::AtomicU64,
     /// When the upstream last answered, and its last failure (for `/readyz`).
@@ -294,7 +298,8 @@ impl Upstream {
             timeout: opts.timeout,
             offline: opts.offline,
             breaker: breaker::Breaker::new(opts.outage_backoff, opts.probe_interval),
-            rate_limit: Mutex::new(None),
+            governor: budget::Governor::new(cfg.rate_limit_reserve),
+            manifest_requests: Default::default(),
             sent: Default::default(),
             seen: Default::default(),
             latency: Default::default(),
@@ -448,7 +453,12 @@ impl Upstream {
             } else if status == StatusCode::TOO_MANY_REQUESTS && on_origin {
                 self.back_off_rate_limited(&resp);
             }
-            self.record_rate_limit(resp.headers());
+            if on_origin {
+                self.governor.record(&self.registry, resp.headers());
+                if url.path().contains("/manifests/") {
+                    self.count_manifest_request(&method);
+                }
+            }
             return Ok(resp);
         }
     }
@@ -595,23 +605,28 @@ impl Upstream {
         self.breaker.rate_limited(wait);
     }
 
-    /// Keeps Docker Hub's `ratelimit-limit` / `ratelimit-remaining` and logs changes.
-    fn record_rate_limit(&self, headers: &HeaderMap) {
-        let get = |n: &str| {
-            headers
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
+    fn count_manifest_request(&self, method: &Method) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match *method {
+            Method::GET => self.manifest_requests.0.fetch_add(1, Relaxed),
+            Method::HEAD => self.manifest_requests.1.fetch_add(1, Relaxed),
+            _ => 0,
         };
-        let (Some(limit), Some(remaining)) = (get("ratelimit-limit"), get("ratelimit-remaining"))
-        else {
-            return;
-        };
-        let mut r = self.rate_limit.lock().expect("rate lock");
-        if r.as_ref() != Some(&(limit.clone(), remaining.clone())) {
-            tracing::info!(upstream = %self.host(), limit = %limit, remaining = %remaining, "upstream rate limit");
-            *r = Some((limit, remaining));
-        }
+    }
+
+    /// Manifest requests the registry answered since the start: (GET, HEAD). Docker Hub counts
+    /// each GET against the pull rate limit; HEADs are free.
+    pub fn manifest_requests(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.manifest_requests.0.load(Relaxed),
+            self.manifest_requests.1.load(Relaxed),
+        )
+    }
+
+    /// The rate-limit budget governor (see [`budget`]).
+    pub fn governor(&self) -> &budget::Governor {
+        &self.governor
     }
 
     /// Response-header latency of this upstream's answered requests (token fetches and
@@ -637,7 +652,7 @@ impl Upstream {
     /// Docker Hub's last reported rate limit: (`ratelimit-limit`, `ratelimit-remaining`), e.g.
     /// `("100;w=21600", "76;w=21600")`.
     pub fn rate_limit(&self) -> Option<(String, String)> {
-        self.rate_limit.lock().expect("rate lock").clone()
+        self.governor.budget().map(|b| b.raw)
     }
 
     /// Sends `req` with the header timeout, mapping transport errors.

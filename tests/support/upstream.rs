@@ -84,6 +84,10 @@ pub struct Faults {
     pub stall_once: Option<(String, usize)>,
     /// Registry: add Docker Hub's ratelimit headers to manifest answers.
     pub ratelimit_headers: bool,
+    /// Registry: a Docker-Hub-like pull budget of (limit, window in seconds): every manifest
+    /// GET in the last window counts, manifest answers (HEADs included) report
+    /// `ratelimit-limit` / `ratelimit-remaining`, and a GET with nothing left is answered 429.
+    pub rate_budget: Option<(u64, u64)>,
     /// Registry: the realm its 401 challenges name (default: its own /token).
     pub realm: Option<String>,
     /// Token endpoint: the `expires_in` it answers (default: the upstream's token lifetime).
@@ -116,6 +120,8 @@ struct State {
     /// Artifact manifests by the subject digest they refer to: (digest, artifactType, media
     /// type, size), in push order.
     referrers: HashMap<(String, String), Vec<Referrer>>,
+    /// Manifest GETs counted by `rate_budget`, oldest first.
+    pulls: Vec<Instant>,
 }
 
 /// A referrer as the fake lists it: (digest, artifactType, media type, size).
@@ -537,6 +543,37 @@ async fn registry_handler(
         } else {
             c.manifest_get.fetch_add(1, Ordering::SeqCst);
         }
+        let budget = faults.rate_budget.map(|(limit, window)| {
+            let mut st = state.lock().unwrap();
+            let w = Duration::from_secs(window);
+            st.pulls.retain(|t| t.elapsed() < w);
+            let spent = !head && st.pulls.len() as u64 >= limit;
+            if !head && !spent {
+                st.pulls.push(Instant::now());
+            }
+            (
+                limit,
+                limit.saturating_sub(st.pulls.len() as u64),
+                window,
+                spent,
+            )
+        });
+        let with_budget = |mut r: Response<BoxBody>| {
+            if let Some((limit, left, w, _)) = budget {
+                let h = r.headers_mut();
+                h.insert("ratelimit-limit", format!("{limit};w={w}").parse().unwrap());
+                h.insert(
+                    "ratelimit-remaining",
+                    format!("{left};w={w}").parse().unwrap(),
+                );
+            }
+            r
+        };
+        if let Some((_, _, w, true)) = budget {
+            let mut r = oci_error(429, "TOOMANYREQUESTS");
+            r.headers_mut().insert("retry-after", w.into());
+            return with_budget(r);
+        }
         if faults.html_manifests {
             let mut r = full(
                 200,
@@ -578,7 +615,7 @@ async fn registry_handler(
             h.insert("ratelimit-limit", "100;w=21600".parse().unwrap());
             h.insert("ratelimit-remaining", "76;w=21600".parse().unwrap());
         }
-        return r;
+        return with_budget(r);
     }
     if let Some((_name, digest)) = rest.split_once("/blobs/") {
         let st = state.lock().unwrap();
