@@ -13,7 +13,7 @@
 //! BENCH_OUT_DIR (target/bench): writes tier.md there.
 
 #[path = "../tests/lab/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod lab;
 
 use std::net::SocketAddr;
