@@ -76,6 +76,8 @@ pub struct Figures {
     pub stale_by_cause: [u64; crate::cache::STALE_CAUSES.len()],
     /// Per upstream registry.
     pub upstreams: Vec<UpstreamFigures>,
+    /// The mirror's `node_name`: when set, every sample is labelled `node="<name>"`.
+    pub node: Option<String>,
 }
 
 /// One upstream's figures.
@@ -139,7 +141,13 @@ type Labelled = Family<Vec<(&'static str, String)>, Counter>;
 
 /// The metrics text for `f`, in the OpenMetrics text format.
 pub fn render(f: &Figures) -> String {
-    let mut reg = Registry::with_prefix("regcache");
+    let node = f.node.iter().map(|n| {
+        (
+            std::borrow::Cow::Borrowed("node"),
+            std::borrow::Cow::Owned(n.clone()),
+        )
+    });
+    let mut reg = Registry::with_prefix_and_labels("regcache", node);
     let requests = Labelled::default();
     let served = Labelled::default();
     for (i, r) in RESULTS.iter().enumerate() {

@@ -95,6 +95,7 @@ impl Mirror {
             evicted: self.cache.evicted(),
             sendfile_bytes: crate::body::zero_copy::sendfile_bytes(),
             stale_by_cause: self.cache.stale_counts(),
+            node: self.config.node_name.clone(),
             upstreams: self
                 .registries
                 .map

@@ -145,6 +145,7 @@ fn shipped_config_uncommented_is_toml_in_place() {
         "max_upstream_bandwidth",
         "default_registry",
         "log_format",
+        "node_name",
         "listeners",
         "upstream",
         "registries",
@@ -179,6 +180,8 @@ fn shipped_config_uncommented_is_toml_in_place() {
         "ca_file",
         "redirect_hosts",
         "proxy",
+        "client_cert",
+        "client_key",
     ] {
         assert!(
             upstream.contains_key(key),

@@ -310,7 +310,7 @@ _regcache() {
             return 0
             ;;
         regcache__subcmd__check__subcmd__config)
-            opts="-h --config --listen --cache-dir --upstream --redirect-host --tag-ttl --max-size --min-free --offline --revalidate-timeout --idle-timeout --header-read-timeout --max-manifest-size --client-idle-timeout --max-connections --min-fill-rate --outage-backoff --outage-probe-interval --max-upstream-bandwidth --log-format --tls-cert --tls-key --htpasswd --client-ca --allow-anonymous --shutdown-grace --help"
+            opts="-h --config --listen --cache-dir --upstream --redirect-host --tag-ttl --max-size --min-free --offline --revalidate-timeout --idle-timeout --header-read-timeout --max-manifest-size --client-idle-timeout --max-connections --min-fill-rate --outage-backoff --outage-probe-interval --max-upstream-bandwidth --log-format --node-name --tls-cert --tls-key --htpasswd --client-ca --allow-anonymous --shutdown-grace --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -390,6 +390,10 @@ _regcache() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --node-name)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --tls-cert)
@@ -832,7 +836,7 @@ _regcache() {
             return 0
             ;;
         regcache__subcmd__serve)
-            opts="-h --config --listen --cache-dir --upstream --redirect-host --tag-ttl --max-size --min-free --offline --revalidate-timeout --idle-timeout --header-read-timeout --max-manifest-size --client-idle-timeout --max-connections --min-fill-rate --outage-backoff --outage-probe-interval --max-upstream-bandwidth --log-format --tls-cert --tls-key --htpasswd --client-ca --allow-anonymous --shutdown-grace --help"
+            opts="-h --config --listen --cache-dir --upstream --redirect-host --tag-ttl --max-size --min-free --offline --revalidate-timeout --idle-timeout --header-read-timeout --max-manifest-size --client-idle-timeout --max-connections --min-fill-rate --outage-backoff --outage-probe-interval --max-upstream-bandwidth --log-format --node-name --tls-cert --tls-key --htpasswd --client-ca --allow-anonymous --shutdown-grace --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -912,6 +916,10 @@ _regcache() {
                     ;;
                 --log-format)
                     COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                --node-name)
+                    COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
                 --tls-cert)

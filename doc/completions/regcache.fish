@@ -59,6 +59,7 @@ complete -c regcache -n "__fish_regcache_using_subcommand serve" -l outage-probe
 complete -c regcache -n "__fish_regcache_using_subcommand serve" -l max-upstream-bandwidth -d 'Cap on the upstream bandwidth of all fills together, e.g. 2MiB/s [default: none]' -r
 complete -c regcache -n "__fish_regcache_using_subcommand serve" -l log-format -d 'Log lines as text or as JSON objects [default: text]' -r -f -a "text\t'Human-readable lines: `<time> <level> <target>: <message> key=value ...`'
 json\t'One JSON object per line: `timestamp`, `level`, `target`, `fields` (each field, e.g. the access line\'s `method`, `path`, `status`, `cache`, `bytes`, `ms`, `registry`, `counted`, `client`, `request_id`; and `message` for lines that have one — the access line has none)'"
+complete -c regcache -n "__fish_regcache_using_subcommand serve" -l node-name -d 'This node\'s name in a tier: sent as X-Regcache-Node and as the node label of /metrics [default: none, neither is sent]' -r
 complete -c regcache -n "__fish_regcache_using_subcommand serve" -l tls-cert -d 'PEM certificate chain: serve HTTPS (with --tls-key)' -r -F
 complete -c regcache -n "__fish_regcache_using_subcommand serve" -l tls-key -d 'PEM private key for --tls-cert' -r -F
 complete -c regcache -n "__fish_regcache_using_subcommand serve" -l htpasswd -d 'htpasswd file (bcrypt entries, `htpasswd -B`): clients must send matching Basic credentials' -r -F
@@ -135,6 +136,7 @@ complete -c regcache -n "__fish_regcache_using_subcommand check-config" -l outag
 complete -c regcache -n "__fish_regcache_using_subcommand check-config" -l max-upstream-bandwidth -d 'Cap on the upstream bandwidth of all fills together, e.g. 2MiB/s [default: none]' -r
 complete -c regcache -n "__fish_regcache_using_subcommand check-config" -l log-format -d 'Log lines as text or as JSON objects [default: text]' -r -f -a "text\t'Human-readable lines: `<time> <level> <target>: <message> key=value ...`'
 json\t'One JSON object per line: `timestamp`, `level`, `target`, `fields` (each field, e.g. the access line\'s `method`, `path`, `status`, `cache`, `bytes`, `ms`, `registry`, `counted`, `client`, `request_id`; and `message` for lines that have one — the access line has none)'"
+complete -c regcache -n "__fish_regcache_using_subcommand check-config" -l node-name -d 'This node\'s name in a tier: sent as X-Regcache-Node and as the node label of /metrics [default: none, neither is sent]' -r
 complete -c regcache -n "__fish_regcache_using_subcommand check-config" -l tls-cert -d 'PEM certificate chain: serve HTTPS (with --tls-key)' -r -F
 complete -c regcache -n "__fish_regcache_using_subcommand check-config" -l tls-key -d 'PEM private key for --tls-cert' -r -F
 complete -c regcache -n "__fish_regcache_using_subcommand check-config" -l htpasswd -d 'htpasswd file (bcrypt entries, `htpasswd -B`): clients must send matching Basic credentials' -r -F

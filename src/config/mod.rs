@@ -168,6 +168,10 @@ pub struct FileConfig {
     pub default_registry: Option<String>,
     /// `log_format`: `"text"` (default) or `"json"` (one JSON object per line).
     pub log_format: Option<LogFormat>,
+    /// `node_name`: this mirror's name in a tier of several (1 to 63 characters of letters,
+    /// digits, `.`, `_`, `-`): when set, every response carries `X-Regcache-Node: <name>` and
+    /// every `/metrics` sample the label `node="<name>"`. Unset (the default): neither.
+    pub node_name: Option<String>,
     /// `[upstream]`: shorthand for `[registries.<default_registry>]`.
     pub upstream: Option<RegistryFile>,
     /// `[registries."<name>"]`: every registry this mirror serves, keyed by the name clients use.
@@ -222,6 +226,12 @@ pub struct RegistryFile {
     pub rate_limit_reserve: Option<u64>,
     /// `[[registries."<name>".policy]]`: per repository pattern, first match wins.
     pub policy: Option<Vec<freshness::PolicyFile>>,
+    /// `client_cert`: PEM certificate chain this mirror presents when the registry asks for a
+    /// TLS client certificate (with `client_key`), e.g. a sidecar whose upstream is a site
+    /// tier with `client_ca`.
+    pub client_cert: Option<PathBuf>,
+    /// `client_key`: PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
 }
 
 /// A string value, or an error naming the fix when the file gave a number or another type
@@ -459,6 +469,10 @@ pub struct ServeArgs {
     /// Log lines as text or as JSON objects [default: text].
     #[arg(long, value_name = "FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+    /// This node's name in a tier: sent as X-Regcache-Node and as the node label of /metrics
+    /// [default: none, neither is sent].
+    #[arg(long, value_name = "NAME", value_parser = parse_node_name)]
+    pub node_name: Option<String>,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -603,6 +617,30 @@ pub struct UpstreamConfig {
     pub freshness: crate::cache::policy::FreshnessPolicy,
     /// `ratelimit-remaining` at which prefetch pauses and revalidation backs off.
     pub rate_limit_reserve: u64,
+    /// The TLS client certificate presented to the registry, from `client_cert` and
+    /// `client_key`.
+    pub client_identity: Option<ClientIdentity>,
+}
+
+/// A TLS client certificate and its key (`client_cert`, `client_key`), read at start. `Debug`
+/// never prints the key.
+#[derive(Clone, PartialEq)]
+pub struct ClientIdentity {
+    /// The certificate chain, leaf first (DER).
+    pub chain: Vec<Vec<u8>>,
+    /// The private key, as its PEM text (PKCS#8, PKCS#1 or SEC1).
+    pub key_pem: String,
+    /// Where the certificate was read from, for messages.
+    pub cert_file: PathBuf,
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("cert_file", &self.cert_file)
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// The effective configuration.
@@ -647,6 +685,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Every mirrored registry, the default among them.
     pub registries: Vec<UpstreamConfig>,
+    /// This node's name in a tier (`node_name`): the `X-Regcache-Node` header and the `node`
+    /// label of `/metrics`; `None`: neither.
+    pub node_name: Option<String>,
 }
 
 impl Config {
@@ -849,6 +890,30 @@ impl Config {
                             ProxyPlan::default()
                         }),
                 };
+                let client_identity = match (&t.client_cert, &t.client_key) {
+                    (None, None) => None,
+                    (Some(_), None) | (None, Some(_)) => {
+                        let key = if t.client_cert.is_none() {
+                            "client_cert"
+                        } else {
+                            "client_key"
+                        };
+                        return Err(invalid(
+                            key,
+                            format!("[{name}]: client_cert and client_key must be given together"),
+                        ));
+                    }
+                    (Some(c), Some(k)) => Some(
+                        read_client_identity(c, k, &read_file)
+                            .map_err(|(key, m)| invalid(key, format!("[{name}]: {m}")))?,
+                    ),
+                };
+                if client_identity.is_some() && url.scheme() != "https" {
+                    return Err(invalid(
+                        "client_cert",
+                        format!("[{name}]: a client certificate needs an https:// url (this one is {url})"),
+                    ));
+                }
                 Ok(UpstreamConfig {
                     registry: name.clone(),
                     url,
@@ -858,6 +923,7 @@ impl Config {
                     proxy,
                     freshness,
                     rate_limit_reserve,
+                    client_identity,
                 })
             };
             match one() {
@@ -1002,6 +1068,16 @@ impl Config {
             default_registry,
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             registries,
+            node_name: match args.node_name.clone().or(file.node_name) {
+                None => None,
+                Some(n) => match parse_node_name(&n) {
+                    Ok(n) => Some(n),
+                    Err(m) => {
+                        problems.push(invalid("node_name", m));
+                        None
+                    }
+                },
+            },
         };
         problems.extend(listeners::exposure_problems(
             &config.listeners,
@@ -1380,6 +1456,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         old.default_registry != new.default_registry,
     );
     differ("log_format", old.log_format != new.log_format);
+    differ("node_name", old.node_name != new.node_name);
     differ("shutdown_grace", old.shutdown_grace != new.shutdown_grace);
     let registries = |c: &Config| -> Vec<UpstreamConfig> {
         c.registries
@@ -1392,6 +1469,62 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     };
     differ("registries", registries(old) != registries(new));
     out
+}
+
+/// Parses a `node_name`: 1 to 63 ASCII letters, digits, `.`, `_` or `-` (a DNS label or host
+/// name fits; so does the value of an HTTP header and of a Prometheus label).
+///
+/// Errors: a message naming the value and the characters allowed.
+pub fn parse_node_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a node name: write 1 to 63 letters, digits, '.', '_' or '-', e.g. \"site-mirror-1\""
+        ))
+    }
+}
+
+/// Reads `client_cert` (PEM chain) and `client_key` (PEM key) through `read_file`, with
+/// `${CREDENTIALS_DIRECTORY}` expanded.
+///
+/// Errors: the key to blame and a message (unreadable file, no PEM certificate or key in it).
+fn read_client_identity(
+    cert: &Path,
+    key: &Path,
+    read_file: &impl Fn(&Path) -> std::io::Result<String>,
+) -> Result<ClientIdentity, (&'static str, String)> {
+    use rustls_pki_types::pem::PemObject;
+    let cert = expand_path(cert).map_err(|m| ("client_cert", m))?;
+    let key = expand_path(key).map_err(|m| ("client_key", m))?;
+    let cert_pem = read_file(&cert).map_err(|e| {
+        (
+            "client_cert",
+            format!("cannot read {}: {e}", cert.display()),
+        )
+    })?;
+    let chain = parse_pem_certs(&cert_pem)
+        .map_err(|m| ("client_cert", format!("{}: {m}", cert.display())))?;
+    let key_pem = read_file(&key)
+        .map_err(|e| ("client_key", format!("cannot read {}: {e}", key.display())))?;
+    if rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).is_err() {
+        return Err((
+            "client_key",
+            format!(
+                "{} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
+                key.display()
+            ),
+        ));
+    }
+    Ok(ClientIdentity {
+        chain,
+        key_pem,
+        cert_file: cert,
+    })
 }
 
 /// `path` with a leading `${CREDENTIALS_DIRECTORY}` replaced by that environment variable

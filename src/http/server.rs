@@ -654,6 +654,9 @@ enum End {
     Stalled,
 }
 
+/// The response header naming the node that answered (`node_name`; not sent without it).
+pub const NODE_HEADER: &str = "x-regcache-node";
+
 async fn serve(
     conn: Conn,
     req: Request<Incoming>,
@@ -671,6 +674,15 @@ async fn serve(
     let (mut parts, body) = handled.response.into_parts();
     if let Ok(v) = http::HeaderValue::from_str(&request_id) {
         parts.headers.insert("x-request-id", v);
+    }
+    // Off by default: a node of a tier names itself only when the operator sets node_name.
+    if let Some(v) = app
+        .config()
+        .node_name
+        .as_deref()
+        .and_then(|n| http::HeaderValue::from_str(n).ok())
+    {
+        parts.headers.insert(NODE_HEADER, v);
     }
     let expected = body.size_hint().exact();
     // A body hyper has yet to ask for (HTTP/2 asks only once the client grants credit).

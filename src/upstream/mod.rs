@@ -280,7 +280,7 @@ impl Upstream {
             "upstream"
         );
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config(&cfg.extra_roots)?)
+            .with_tls_config(tls_config(&cfg.extra_roots, cfg.client_identity.as_ref())?)
             .https_or_http()
             .enable_http1()
             .enable_http2()
@@ -761,8 +761,13 @@ fn follow_redirect(
 }
 
 /// rustls client configuration (ring provider): system roots, else webpki roots, plus `extra`
-/// DER certificates.
-fn tls_config(extra: &[Vec<u8>]) -> std::io::Result<rustls::ClientConfig> {
+/// DER certificates; with `identity`, that client certificate for servers that ask for one.
+///
+/// Errors: an `extra` certificate rustls rejects, or a key that does not fit its certificate.
+fn tls_config(
+    extra: &[Vec<u8>],
+    identity: Option<&crate::config::ClientIdentity>,
+) -> std::io::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for c in native.certs {
@@ -780,9 +785,24 @@ fn tls_config(extra: &[Vec<u8>]) -> std::io::Result<rustls::ClientConfig> {
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| std::io::Error::other(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(cfg)
+        .with_root_certificates(roots);
+    let Some(id) = identity else {
+        return Ok(cfg.with_no_client_auth());
+    };
+    use rustls_pki_types::pem::PemObject;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes())
+        .map_err(|_| std::io::Error::other("client_key: no PEM private key"))?;
+    let chain = id
+        .chain
+        .iter()
+        .map(|c| rustls_pki_types::CertificateDer::from(c.clone()))
+        .collect();
+    cfg.with_client_auth_cert(chain, key).map_err(|e| {
+        std::io::Error::other(format!(
+            "client_cert {} with client_key: {e}",
+            id.cert_file.display()
+        ))
+    })
 }
 
 /// Reads a whole body of at most `limit` bytes.

@@ -23,6 +23,7 @@ pub mod mirror;
 pub mod proc;
 pub mod protected;
 pub mod pulls;
+pub mod tier;
 pub mod token;
 pub mod upstream;
 
@@ -73,6 +74,10 @@ pub struct LabOptions {
     /// certificates, Basic credentials, either; two more on the host's non-loopback address
     /// for dockerd. The mirror's config file gets `[[listeners]]`.
     pub protected_listeners: bool,
+    /// Only the upstream (token server, registry, CDN) with the test images pushed: no mirror,
+    /// no dockerd, no containerd. For scenarios that start their own regcaches (the site tier
+    /// of `tests/e2e_tier.rs`).
+    pub upstream_only: bool,
 }
 
 impl LabOptions {
@@ -83,6 +88,7 @@ impl LabOptions {
             || !self.mirror_args.is_empty()
             || self.mirror_tag_ttl.is_some()
             || self.protected_listeners
+            || self.upstream_only
     }
 }
 
@@ -309,10 +315,34 @@ impl Lab {
             lab.middle = Some(Mirror::start_regcache(spec));
         }
 
-        let mirror = if kind == MirrorKind::Direct {
-            Mirror::start(kind, &lab.root, registry)
+        let mirror = if options.upstream_only {
+            None
+        } else if kind == MirrorKind::Direct {
+            Some(Mirror::start(kind, &lab.root, registry))
         } else {
-            let mut spec = lab.regcache_spec("mirror", "regcache", &options);
+            Some(lab.start_mirror(&options, upstream_url, redirect_hosts))
+        };
+        if let Some(mirror) = mirror {
+            let mirror_addr = mirror.addr;
+            lab.mirror = Some(mirror);
+            let containerd = Containerd::start(&lab.root, &lab.tools, mirror_addr);
+            let socket = containerd.socket.clone();
+            lab.containerd = Some(containerd);
+            lab.dockerd = Some(Dockerd::start(&lab.root, &lab.tools, &socket, mirror_addr));
+        }
+        lab.finish_start(images_thread)
+    }
+
+    /// The mirror the clients use (regcache), as `options` say.
+    fn start_mirror(
+        &mut self,
+        options: &LabOptions,
+        upstream_url: String,
+        redirect_hosts: Vec<String>,
+    ) -> Mirror {
+        let lab = self;
+        {
+            let mut spec = lab.regcache_spec("mirror", "regcache", options);
             spec.upstream = Some(match &lab.middle {
                 Some(m) => format!("http://{}", m.addr),
                 None => upstream_url,
@@ -338,14 +368,13 @@ impl Lab {
                 spec.config = Some(lab.write_mirror_config(&config));
             }
             Mirror::start_regcache(spec)
-        };
-        let mirror_addr = mirror.addr;
-        lab.mirror = Some(mirror);
-        let containerd = Containerd::start(&lab.root, &lab.tools, mirror_addr);
-        let socket = containerd.socket.clone();
-        lab.containerd = Some(containerd);
-        lab.dockerd = Some(Dockerd::start(&lab.root, &lab.tools, &socket, mirror_addr));
+        }
+    }
 
+    /// Waits for the test images, pushes them (and the second registry's), checks the token
+    /// lifetime, marks the upstream logs.
+    fn finish_start(mut self, images_thread: std::thread::JoinHandle<Vec<TestImage>>) -> Lab {
+        let lab = &mut self;
         let (second_imgs, imgs): (Vec<TestImage>, Vec<TestImage>) = images_thread
             .join()
             .expect("image build thread panicked")
@@ -369,7 +398,7 @@ impl Lab {
             "lab up in {:.1}s",
             lab.started.elapsed().as_secs_f64()
         ));
-        lab
+        self
     }
 
     /// A regcache of the lab, "regcache (<role>)", with its cache in `<stem>-cache` and its log
