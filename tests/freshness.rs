@@ -505,3 +505,29 @@ async fn odd_ratelimit_headers_neither_break_pulls_nor_metrics() {
     assert_eq!(n(&up.counters.manifest_get), before + 1);
     assert_eq!(metric(&metrics(&m).await, remaining_line), 0.0);
 }
+
+/// Concurrent first pulls of an immutable tag: one GET, and the pulls that waited for it are
+/// answered from it, not revalidated (no HEAD: an immutable tag's first answer is kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_pulls_of_an_immutable_tag_are_not_revalidated() {
+    let up = FakeUpstream::start(300).await;
+    let img = up.add_image("library/imm", "v1.0.0", 100, 98);
+    let m = Mirror::start_with_config(&config(
+        &up,
+        "tag_ttl = \"0s\"\nimmutable_tags = \"v*.*.*\"",
+        "",
+        "",
+    ))
+    .await;
+    let url = m.url("/v2/library/imm/manifests/v1.0.0");
+    let pulls: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(get_owned(url.clone())))
+        .collect();
+    for p in pulls {
+        let r = p.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("docker-content-digest"), img.manifest_digest);
+    }
+    assert_eq!(n(&up.counters.manifest_get), 1);
+    assert_eq!(n(&up.counters.manifest_head), 0, "never revalidated");
+}
