@@ -357,6 +357,14 @@ fn bad_policies_are_refused_with_the_table_and_fix() {
     };
     let e = check("[[registries.\"docker.io\".policy]]\ntag_ttl = \"1h\"\n");
     assert!(e.contains("[[registries.\"docker.io\".policy]] #1: no repositories; write e.g. repositories = \"library/*\""), "{e}");
+    // An empty list would match nothing: the entry would silently do nothing.
+    let e = check("[[registries.\"docker.io\".policy]]\nrepositories = []\ntag_ttl = \"1h\"\n");
+    assert!(
+        e.contains(
+            "[[registries.\"docker.io\".policy]] #1: repositories = [] matches no repository"
+        ),
+        "{e}"
+    );
     let e = check("[[registries.\"docker.io\".policy]]\nrepositories = \"library/*\"\n");
     assert!(e.contains("sets nothing"), "{e}");
     let e = check("[registries.\"docker.io\"]\nimmutable_tags = [\"v[1\"]\n");
