@@ -102,14 +102,17 @@ impl Mirror {
                 .iter()
                 .map(|(name, up)| {
                     let budget = up.governor().budget();
+                    // A gauge is an i64: a reported number beyond it shows as the largest, not
+                    // wrapped negative.
+                    let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
                     UpstreamFigures {
                         registry: name.clone(),
                         requests: up.requests_sent(),
-                        ratelimit_remaining: budget.as_ref().map(|b| b.remaining as i64),
-                        ratelimit_limit: budget.as_ref().map(|b| b.limit as i64),
+                        ratelimit_remaining: budget.as_ref().map(|b| gauge(b.remaining)),
+                        ratelimit_limit: budget.as_ref().map(|b| gauge(b.limit)),
                         ratelimit_refill_seconds: budget
                             .as_ref()
-                            .map(|b| b.refills_in().as_secs() as i64),
+                            .map(|b| gauge(b.refills_in().as_secs())),
                         ratelimit_reserve: up.governor().reserve(),
                         ratelimit_at_reserve: up.governor().at_reserve().is_some(),
                         manifest_requests: up.manifest_requests(),

@@ -357,6 +357,14 @@ fn bad_policies_are_refused_with_the_table_and_fix() {
     };
     let e = check("[[registries.\"docker.io\".policy]]\ntag_ttl = \"1h\"\n");
     assert!(e.contains("[[registries.\"docker.io\".policy]] #1: no repositories; write e.g. repositories = \"library/*\""), "{e}");
+    // An empty list would match nothing: the entry would silently do nothing.
+    let e = check("[[registries.\"docker.io\".policy]]\nrepositories = []\ntag_ttl = \"1h\"\n");
+    assert!(
+        e.contains(
+            "[[registries.\"docker.io\".policy]] #1: repositories = [] matches no repository"
+        ),
+        "{e}"
+    );
     let e = check("[[registries.\"docker.io\".policy]]\nrepositories = \"library/*\"\n");
     assert!(e.contains("sets nothing"), "{e}");
     let e = check("[registries.\"docker.io\"]\nimmutable_tags = [\"v[1\"]\n");
@@ -456,4 +464,78 @@ async fn ci_fleet_day() {
         "{with_policy:?} vs {defaults:?}"
     );
     assert!(with_policy.1 < defaults.1);
+}
+
+/// Odd `ratelimit-*` values from the registry: numbers beyond `i64` are not shown as negative
+/// gauges (an alert on a low `regcache_upstream_ratelimit_remaining` would fire on `-1`), a
+/// window of centuries is bounded, and a value that is not UTF-8 is ignored; pulls go on.
+#[tokio::test]
+async fn odd_ratelimit_headers_neither_break_pulls_nor_metrics() {
+    let up = FakeUpstream::start(300).await;
+    up.add_image("library/odd", "latest", 100, 96);
+    let m = Mirror::start_with_config(&config(&up, "tag_ttl = \"0s\"", "", "")).await;
+    let url = m.url("/v2/library/odd/manifests/latest");
+    let remaining_line = "regcache_upstream_ratelimit_remaining{registry=\"docker.io\"}";
+    let limit_line = "regcache_upstream_ratelimit_limit{registry=\"docker.io\"}";
+    let set = |l: &[u8], r: &[u8]| {
+        up.set_faults(Faults {
+            ratelimit_values: Some((l.to_vec(), r.to_vec())),
+            ..Default::default()
+        })
+    };
+    set(b"18446744073709551615", b"18446744073709551615;w=60");
+    assert_eq!(get(&url).await.status, 200);
+    let t = metrics(&m).await;
+    assert!(metric(&t, remaining_line) > 0.0, "{t}");
+    assert!(metric(&t, limit_line) > 0.0, "{t}");
+    // A window of centuries, at the reserve: cached tags are served (stale), nothing panics.
+    set(b"100;w=99999999999999", b"0;w=99999999999999");
+    assert_eq!(get(&url).await.status, 200);
+    assert_eq!(get(&url).await.status, 200);
+    let t = metrics(&m).await;
+    let refill = metric(
+        &t,
+        "regcache_upstream_ratelimit_refill_seconds{registry=\"docker.io\"}",
+    );
+    assert!(refill <= 86400.0, "{t}");
+    let status = regcache::live::LiveStatus::of(&m.app).render();
+    assert!(status.contains("AT THE RESERVE"), "{status}");
+    // Not UTF-8: ignored (the last good report stays).
+    set(b"100;w=60", b"\xff7;w=60");
+    let before = n(&up.counters.manifest_get);
+    up.add_image("library/odd2", "latest", 100, 97);
+    assert_eq!(
+        get(&m.url("/v2/library/odd2/manifests/latest"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(n(&up.counters.manifest_get), before + 1);
+    assert_eq!(metric(&metrics(&m).await, remaining_line), 0.0);
+}
+
+/// Concurrent first pulls of an immutable tag: one GET, and the pulls that waited for it are
+/// answered from it, not revalidated (no HEAD: an immutable tag's first answer is kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_pulls_of_an_immutable_tag_are_not_revalidated() {
+    let up = FakeUpstream::start(300).await;
+    let img = up.add_image("library/imm", "v1.0.0", 100, 98);
+    let m = Mirror::start_with_config(&config(
+        &up,
+        "tag_ttl = \"0s\"\nimmutable_tags = \"v*.*.*\"",
+        "",
+        "",
+    ))
+    .await;
+    let url = m.url("/v2/library/imm/manifests/v1.0.0");
+    let pulls: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(get_owned(url.clone())))
+        .collect();
+    for p in pulls {
+        let r = p.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("docker-content-digest"), img.manifest_digest);
+    }
+    assert_eq!(n(&up.counters.manifest_get), 1);
+    assert_eq!(n(&up.counters.manifest_head), 0, "never revalidated");
 }

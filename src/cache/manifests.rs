@@ -198,8 +198,11 @@ impl Manifests {
             .await;
         let cached = self.cached_tag(from, tag)?;
         match cached {
-            // Another request may have revalidated it while this one waited for the lock.
-            Some((entry, d, m)) if fresh(&entry, &rules) => Ok((d, m, CacheResult::Hit)),
+            // Another request may have revalidated it (or fetched it, and an immutable tag's
+            // first answer is kept) while this one waited for the lock.
+            Some((entry, d, m)) if rules.immutable || fresh(&entry, &rules) => {
+                Ok((d, m, CacheResult::Hit))
+            }
             Some((entry, d, m)) if self.revalidate_timeout.is_zero() => {
                 self.revalidate(from, tag, d, m, (&entry, &rules)).await
             }

@@ -131,6 +131,11 @@ pub fn registry(
                 "{at}no repositories; write e.g. repositories = \"library/*\""
             )));
         };
+        if repos.is_empty() {
+            return Err(invalid(format!(
+                "{at}repositories = [] matches no repository; list some, e.g. repositories = [\"library/*\"], or remove the entry"
+            )));
+        }
         let repos = Patterns::new(repos).map_err(|m| invalid(format!("{at}repositories: {m}")))?;
         if p.tag_ttl.is_none() && p.immutable_tags.is_none() && p.max_stale.is_none() {
             return Err(invalid(format!(

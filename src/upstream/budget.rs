@@ -12,9 +12,9 @@
 //! `Retry-After`).
 //!
 //! The window is rolling, so a report says nothing of when single requests come back; the
-//! governor assumes the whole budget is back one window after the report (`w`, 6 hours when
-//! absent), the latest time it can be, and leaves the reserve state then (or as soon as an answer
-//! reports more than the reserve).
+//! governor assumes the whole budget is back one window after the report (`w`, at most
+//! [`MAX_WINDOW`]; 6 hours when absent), the latest time it can be, and leaves the reserve state
+//! then (or as soon as an answer reports more than the reserve).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
@@ -24,6 +24,12 @@ use http::HeaderMap;
 /// Window assumed when `ratelimit-remaining` carries no `w=` (Docker Hub's, 6 hours).
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(21600);
 
+/// Longest window believed (a day, four of Docker Hub's): a longer `w=` is taken as this, so a
+/// broken or hostile report can neither overflow the refill time nor hold revalidation and
+/// prefetch back for longer (a registry whose budget is really still spent answers 429, and
+/// then its `Retry-After` holds everything).
+pub const MAX_WINDOW: Duration = Duration::from_secs(86400);
+
 /// A registry's budget as its latest answer reported it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RateBudget {
@@ -31,7 +37,7 @@ pub struct RateBudget {
     pub limit: u64,
     /// Requests left (`ratelimit-remaining`'s number).
     pub remaining: u64,
-    /// The window (`w=`, seconds), [`DEFAULT_WINDOW`] when absent.
+    /// The window (`w=`, seconds, at most [`MAX_WINDOW`]), [`DEFAULT_WINDOW`] when absent.
     pub window: Duration,
     /// When it was reported.
     pub reported: Instant,
@@ -53,7 +59,7 @@ impl RateBudget {
         Some(RateBudget {
             limit,
             remaining,
-            window: w.map_or(DEFAULT_WINDOW, Duration::from_secs),
+            window: w.map_or(DEFAULT_WINDOW, |w| Duration::from_secs(w).min(MAX_WINDOW)),
             reported: Instant::now(),
             reported_at: SystemTime::now(),
             raw: (limit_raw.to_owned(), remaining_raw.to_owned()),
@@ -182,6 +188,33 @@ mod tests {
         assert_eq!(b.window, DEFAULT_WINDOW);
         assert!(RateBudget::from_headers(&headers("lots", "7")).is_none());
         assert!(RateBudget::from_headers(&HeaderMap::new()).is_none());
+    }
+
+    /// A window of any size (`w=18446744073709551615`, or centuries) is taken as at most
+    /// [`MAX_WINDOW`]: computing when it refills neither overflows (a panic holding the lock,
+    /// poisoning it for every later request to the registry) nor gives a time past year 9999
+    /// (which RFC 3339 formatting refuses, panicking `prefetch`'s message), and a hostile or
+    /// broken registry cannot stop revalidation and prefetch for centuries.
+    #[test]
+    fn a_huge_window_is_bounded() {
+        let g = Governor::new(10);
+        let w = u64::MAX;
+        g.record(
+            "docker.io",
+            &headers(&format!("100;w={w}"), &format!("0;w={w}")),
+        );
+        let b = g.at_reserve().expect("at the reserve");
+        assert_eq!(b.window, MAX_WINDOW);
+        assert!(b.refills_in() <= MAX_WINDOW);
+        let _ = humantime::format_rfc3339_seconds(b.refills_at()).to_string();
+        let g = Governor::new(10);
+        g.record(
+            "docker.io",
+            &headers("100;w=400000000000", "0;w=400000000000"),
+        );
+        let b = g.at_reserve().expect("at the reserve");
+        assert_eq!(b.window, MAX_WINDOW);
+        let _ = humantime::format_rfc3339_seconds(b.refills_at()).to_string();
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub struct Faults {
     pub stall_once: Option<(String, usize)>,
     /// Registry: add Docker Hub's ratelimit headers to manifest answers.
     pub ratelimit_headers: bool,
+    /// Registry: send these `ratelimit-limit` / `ratelimit-remaining` values (raw bytes, any
+    /// form) on manifest answers.
+    pub ratelimit_values: Option<(Vec<u8>, Vec<u8>)>,
     /// Registry: a Docker-Hub-like pull budget of (limit, window in seconds): every manifest
     /// GET in the last window counts, manifest answers (HEADs included) report
     /// `ratelimit-limit` / `ratelimit-remaining`, and a GET with nothing left is answered 429.
@@ -614,6 +617,13 @@ async fn registry_handler(
         if faults.ratelimit_headers {
             h.insert("ratelimit-limit", "100;w=21600".parse().unwrap());
             h.insert("ratelimit-remaining", "76;w=21600".parse().unwrap());
+        }
+        if let Some((l, rem)) = &faults.ratelimit_values {
+            h.insert("ratelimit-limit", http::HeaderValue::from_bytes(l).unwrap());
+            h.insert(
+                "ratelimit-remaining",
+                http::HeaderValue::from_bytes(rem).unwrap(),
+            );
         }
         return with_budget(r);
     }
