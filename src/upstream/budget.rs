@@ -121,7 +121,8 @@ impl Governor {
         if changed {
             tracing::info!(registry, limit = %b.raw.0, remaining = %b.raw.1, "upstream rate limit");
         }
-        let low = b.remaining <= self.reserve;
+        // A report whose window has already passed (`w=0`) says nothing is held back.
+        let low = b.remaining <= self.reserve && !b.refills_in().is_zero();
         if low && !s.1 {
             tracing::warn!(
                 registry,
