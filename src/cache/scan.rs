@@ -6,7 +6,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use crate::cache::index::{Entry, Index, ObjectKey};
+use crate::cache::index::{Entry, Index, IndexBuilder, ObjectKey};
 use crate::reference::{Algorithm, Digest};
 
 /// What [`crate::cache::store::Store::open`] found and did.
@@ -106,7 +106,7 @@ pub fn walk_objects(
 /// Scans the objects under `root` into a fresh index ordered by mtime (oldest first), counting
 /// them (and the damaged blobs found) in `report`.
 pub(super) fn load_index(root: &Path, heal: bool, report: &mut ScanReport) -> io::Result<Index> {
-    let mut out = Vec::new();
+    let mut found = IndexBuilder::default();
     let mut damaged = Vec::new();
     walk_objects(root, heal, &mut damaged, |o| {
         let mtime = o.meta.mtime();
@@ -115,14 +115,10 @@ pub(super) fn load_index(root: &Path, heal: bool, report: &mut ScanReport) -> io
             disk: disk_bytes(&o.meta),
             used: u64::try_from(mtime).unwrap_or(0),
         };
-        out.push((mtime, o.key, entry));
+        found.push(mtime, &o.key, entry);
     })?;
     report.healed += damaged.len();
-    out.sort_by_key(|(mtime, _, _)| *mtime);
-    let mut index = Index::new();
-    for (_, key, entry) in out {
-        index.insert(key, entry);
-    }
+    let index = found.build();
     report.objects = index.len();
     report.bytes = index.total();
     Ok(index)
