@@ -22,6 +22,8 @@ fn main() {
     populate(&root, n);
     eprintln!("created {n} objects in {:.1} s", t.elapsed().as_secs_f64());
 
+    // First, before other opens have grown this process's heap.
+    let index_bytes = index_bytes_per_object(&root);
     let mut opens = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
@@ -30,6 +32,32 @@ fn main() {
         assert_eq!(report.objects, n);
     }
     let bin = release_binary();
+    let empty = tempfile::tempdir().expect("tempdir");
+    let rss_empty = rss_when_indexed(&bin, empty.path());
+    let rss_full = rss_when_indexed(&bin, &root);
+    // Hit latency: the newest blob (never evicted), in a cache of one object, in the full
+    // cache, and in the full cache while the evictor removes 10% of the budget.
+    let probe = n - 2;
+    let one = tempfile::tempdir().expect("tempdir");
+    write_object(one.path(), probe, n);
+    let hits = 3000;
+    let lat_one = hit_latencies(&bin, one.path(), &[], probe, hits);
+    let lat_full = hit_latencies(&bin, &root, &[], probe, hits);
+    let usage: u64 = regcache::cache::store::Store::open(&root)
+        .expect("open")
+        .0
+        .index()
+        .usage()
+        .total;
+    // Just under the usage: the evictor goes down to 90% of max_size, i.e. 10% of the budget.
+    let max = format!("{}", usage - 4096);
+    // Enough requests to span the whole eviction (about 10,000 unlinks a second here).
+    let evict_hits = (n / 10).max(hits);
+    let lat_evict = hit_latencies(&bin, &root, &["--max-size", &max], probe, evict_hits);
+    let evicted = n - regcache::cache::store::Store::open(&root)
+        .expect("open")
+        .1
+        .objects;
     let warm = ready_time(&bin, &root);
     let cold = if drop_caches() {
         Some((ready_time(&bin, &root), {
@@ -52,6 +80,35 @@ fn main() {
         "| `regcache serve` spawn → first `GET /v2/` answered, warm | {:.0} ms |",
         ms(warm)
     );
+    println!(
+        "| index in memory, bytes per object (in-process `Store::open`, RSS delta / objects) | {index_bytes:.0} B |"
+    );
+    println!(
+        "| `regcache serve` RSS once the index is loaded: empty cache / {n} objects / per object | {:.1} MiB / {:.1} MiB / {:.0} B |",
+        rss_empty as f64 / 1048576.0,
+        rss_full as f64 / 1048576.0,
+        (rss_full.saturating_sub(rss_empty)) as f64 / n as f64
+    );
+    let pct = |v: &[Duration], p: f64| {
+        let mut v = v.to_vec();
+        v.sort();
+        v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1e6
+    };
+    for (what, v) in [
+        ("cache of 1 object".to_string(), &lat_one),
+        (format!("cache of {n} objects"), &lat_full),
+        (
+            format!("{n} objects, from the start of an eviction of 10% of the budget ({evicted} objects removed by the end)"),
+            &lat_evict,
+        ),
+    ] {
+        println!(
+            "| hit latency, {what}: p50 / p99 of {} sequential GETs on one connection | {:.0} µs / {:.0} µs |",
+            v.len(),
+            pct(v, 0.5),
+            pct(v, 0.99)
+        );
+    }
     if let Some((ready, open)) = cold {
         println!(
             "| `regcache serve` spawn → first `GET /v2/` answered, page cache dropped | {:.0} ms |",
@@ -140,6 +197,164 @@ fn ready_time(bin: &std::path::Path, root: &std::path::Path) -> Duration {
     let _ = child.kill();
     let _ = child.wait();
     elapsed
+}
+
+/// `blobs/sha256/<hh>/<hex>.<len>` of object `i` as [`populate`] writes it (`n` objects: mtimes
+/// spread so the highest `i` is the newest).
+fn write_object(root: &std::path::Path, i: usize, n: usize) -> String {
+    use sha2::Digest as _;
+    let data = format!("object {i}").into_bytes();
+    let hex = hex::encode(sha2::Sha256::digest(&data));
+    let d = root.join("blobs").join("sha256").join(&hex[..2]);
+    std::fs::create_dir_all(&d).unwrap();
+    let mut f = std::fs::File::create(d.join(format!("{hex}.{}", data.len()))).unwrap();
+    f.write_all(&data).unwrap();
+    let t = std::time::SystemTime::now() - Duration::from_secs((n - i) as u64);
+    f.set_modified(t).unwrap();
+    hex
+}
+
+/// Latencies of `count` sequential GETs of blob `i` on one keep-alive connection to `regcache
+/// serve` on `root` (with `args`), from the moment `/readyz` says the index is loaded (for an
+/// eviction run: while the evictor works).
+fn hit_latencies(
+    bin: &std::path::Path,
+    root: &std::path::Path,
+    args: &[&str],
+    i: usize,
+    count: usize,
+) -> Vec<Duration> {
+    use sha2::Digest as _;
+    let hex = hex::encode(sha2::Sha256::digest(format!("object {i}").as_bytes()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            "http://127.0.0.1:9",
+        ])
+        .args(args)
+        .arg("--cache-dir")
+        .arg(root)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn regcache");
+    let t = Instant::now();
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            if buf.starts_with(b"HTTP/1.1 200") {
+                break;
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "index never loaded");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    let req = format!("GET /v2/library/x/blobs/sha256:{hex} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut out = Vec::with_capacity(count);
+    let mut buf = vec![0u8; 65536];
+    for _ in 0..count {
+        let t = Instant::now();
+        s.write_all(req.as_bytes()).unwrap();
+        // Headers, then Content-Length bytes of body.
+        let mut got = Vec::new();
+        let (head_end, len) = loop {
+            let k = s.read(&mut buf).unwrap();
+            assert!(k > 0, "connection closed");
+            got.extend_from_slice(&buf[..k]);
+            if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..p]).to_ascii_lowercase();
+                assert!(head.starts_with("http/1.1 200"), "{head}");
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap())
+                    .unwrap();
+                break (p + 4, len);
+            }
+        };
+        while got.len() < head_end + len {
+            let k = s.read(&mut buf).unwrap();
+            assert!(k > 0, "connection closed");
+            got.extend_from_slice(&buf[..k]);
+        }
+        out.push(t.elapsed());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    out
+}
+
+/// Resident bytes of this process (`/proc/self/statm`).
+fn own_rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// RSS growth of loading the index of `root` in this process, per object (the store kept alive
+/// while measuring; the scan's transient allocations are freed by then).
+fn index_bytes_per_object(root: &std::path::Path) -> f64 {
+    let before = own_rss();
+    let (store, report) = regcache::cache::store::Store::open(root).expect("open");
+    let after = own_rss();
+    let per = after.saturating_sub(before) as f64 / report.objects.max(1) as f64;
+    drop(store);
+    per
+}
+
+/// RSS of `regcache serve` on `root` once `/readyz` says the index is loaded.
+fn rss_when_indexed(bin: &std::path::Path, root: &std::path::Path) -> u64 {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+            "http://127.0.0.1:9",
+        ])
+        .arg("--cache-dir")
+        .arg(root)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn regcache");
+    let t = Instant::now();
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            if buf.starts_with(b"HTTP/1.1 200") {
+                break;
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "index never loaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the scan's last allocations settle.
+    std::thread::sleep(Duration::from_millis(300));
+    let statm = std::fs::read_to_string(format!("/proc/{}/statm", child.id())).unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    pages * 4096
 }
 
 fn drop_caches() -> bool {
