@@ -377,7 +377,7 @@ async fn reload_on_sighup(
                     credentials_changed = %r.credentials.join(","),
                     needs_restart = %r.restart.join(","),
                     failed = r.failed.len(),
-                    "reloaded: certificates, client CAs, htpasswd and password files read again{}",
+                    "reloaded: certificates, client CAs, htpasswd and password files read again, freshness policy (tag_ttl, immutable_tags, max_stale, policies) and rate_limit_reserve applied{}",
                     if r.restart.is_empty() { String::new() } else { format!("; restart regcache to apply the other changes ({})", r.restart.join(", ")) }
                 );
                 status_line(&mirror, &effective)
@@ -439,7 +439,15 @@ fn reload(
             if up.set_credentials(n.credentials.clone()) {
                 r.credentials.push(n.registry.clone());
             }
+            up.governor().set_reserve(n.rate_limit_reserve);
         }
     }
+    mirror.cache().set_policies(
+        new.tag_ttl,
+        new.registries
+            .iter()
+            .map(|n| (n.registry.clone(), n.freshness.clone()))
+            .collect(),
+    );
     Ok(r)
 }

@@ -303,14 +303,62 @@ async fn a_bad_reload_keeps_the_running_configuration() {
         .await;
     assert!(m.log().contains("tag_ttl"), "{}", m.log());
     assert_eq!(plain_get(port, "/v2/", &[]).await.status, 200);
-    std::fs::write(&cfg, format!("tag_ttl = \"5m\"\n{toml}")).unwrap();
+    std::fs::write(&cfg, format!("idle_timeout = \"5m\"\n{toml}")).unwrap();
     m.signal(Signal::HUP);
-    m.wait_log("needs_restart=tag_ttl").await;
+    m.wait_log("needs_restart=idle_timeout").await;
     assert!(
         m.log()
-            .contains("restart regcache to apply the other changes (tag_ttl)"),
+            .contains("restart regcache to apply the other changes (idle_timeout)"),
         "{}",
         m.log()
+    );
+}
+
+/// SIGHUP applies a changed freshness policy and rate-limit reserve without a restart: a tag
+/// trusted for an hour is revalidated on every pull once `tag_ttl = "0s"` is reloaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_the_freshness_policy() {
+    let up = FakeUpstream::start(300).await;
+    up.add_image("library/fresh", "latest", 100, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let port = support::proc::free_port();
+    let listeners = format!("[[listeners]]\naddress = \"127.0.0.1:{port}\"\n");
+    let m = Served::start(
+        dir.path(),
+        &format!("tag_ttl = \"1h\"\n{listeners}{}", upstream_toml(&up)),
+        &[],
+    );
+    m.wait_log("regcache serving").await;
+    let path = "/v2/library/fresh/manifests/latest";
+    for _ in 0..3 {
+        assert_eq!(plain_get(port, path, &[]).await.status, 200);
+    }
+    assert_eq!(n(&up.counters.manifest_head), 0, "trusted for 1h");
+    std::fs::write(
+        dir.path().join("regcache.toml"),
+        format!(
+            "tag_ttl = \"0s\"\nrate_limit_reserve = 3\n{listeners}{}",
+            upstream_toml(&up)
+        ),
+    )
+    .unwrap();
+    m.signal(Signal::HUP);
+    m.wait_log("freshness policy").await;
+    assert!(!m.log().contains("needs_restart=registries"), "{}", m.log());
+    assert!(!m.log().contains("needs_restart=tag_ttl"), "{}", m.log());
+    for _ in 0..2 {
+        assert_eq!(plain_get(port, path, &[]).await.status, 200);
+    }
+    assert_eq!(
+        n(&up.counters.manifest_head),
+        2,
+        "revalidated on every pull now"
+    );
+    let metrics = plain_get(port, "/metrics", &[]).await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        text.contains("regcache_upstream_ratelimit_reserve{registry=\"docker.io\"} 3"),
+        "{text}"
     );
 }
 

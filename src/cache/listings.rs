@@ -198,7 +198,7 @@ impl Manifests {
 
     /// Whether a cached listing may be used without asking upstream.
     fn listing_fresh(&self, from: Origin<'_>, l: &StoredListing) -> bool {
-        let tag_ttl = self.policy(from).listing_ttl(from.name);
+        let tag_ttl = self.tag_rules(from, "").tag_ttl;
         let ttl = match l.status {
             404 => tag_ttl.max(NOT_FOUND_TTL),
             _ => tag_ttl,
@@ -208,8 +208,8 @@ impl Manifests {
 
     /// Whether a cached listing is young enough to be served stale (`max_stale`).
     fn listing_within_max_stale(&self, from: Origin<'_>, l: &StoredListing) -> bool {
-        self.policy(from)
-            .max_stale(from.name)
+        self.tag_rules(from, "")
+            .max_stale
             .is_none_or(|m| unix_now().saturating_sub(l.checked) <= m.as_secs())
     }
 

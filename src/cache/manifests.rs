@@ -43,10 +43,8 @@ pub struct ManifestAnswer {
 pub(super) struct Manifests {
     /// Where manifests and tags live.
     pub(super) store: Store,
-    /// Tag TTLs, immutable tags and `max_stale`, by registry.
-    policies: std::collections::BTreeMap<String, FreshnessPolicy>,
-    /// For a registry without one (only `tag_ttl`).
-    default_policy: FreshnessPolicy,
+    /// Tag TTLs, immutable tags and `max_stale`, by registry (replaced on reload).
+    policies: std::sync::RwLock<Policies>,
     /// Never revalidate (serve what is cached).
     pub(super) offline: bool,
     /// Bound on a whole revalidation while a cached answer waits (zero: unbounded).
@@ -98,14 +96,7 @@ impl Manifests {
     pub(super) fn new(store: Store, opts: &CacheOptions) -> Manifests {
         Manifests {
             store,
-            policies: opts.policies.clone(),
-            default_policy: FreshnessPolicy {
-                global: crate::cache::policy::Freshness {
-                    tag_ttl: Some(opts.tag_ttl),
-                    ..Default::default()
-                },
-                ..Default::default()
-            },
+            policies: std::sync::RwLock::new(Policies::new(opts.tag_ttl, opts.policies.clone())),
             offline: opts.offline,
             revalidate_timeout: opts.revalidate_timeout,
             max_manifest_size: match opts.max_manifest_size {
@@ -178,7 +169,7 @@ impl Manifests {
         from: Origin<'_>,
         tag: &str,
     ) -> Result<(Digest, StoredManifest, CacheResult), CacheError> {
-        let rules = self.policy(from).for_tag(from.name, tag);
+        let rules = self.tag_rules(from, tag);
         if let Some((entry, d, m)) = self.cached_tag(from, tag)? {
             if rules.immutable || fresh(&entry, &rules) || self.offline {
                 return Ok((d, m, CacheResult::Hit));
@@ -318,11 +309,23 @@ impl Manifests {
         std::array::from_fn(|i| self.stale[i].load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// The freshness policy of the request's registry.
-    pub(super) fn policy(&self, from: Origin<'_>) -> &FreshnessPolicy {
-        self.policies
+    /// What the freshness policy of the request's registry says of `tag` of its repository
+    /// (`""`: of the repository's listings), as it is now.
+    pub(super) fn tag_rules(&self, from: Origin<'_>, tag: &str) -> TagRules {
+        let p = self.policies.read().expect("policies lock");
+        p.by_registry
             .get(from.upstream.registry())
-            .unwrap_or(&self.default_policy)
+            .unwrap_or(&p.default)
+            .for_tag(from.name, tag)
+    }
+
+    /// Replaces the policies (a reload): requests from now on use them.
+    pub(super) fn set_policies(
+        &self,
+        tag_ttl: Duration,
+        by_registry: std::collections::BTreeMap<String, FreshnessPolicy>,
+    ) {
+        *self.policies.write().expect("policies lock") = Policies::new(tag_ttl, by_registry);
     }
 
     fn record_tag(&self, from: Origin<'_>, tag: &str, d: &Digest, media_type: &str) {
@@ -388,6 +391,30 @@ impl Manifests {
             tracing::warn!(%digest, error = %e, "cannot store manifest; serving it uncached");
         }
         Ok((digest, StoredManifest { media_type, bytes }))
+    }
+}
+
+/// Every registry's freshness policy, and the one for a registry without its own.
+struct Policies {
+    by_registry: std::collections::BTreeMap<String, FreshnessPolicy>,
+    default: FreshnessPolicy,
+}
+
+impl Policies {
+    fn new(
+        tag_ttl: Duration,
+        by_registry: std::collections::BTreeMap<String, FreshnessPolicy>,
+    ) -> Policies {
+        Policies {
+            by_registry,
+            default: FreshnessPolicy {
+                global: crate::cache::policy::Freshness {
+                    tag_ttl: Some(tag_ttl),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        }
     }
 }
 

@@ -552,6 +552,16 @@ impl Cache {
         self.manifests.get(from, reference).await
     }
 
+    /// Replaces the freshness policies (`tag_ttl` for a registry without one, and each
+    /// registry's): a reload. Requests from now on use them.
+    pub fn set_policies(
+        &self,
+        tag_ttl: Duration,
+        by_registry: std::collections::BTreeMap<String, policy::FreshnessPolicy>,
+    ) {
+        self.manifests.set_policies(tag_ttl, by_registry)
+    }
+
     /// Whether `reference` can be answered from the cache without spending a counted upstream
     /// request: a manifest by digest that is stored, or a tag whose last answer is stored
     /// (fresh, immutable, or servable stale). Reads the tag entry; never asks upstream.

@@ -143,16 +143,6 @@ impl FreshnessPolicy {
             max_stale: pick(|l| l.max_stale),
         }
     }
-
-    /// The `max_stale` of a repository's listings (tag lists, referrers): as for its tags.
-    pub fn max_stale(&self, repository: &str) -> Option<Duration> {
-        self.for_tag(repository, "").max_stale
-    }
-
-    /// The `tag_ttl` of a repository's listings: as for its (mutable) tags.
-    pub fn listing_ttl(&self, repository: &str) -> Duration {
-        self.for_tag(repository, "").tag_ttl
-    }
 }
 
 #[cfg(test)]

@@ -1399,8 +1399,9 @@ pub fn raise_open_file_limit() {
 }
 
 /// The settings that differ between a running `old` and a reloaded `new` configuration but
-/// need a restart to apply, by key. Listener files (certificates, client CAs, htpasswd) and
-/// upstream credentials are not among them: a reload re-reads those.
+/// need a restart to apply, by key. Listener files (certificates, client CAs, htpasswd),
+/// upstream credentials, the freshness policy (`tag_ttl`, `immutable_tags`, `max_stale`,
+/// policies) and `rate_limit_reserve` are not among them: a reload applies those.
 pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
     let mut differ = |key: &'static str, changed: bool| {
@@ -1416,7 +1417,6 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     };
     differ("listeners", addresses(old) != addresses(new));
     differ("cache_dir", old.cache_dir != new.cache_dir);
-    differ("tag_ttl", old.tag_ttl != new.tag_ttl);
     differ("max_size", old.budget.max_size != new.budget.max_size);
     differ("min_free", old.budget.min_free != new.budget.min_free);
     differ("offline", old.offline != new.offline);
@@ -1462,7 +1462,10 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
         c.registries
             .iter()
             .map(|r| UpstreamConfig {
+                // A reload applies these (see `service`).
                 credentials: None,
+                freshness: Default::default(),
+                rate_limit_reserve: 0,
                 ..r.clone()
             })
             .collect()

@@ -91,8 +91,8 @@ fn parse_item(v: &str) -> Option<(u64, Option<u64>)> {
 
 /// One registry's governor.
 pub struct Governor {
-    /// `rate_limit_reserve`.
-    reserve: u64,
+    /// `rate_limit_reserve` (replaced on reload).
+    reserve: std::sync::atomic::AtomicU64,
     /// The latest report, and whether the reserve state has been logged.
     state: Mutex<(Option<RateBudget>, bool)>,
 }
@@ -101,14 +101,20 @@ impl Governor {
     /// A governor holding back `reserve` requests.
     pub fn new(reserve: u64) -> Governor {
         Governor {
-            reserve,
+            reserve: reserve.into(),
             state: Mutex::new((None, false)),
         }
     }
 
     /// `rate_limit_reserve`.
     pub fn reserve(&self) -> u64 {
+        self.reserve.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Replaces `rate_limit_reserve` (a reload).
+    pub fn set_reserve(&self, reserve: u64) {
         self.reserve
+            .store(reserve, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Records the report an answer carries (if any); logs entering and leaving the reserve.
@@ -122,13 +128,14 @@ impl Governor {
             tracing::info!(registry, limit = %b.raw.0, remaining = %b.raw.1, "upstream rate limit");
         }
         // A report whose window has already passed (`w=0`) says nothing is held back.
-        let low = b.remaining <= self.reserve && !b.refills_in().is_zero();
+        let reserve = self.reserve();
+        let low = b.remaining <= reserve && !b.refills_in().is_zero();
         if low && !s.1 {
             tracing::warn!(
                 registry,
                 remaining = b.remaining,
                 limit = b.limit,
-                reserve = self.reserve,
+                reserve,
                 refills_by = %humantime::format_rfc3339_seconds(b.refills_at()),
                 "rate-limit budget down to the reserve: prefetch pauses and cached tags are served without revalidation (stale, up to max_stale) until it refills; uncached pulls still go upstream"
             );
@@ -153,7 +160,7 @@ impl Governor {
     pub fn at_reserve(&self) -> Option<RateBudget> {
         let mut s = self.state.lock().expect("budget lock");
         let b = s.0.as_ref()?;
-        if b.remaining > self.reserve {
+        if b.remaining > self.reserve() {
             return None;
         }
         if b.refills_in().is_zero() {
