@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lru::LruCache;
+mod slab;
+use slab::{Slab, SlotKey, Value};
 use tokio::sync::Notify;
 
 use crate::reference::{Algorithm, Digest};
@@ -51,73 +52,50 @@ pub struct Entry {
     pub used: u64,
 }
 
-/// How the index holds an [`ObjectKey`]: a sha256 digest as its 32 bytes, with no allocation of
-/// its own (a cache holds a million of them); anything else boxed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
-    /// A sha256 blob.
-    Blob([u8; 32]),
-    /// A sha256 manifest.
-    Manifest([u8; 32]),
-    /// sha512 (rare).
-    Other(Box<ObjectKey>),
-}
-
-impl Key {
-    fn of(k: &ObjectKey) -> Key {
-        let d = k.digest();
-        let mut raw = [0u8; 32];
-        if d.algorithm() != Algorithm::Sha256 || hex::decode_to_slice(d.hex(), &mut raw).is_err() {
-            return Key::Other(Box::new(k.clone()));
-        }
-        match k {
-            ObjectKey::Blob(_) => Key::Blob(raw),
-            ObjectKey::Manifest(_) => Key::Manifest(raw),
-        }
+/// How the index holds an [`ObjectKey`]: kind 0 (blob) or 1 (manifest) with the sha256
+/// digest's 32 bytes, no allocation of its own (a cache holds a million of them); anything else
+/// (sha512) kind 2 or 3 with the SHA-256 of its digest string, the key itself kept aside.
+fn slot_key(k: &ObjectKey) -> SlotKey {
+    let d = k.digest();
+    let manifest = matches!(k, ObjectKey::Manifest(_)) as u8;
+    let mut bytes = [0u8; 32];
+    if d.algorithm() == Algorithm::Sha256 && hex::decode_to_slice(d.hex(), &mut bytes).is_ok() {
+        return SlotKey {
+            kind: manifest,
+            bytes,
+        };
     }
-
-    fn object(&self) -> ObjectKey {
-        match self {
-            Key::Blob(raw) => ObjectKey::Blob(Digest::from_raw(Algorithm::Sha256, raw)),
-            Key::Manifest(raw) => ObjectKey::Manifest(Digest::from_raw(Algorithm::Sha256, raw)),
-            Key::Other(k) => (**k).clone(),
-        }
+    use sha2::Digest as _;
+    SlotKey {
+        kind: 2 + manifest,
+        bytes: sha2::Sha256::digest(d.to_string().as_bytes()).into(),
     }
 }
 
-/// An [`Entry`] in 16 bytes: with its 40-byte key and the LRU's two links, one index node is
-/// one 80-byte allocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Packed {
-    len: u64,
-    /// 512-byte units.
-    disk: u32,
-    /// Seconds since the epoch.
-    used: u32,
+/// An [`Entry`] as a node holds it: disk in 512-byte units (rounded up, at most 2 TiB), last
+/// use as u32 seconds.
+fn value_of(e: Entry) -> Value {
+    Value {
+        len: e.len,
+        disk: u32::try_from(e.disk.div_ceil(512)).unwrap_or(u32::MAX),
+        used: u32::try_from(e.used).unwrap_or(u32::MAX),
+    }
 }
 
-impl Packed {
-    fn of(e: Entry) -> Packed {
-        Packed {
-            len: e.len,
-            disk: u32::try_from(e.disk.div_ceil(512)).unwrap_or(u32::MAX),
-            used: u32::try_from(e.used).unwrap_or(u32::MAX),
-        }
-    }
-
-    fn entry(self) -> Entry {
-        Entry {
-            len: self.len,
-            disk: u64::from(self.disk) * 512,
-            used: u64::from(self.used),
-        }
+fn entry_of(v: Value) -> Entry {
+    Entry {
+        len: v.len,
+        disk: u64::from(v.disk) * 512,
+        used: u64::from(v.used),
     }
 }
 
 /// The LRU order and sizes of every committed object.
 pub struct Index {
-    /// Least recently used first. Unbounded: the budget is in bytes, enforced by eviction.
-    lru: LruCache<Key, Packed>,
+    /// The LRU list. Unbounded: the budget is in bytes, enforced by eviction.
+    lru: Slab,
+    /// The keys that are not sha256 (kinds 2 and 3 of [`slot_key`]), by slot key.
+    others: std::collections::HashMap<SlotKey, ObjectKey>,
     /// Sum of `disk` over all entries, in bytes.
     total: u64,
     /// Bytes reserved by fills in progress (counted against the budget before they commit).
@@ -137,7 +115,8 @@ impl Index {
     /// An empty index.
     pub fn new() -> Index {
         Index {
-            lru: LruCache::unbounded(),
+            lru: Slab::default(),
+            others: Default::default(),
             total: 0,
             reserved: 0,
             held: 0,
@@ -146,34 +125,62 @@ impl Index {
 
     /// Adds (or replaces) an object as the most recently used.
     pub fn insert(&mut self, key: ObjectKey, e: Entry) {
-        self.put(Key::of(&key), Packed::of(e));
+        let k = slot_key(&key);
+        if k.kind >= 2 {
+            self.others.insert(k, key);
+        }
+        self.put(k, value_of(e));
     }
 
-    fn put(&mut self, key: Key, p: Packed) {
-        if let Some(old) = self.lru.put(key, p) {
-            self.total -= old.entry().disk;
+    fn put(&mut self, key: SlotKey, v: Value) {
+        if let Some(old) = self.lru.put(key, v) {
+            self.total -= entry_of(old).disk;
         }
-        self.total += p.entry().disk;
+        self.total += entry_of(v).disk;
+    }
+
+    /// The [`ObjectKey`] of a slot key.
+    fn object(&self, k: &SlotKey) -> ObjectKey {
+        match k.kind {
+            0 => ObjectKey::Blob(Digest::from_raw(Algorithm::Sha256, &k.bytes)),
+            1 => ObjectKey::Manifest(Digest::from_raw(Algorithm::Sha256, &k.bytes)),
+            _ => self.others[k].clone(),
+        }
     }
 
     /// Forgets an object.
     pub fn remove(&mut self, key: &ObjectKey) -> Option<Entry> {
-        let e = self.lru.pop(&Key::of(key))?.entry();
+        let k = slot_key(key);
+        let e = entry_of(self.lru.pop(&k)?);
+        if k.kind >= 2 {
+            self.others.remove(&k);
+        }
         self.total -= e.disk;
         Some(e)
     }
 
     /// A hit: the object's entry, now the most recently used.
     pub fn touch(&mut self, key: &ObjectKey) -> Option<Entry> {
-        self.lru.get(&Key::of(key)).map(|p| p.entry())
+        self.lru.get(&slot_key(key)).map(entry_of)
     }
 
     /// Removes and returns the least recently used object.
     pub fn pop_lru(&mut self) -> Option<(ObjectKey, Entry)> {
-        let (k, p) = self.lru.pop_lru()?;
-        let e = p.entry();
+        let (k, v) = self.lru.pop_lru()?;
+        let e = entry_of(v);
         self.total -= e.disk;
-        Some((k.object(), e))
+        let key = match k.kind {
+            0 | 1 => self.object(&k),
+            _ => self.others.remove(&k).expect("kept aside"),
+        };
+        Some((key, e))
+    }
+
+    /// Every object, least recently used first.
+    fn iter_lru_first(&self) -> impl Iterator<Item = (ObjectKey, Entry)> + '_ {
+        self.lru
+            .iter_lru_first()
+            .map(|(k, v)| (self.object(&k), entry_of(v)))
     }
 
     /// Number of objects.
@@ -183,7 +190,7 @@ impl Index {
 
     /// Whether the index is empty.
     pub fn is_empty(&self) -> bool {
-        self.lru.is_empty()
+        self.lru.len() == 0
     }
 
     /// Bytes on disk taken by all objects.
@@ -198,21 +205,35 @@ impl Index {
 /// nodes.
 #[derive(Default)]
 pub struct IndexBuilder {
-    found: Vec<(i64, Key, Packed)>,
+    found: Vec<(i64, ObjectKeyOrSlot, Value)>,
+}
+
+/// A found object's key: compact when sha256, else the key itself (rare).
+enum ObjectKeyOrSlot {
+    Slot(SlotKey),
+    Key(ObjectKey),
 }
 
 impl IndexBuilder {
     /// Adds an object last modified at `mtime` (seconds since the epoch).
     pub fn push(&mut self, mtime: i64, key: &ObjectKey, e: Entry) {
-        self.found.push((mtime, Key::of(key), Packed::of(e)));
+        let k = slot_key(key);
+        let k = match k.kind {
+            0 | 1 => ObjectKeyOrSlot::Slot(k),
+            _ => ObjectKeyOrSlot::Key(key.clone()),
+        };
+        self.found.push((mtime, k, value_of(e)));
     }
 
     /// The index, oldest mtime least recently used.
     pub fn build(mut self) -> Index {
         self.found.sort_by_key(|(mtime, _, _)| *mtime);
         let mut index = Index::new();
-        for (_, key, p) in self.found {
-            index.put(key, p);
+        for (_, key, v) in self.found {
+            match key {
+                ObjectKeyOrSlot::Slot(k) => index.put(k, v),
+                ObjectKeyOrSlot::Key(k) => index.insert(k, entry_of(v)),
+            }
         }
         index
     }
@@ -266,9 +287,9 @@ impl SharedIndex {
 
     /// Records that an object's mtime was set to `used` (seconds since the epoch).
     pub fn set_used(&self, key: &ObjectKey, used: u64) {
-        if let Some(x) = self.lock().lru.peek_mut(&Key::of(key)) {
-            x.used = u32::try_from(used).unwrap_or(u32::MAX);
-        }
+        self.lock()
+            .lru
+            .set_used(&slot_key(key), u32::try_from(used).unwrap_or(u32::MAX));
     }
 
     /// Forgets an object.
@@ -278,17 +299,12 @@ impl SharedIndex {
 
     /// Whether an object is indexed.
     pub fn contains(&self, key: &ObjectKey) -> bool {
-        self.lock().lru.contains(&Key::of(key))
+        self.lock().lru.contains(&slot_key(key))
     }
 
     /// Every indexed object, least recently used first.
     pub fn objects(&self) -> Vec<(ObjectKey, Entry)> {
-        let ix = self.lock();
-        ix.lru
-            .iter()
-            .rev()
-            .map(|(k, p)| (k.object(), p.entry()))
-            .collect()
+        self.lock().iter_lru_first().collect()
     }
 
     /// Current totals.
@@ -337,13 +353,12 @@ impl SharedIndex {
         let ix = self.lock();
         let mut freed = 0;
         let mut out = Vec::new();
-        for (k, p) in ix.lru.iter().rev() {
+        for (k, e) in ix.iter_lru_first() {
             if freed >= bytes {
                 break;
             }
-            let e = p.entry();
             freed += e.disk;
-            out.push((k.object(), e));
+            out.push((k, e));
         }
         out
     }
@@ -356,8 +371,8 @@ impl SharedIndex {
             fresh.reserved = ix.reserved;
             fresh.held = ix.held;
             let live = std::mem::replace(&mut *ix, fresh);
-            for (k, p) in live.lru.iter().rev() {
-                ix.put(k.clone(), *p);
+            for (k, e) in live.iter_lru_first() {
+                ix.insert(k, e);
             }
         }
         self.indexed.store(true, Ordering::SeqCst);
@@ -387,15 +402,24 @@ mod tests {
             ObjectKey::Manifest(digest("sha256", 64, '0')),
             ObjectKey::Blob(digest("sha512", 128, 'f')),
         ] {
-            assert_eq!(Key::of(&k).object(), k);
+            let mut ix = Index::new();
+            let e = Entry {
+                len: 1,
+                disk: 512,
+                used: 2,
+            };
+            ix.insert(k.clone(), e);
+            assert_eq!(
+                ix.iter_lru_first().collect::<Vec<_>>(),
+                vec![(k.clone(), e)]
+            );
+            assert_eq!(ix.pop_lru(), Some((k, e)));
+            assert!(ix.others.is_empty());
         }
-        assert!(matches!(
-            Key::of(&ObjectKey::Blob(digest("sha512", 128, 'f'))),
-            Key::Other(_)
-        ));
-        // One LRU node: key, entry and two links in one 80-byte allocation.
-        assert_eq!(std::mem::size_of::<Key>(), 40);
-        assert_eq!(std::mem::size_of::<Packed>(), 16);
+        assert_eq!(
+            slot_key(&ObjectKey::Blob(digest("sha512", 128, 'f'))).kind,
+            2
+        );
     }
 
     #[test]
