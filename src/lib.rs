@@ -36,6 +36,7 @@ pub mod admin;
 pub mod body;
 pub mod cache;
 pub mod certs;
+pub mod clients;
 pub mod config;
 pub(crate) mod error;
 #[doc(hidden)]

@@ -195,6 +195,12 @@ pub struct RegistryFile {
     /// ignored); `"none"`: direct, whatever the environment says. Unset: `HTTPS_PROXY` /
     /// `HTTP_PROXY` / `ALL_PROXY` / `NO_PROXY` from the environment.
     pub proxy: Option<String>,
+    /// `prefix`: a path alias (one lowercase component, e.g. `"internal"`) under which
+    /// path-prefix clients (podman, skopeo, CRI-O) reach this registry:
+    /// `MIRROR/internal/<name>` means `<registry>/<name>`. Needed for a registry whose name has
+    /// a port, which containers/image refuses as a path component (`invalid reference
+    /// format`). Hides Docker Hub repositories in a namespace of that name.
+    pub prefix: Option<String>,
 }
 
 /// A string value, or an error naming the fix when the file gave a number or another type
@@ -572,6 +578,8 @@ pub struct UpstreamConfig {
     /// How connections leave (direct or through a proxy, per destination host), from `proxy`
     /// or the environment.
     pub proxy: crate::upstream::proxy::ProxyPlan,
+    /// The path alias path-prefix clients use (`prefix`), if any.
+    pub prefix: Option<String>,
 }
 
 /// The effective configuration.
@@ -806,7 +814,22 @@ impl Config {
                             ProxyPlan::default()
                         }),
                 };
+                if let Some(p) = &t.prefix {
+                    let ok = !p.is_empty()
+                        && p.len() <= 64
+                        && p.chars().all(|c| {
+                            c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)
+                        })
+                        && p.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+                    if !ok {
+                        return Err(invalid(
+                            "prefix",
+                            format!("[{name}]: {p:?} is not one path component; write lowercase letters, digits, . _ -, e.g. prefix = \"internal\""),
+                        ));
+                    }
+                }
                 Ok(UpstreamConfig {
+                    prefix: t.prefix.clone(),
                     registry: name.clone(),
                     url,
                     credentials,
@@ -818,6 +841,18 @@ impl Config {
             match one() {
                 Ok(u) => registries.push(u),
                 Err(e) => problems.push(e),
+            }
+        }
+        for r in &registries {
+            let Some(p) = &r.prefix else { continue };
+            let clash = registries.iter().find(|o| {
+                o.registry != r.registry && (&o.registry == p || o.prefix.as_ref() == Some(p))
+            });
+            if let Some(o) = clash {
+                problems.push(invalid(
+                    "prefix",
+                    format!("[{}]: prefix {p:?} is also [{}]'s name or prefix; give each registry its own", r.registry, o.registry),
+                ));
             }
         }
         for (var, m) in env_problems {
