@@ -207,7 +207,7 @@ fn hosts_dir(paths: &ClientPaths, existing: Option<&DocumentMut>) -> PathBuf {
     }
     if let Some(doc) = existing {
         if let Some(first) = config_path(doc).into_iter().next() {
-            return first;
+            return super::files::reroot(&paths.root, &first);
         }
     }
     super::files::under(&paths.root, HOSTS_DIR)
@@ -333,7 +333,10 @@ pub fn doctor(ctx: &Context) -> Verdict {
         Err(e) => return fail(e.to_string(), "run doctor as root".into()),
     };
     let schema = schema(&doc);
-    let dirs = config_path(&doc);
+    let dirs: Vec<PathBuf> = config_path(&doc)
+        .iter()
+        .map(|d| super::files::reroot(&args.paths.root, d))
+        .collect();
     let want_dir = args
         .paths
         .containerd_hosts_dir

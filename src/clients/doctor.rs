@@ -101,6 +101,9 @@ pub struct DoctorArgs {
     /// The mirror's cache directory (where its admin socket is), instead of the config's.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// The mirror's listen address (plain HTTP), instead of the config's listeners.
+    #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_listen)]
+    pub listen: Option<SocketAddr>,
     /// The client config files to check.
     #[command(flatten)]
     pub paths: ClientPaths,
@@ -189,15 +192,21 @@ impl Context {
         }
     }
 
-    /// The mirror's answer to `GET /-/clients`: the first request of `kind` that arrived at
-    /// or after `since_ms`.
+    /// The mirror's answer to `GET /-/clients`: the first manifest request of `kind` that
+    /// arrived at or after `since_ms` (else its first request then, e.g. the `/v2/` ping).
     ///
     /// Errors: no mirror answers on the admin socket (with the reason).
     pub fn saw(&self, kind: ClientKind, since_ms: u64) -> Result<Option<super::Seen>, String> {
         let recent = super::fetch_recent(&self.cache_dir).map_err(|e| e.to_string())?;
-        Ok(recent
+        let since: Vec<&super::Seen> = recent
             .get(kind.as_str())
-            .and_then(|v| v.iter().find(|s| s.at_unix_ms >= since_ms).cloned()))
+            .map(|v| v.iter().filter(|s| s.at_unix_ms >= since_ms).collect())
+            .unwrap_or_default();
+        Ok(since
+            .iter()
+            .find(|s| s.path.contains("/manifests/"))
+            .or(since.first())
+            .map(|s| (*s).clone()))
     }
 
     /// Whether a mirror answers on the admin socket: `Err` with why not.
@@ -476,8 +485,9 @@ pub fn run_command(args: DoctorArgs) -> u8 {
             return 2;
         }
     };
-    let ctx = Context {
-        listeners: config
+    let listeners = match args.listen {
+        Some(a) => vec![("http".to_owned(), a)],
+        None => config
             .listeners
             .iter()
             .map(|l| {
@@ -485,6 +495,9 @@ pub fn run_command(args: DoctorArgs) -> u8 {
                 (s.to_owned(), l.address)
             })
             .collect(),
+    };
+    let ctx = Context {
+        listeners,
         cache_dir: config.cache_dir.clone(),
         args,
     };

@@ -135,6 +135,16 @@ pub fn under(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }
 
+/// A path read from a client's config, as seen under `root`: itself when `root` is `/` or it
+/// is under `root` already, else `root` + path (so a scratch `--root` never reaches the real
+/// `/etc` through a path a config names).
+pub fn reroot(root: &Path, path: &Path) -> PathBuf {
+    if root == Path::new("/") || path.starts_with(root) || path.is_relative() {
+        return path.to_owned();
+    }
+    under(root, &path.to_string_lossy())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,7 +47,9 @@ impl Which {
 /// directory in tests, a chroot), and each file has its own flag.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientPaths {
-    /// Prefix of every default client path below.
+    /// Prefix of every default client path below, and of the paths the clients' configs name
+    /// (containerd's config_path): for scratch directories in tests; configs then name the
+    /// prefixed paths.
     #[arg(
         long,
         value_name = "DIR",
