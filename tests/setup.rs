@@ -329,3 +329,231 @@ fn doctor_names_what_containerd_2_needs() {
     assert_eq!(v[0]["skipped"], true);
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `regcache serve ARGS` until dropped, once its admin socket answers.
+struct Serve(std::process::Child);
+
+impl Serve {
+    fn start(cache: &Path, args: &[&str]) -> Serve {
+        let child = Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .arg("serve")
+            .arg("--cache-dir")
+            .arg(cache)
+            .args(["--upstream", "http://127.0.0.1:1"])
+            .args(args)
+            .env_remove("REGCACHE_CONFIG")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let s = Serve(child);
+        for _ in 0..200 {
+            if std::os::unix::net::UnixStream::connect(cache.join("regcache.sock")).is_ok() {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("regcache serve did not start");
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn https_mirror_trust_is_written_and_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let certs = d.path().join("certs");
+    let out = Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .args([
+            "certs",
+            "init",
+            "--hostname",
+            "localhost",
+            "--ip",
+            "127.0.0.1",
+            "--out",
+        ])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ca = certs.join("ca.crt");
+    let bin = fake_bin(
+        d.path(),
+        &[
+            ("dockerd", "Docker version 20.10.24+dfsg1, build 5d6db84"),
+            ("containerd", V1),
+            ("podman", "podman version 4.3.1"),
+            (
+                "buildkitd",
+                "buildkitd github.com/moby/buildkit v0.12.5 bf1",
+            ),
+            // The CLI: no daemon to ask here.
+            ("docker", "Cannot connect to the Docker daemon"),
+        ],
+    );
+    // The fake docker CLI fails, as with no daemon.
+    std::fs::write(
+        bin.join("docker"),
+        "#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n",
+    )
+    .unwrap();
+    let root = d.path().join("root");
+    let port = free_port();
+    let mirror = format!("https://127.0.0.1:{port}");
+    let (code, out, err) = regcache(
+        &bin,
+        &root,
+        &[
+            "setup",
+            "all",
+            "--mirror",
+            &mirror,
+            "--ca",
+            &ca.display().to_string(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let pem = read(ca.clone());
+    assert_eq!(
+        read(root.join(format!("etc/docker/certs.d/127.0.0.1:{port}/ca.crt"))),
+        pem
+    );
+    assert_eq!(
+        read(root.join(format!("etc/containers/certs.d/127.0.0.1:{port}/ca.crt"))),
+        pem
+    );
+    let hosts = read(root.join("etc/containerd/certs.d/docker.io/hosts.toml"));
+    assert!(
+        hosts.contains(&format!("ca = \"{}\"", ca.display())),
+        "{hosts}"
+    );
+    let bk = read(root.join("etc/buildkit/buildkitd.toml"));
+    assert!(
+        bk.contains(&format!("ca = [\"{}\"]", ca.display())) && !bk.contains("http = true"),
+        "{bk}"
+    );
+    let drop_in = read(root.join("etc/containers/registries.conf.d/50-regcache.conf"));
+    assert!(!drop_in.contains("insecure"), "{drop_in}");
+
+    // doctor: the HTTPS mirror answers; with the CA in place TLS passes (the next check, the
+    // running dockerd, fails here), without it the reason is TLS and the fix names the place.
+    let cache = d.path().join("cache");
+    let tls_cert = certs.join("regcache.crt").display().to_string();
+    let tls_key = certs.join("regcache.key").display().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let _serve = Serve::start(
+        &cache,
+        &[
+            "--listen",
+            &listen,
+            "--tls-cert",
+            &tls_cert,
+            "--tls-key",
+            &tls_key,
+        ],
+    );
+    let cache_s = cache.display().to_string();
+    let doctor = |root: &Path| {
+        regcache(
+            &bin,
+            root,
+            &[
+                "doctor",
+                "docker",
+                "--no-pull",
+                "--cache-dir",
+                &cache_s,
+                "--listen",
+                &listen,
+            ],
+        )
+    };
+    let (code, out, _) = doctor(&root);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("cannot ask dockerd"),
+        "TLS passed, dockerd is next: {out}"
+    );
+    std::fs::remove_file(root.join(format!("etc/docker/certs.d/127.0.0.1:{port}/ca.crt"))).unwrap();
+    let (code, out, _) = doctor(&root);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("TLS")
+            && out.contains(&format!(
+                "copy the mirror's ca.crt to {}",
+                root.join(format!("etc/docker/certs.d/127.0.0.1:{port}/ca.crt"))
+                    .display()
+            )),
+        "{out}"
+    );
+}
+
+#[test]
+fn doctor_docker_refuses_a_mirror_that_asks_for_credentials() {
+    let d = tempfile::tempdir().unwrap();
+    let bin = fake_bin(
+        d.path(),
+        &[("dockerd", "Docker version 20.10.24+dfsg1, build 5d6db84")],
+    );
+    let root = d.path().join("root");
+    let htpasswd = d.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("ci:{}\n", bcrypt::hash("secret", 4).unwrap()),
+    )
+    .unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let cache = d.path().join("cache");
+    let _serve = Serve::start(
+        &cache,
+        &[
+            "--listen",
+            &listen,
+            "--htpasswd",
+            &htpasswd.display().to_string(),
+        ],
+    );
+    std::fs::create_dir_all(root.join("etc/docker")).unwrap();
+    std::fs::write(
+        root.join("etc/docker/daemon.json"),
+        format!("{{\"registry-mirrors\": [\"http://{listen}\"]}}\n"),
+    )
+    .unwrap();
+    let (code, out, err) = regcache(
+        &bin,
+        &root,
+        &[
+            "doctor",
+            "docker",
+            "--no-pull",
+            "--cache-dir",
+            &cache.display().to_string(),
+            "--listen",
+            &listen,
+        ],
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("asks for credentials") && out.contains("dockerd skips such a mirror"),
+        "{out}"
+    );
+}

@@ -1044,7 +1044,7 @@ _regcache() {
             return 0
             ;;
         regcache__subcmd__setup)
-            opts="-h --mirror --dry-run --config --default-host --root --docker-config --containerd-config --containerd-hosts-dir --registries-conf-d --buildkitd-config --help docker containerd podman buildkit all"
+            opts="-h --mirror --dry-run --config --ca --default-host --root --docker-config --containerd-config --containerd-hosts-dir --registries-conf-d --buildkitd-config --help docker containerd podman buildkit all"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1055,6 +1055,10 @@ _regcache() {
                     return 0
                     ;;
                 --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -164,6 +164,7 @@ complete -c regcache -n "__fish_regcache_using_subcommand rm" -l min-free -d 'Fr
 complete -c regcache -n "__fish_regcache_using_subcommand rm" -s h -l help -d 'Print help'
 complete -c regcache -n "__fish_regcache_using_subcommand setup" -l mirror -d 'The mirror\'s URL as the clients reach it [default: the config\'s first listener, 0.0.0.0 as 127.0.0.1]' -r
 complete -c regcache -n "__fish_regcache_using_subcommand setup" -l config -d 'The mirror\'s config file (listeners, registries) [default: $REGCACHE_CONFIG, else /etc/regcache/regcache.toml if it exists]' -r -F
+complete -c regcache -n "__fish_regcache_using_subcommand setup" -l ca -d 'The CA certificate (PEM) the clients are to trust for an https mirror (`regcache certs init`\'s ca.crt): copied to /etc/docker/certs.d/HOST:PORT/ca.crt and /etc/containers/certs.d/HOST:PORT/ca.crt, named by containerd\'s hosts.toml `ca` and buildkitd.toml `ca`' -r -F
 complete -c regcache -n "__fish_regcache_using_subcommand setup" -l root -d 'Prefix of every default client path below, and of the paths the clients\' configs name (containerd\'s config_path): for scratch directories in tests; configs then name the prefixed paths' -r -F
 complete -c regcache -n "__fish_regcache_using_subcommand setup" -l docker-config -d 'dockerd\'s config file [default: <root>/etc/docker/daemon.json]' -r -F
 complete -c regcache -n "__fish_regcache_using_subcommand setup" -l containerd-config -d 'containerd\'s config file [default: <root>/etc/containerd/config.toml]' -r -F

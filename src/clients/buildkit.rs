@@ -67,6 +67,27 @@ pub fn merge(old: Option<&str>, target: &Target) -> Result<String, String> {
         }
         hub["mirrors"] = value(a);
     }
+    if let (Some((ca, _)), "https") = (&target.ca, target.mirror.scheme()) {
+        let t = registry
+            .entry(&hp)
+            .or_insert_with(|| Item::Table(Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| format!("[registry.\"{hp}\"] is not a table"))?;
+        let ca = ca.display().to_string();
+        let has = t
+            .get("ca")
+            .and_then(Item::as_array)
+            .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(ca.as_str())));
+        if !has {
+            let mut a = t
+                .get("ca")
+                .and_then(Item::as_array)
+                .cloned()
+                .unwrap_or_default();
+            a.push(ca);
+            t["ca"] = value(a);
+        }
+    }
     if target.mirror.scheme() == "http" {
         let t = registry
             .entry(&hp)
@@ -90,6 +111,10 @@ pub fn plan(paths: &ClientPaths, target: &Target) -> Result<Plan, String> {
     if let Err(e) = &version {
         notes.push(format!("{e}: [registry.\"docker.io\"] mirrors is read by every buildkitd since v0.6; written anyway"));
     }
+    notes.extend(target.trust_note(
+        "buildkitd",
+        "[registry.\"HOST:PORT\"] ca = [\"/path/ca.crt\"]",
+    ));
     notes.push("docker buildx with the docker-container driver: pass this file (docker buildx create --config FILE)".into());
     let old = read_optional(&path).map_err(|e| format!("buildkit: {e}"))?;
     let new =
@@ -180,6 +205,7 @@ mod tests {
         let t = Target {
             mirror: url::Url::parse("http://127.0.0.1:5000").unwrap(),
             registries: vec![],
+            ca: None,
         };
         let new = merge(None, &t).unwrap();
         assert!(

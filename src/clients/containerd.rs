@@ -145,6 +145,7 @@ pub fn merge_hosts_toml(
     old: Option<&str>,
     mirror: &Url,
     server: Option<&str>,
+    ca: Option<&Path>,
 ) -> Result<String, String> {
     let mut doc: DocumentMut = match old {
         Some(t) if !t.trim().is_empty() => t
@@ -179,7 +180,19 @@ pub fn merge_hosts_toml(
     let mut caps = Array::new();
     caps.push("pull");
     caps.push("resolve");
-    t["capabilities"] = value(caps);
+    let current: Option<Vec<&str>> = t
+        .get("capabilities")
+        .and_then(Item::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect());
+    if current != Some(vec!["pull", "resolve"]) {
+        t["capabilities"] = value(caps);
+    }
+    if let Some(ca) = ca {
+        let ca = ca.display().to_string();
+        if t.get("ca").and_then(Item::as_str) != Some(ca.as_str()) {
+            t["ca"] = value(ca);
+        }
+    }
     if old.is_none_or(|o| o.trim().is_empty()) {
         t.decor_mut()
             .set_prefix("\n# regcache setup: this mirror first.\n");
@@ -268,7 +281,12 @@ pub fn plan(paths: &ClientPaths, target: &Target, default_host: bool) -> Result<
     for (name, server) in entries {
         let path = dir.join(&name).join("hosts.toml");
         let old = read_optional(&path).map_err(|e| format!("containerd: {e}"))?;
-        let new = merge_hosts_toml(old.as_deref(), &target.mirror, server.as_deref())
+        let ca = target
+            .ca
+            .as_ref()
+            .filter(|_| target.mirror.scheme() == "https")
+            .map(|c| c.0.as_path());
+        let new = merge_hosts_toml(old.as_deref(), &target.mirror, server.as_deref(), ca)
             .map_err(|e| format!("containerd: {} {e}", path.display()))?;
         changes.push(Change {
             path,
@@ -281,6 +299,7 @@ pub fn plan(paths: &ClientPaths, target: &Target, default_host: bool) -> Result<
         "containerd {text}: CRI reads {} through config_path",
         dir.display()
     )];
+    notes.extend(target.trust_note("containerd", "hosts.toml ca = \"/path/ca.crt\""));
     if version.0 >= 2 && version.1 >= 1 || version.0 > 2 {
         notes.push("containerd 2.1+: use_local_image_pull = true, so CRI pulls read the hosts directory (spegel#1272)".into());
     }
@@ -586,7 +605,7 @@ mod tests {
     #[test]
     fn hosts_toml() {
         let m = Url::parse("http://127.0.0.1:5000").unwrap();
-        let new = merge_hosts_toml(None, &m, Some("https://registry-1.docker.io")).unwrap();
+        let new = merge_hosts_toml(None, &m, Some("https://registry-1.docker.io"), None).unwrap();
         assert!(
             new.starts_with("server = \"https://registry-1.docker.io\"\n"),
             "{new}"
@@ -597,16 +616,16 @@ mod tests {
             ),
             "{new}"
         );
-        let def = merge_hosts_toml(None, &m, None).unwrap();
+        let def = merge_hosts_toml(None, &m, None, None).unwrap();
         assert!(!def.contains("server"), "_default names no server: {def}");
         let theirs = "server = \"https://registry-1.docker.io\"\n# their mirror\n[host.\"https://mirror.gcr.io\"]\n  capabilities = [\"pull\"]\n";
-        let out = merge_hosts_toml(Some(theirs), &m, None).unwrap();
+        let out = merge_hosts_toml(Some(theirs), &m, None, None).unwrap();
         let ours = out.find("127.0.0.1:5000").unwrap();
         let gcr = out.find("mirror.gcr.io").unwrap();
         assert!(ours < gcr, "ours first: {out}");
         assert!(out.contains("# their mirror"), "{out}");
         assert_eq!(
-            merge_hosts_toml(Some(&out), &m, None).unwrap(),
+            merge_hosts_toml(Some(&out), &m, None, None).unwrap(),
             out,
             "idempotent"
         );

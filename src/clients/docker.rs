@@ -72,15 +72,33 @@ pub fn plan(paths: &ClientPaths, target: &Target) -> Result<Plan, String> {
     let old = read_optional(&path).map_err(|e| format!("docker: {e}"))?;
     let new = merge_daemon_json(old.as_deref(), &target.mirror)
         .map_err(|e| format!("docker: {} {e}", path.display()))?;
+    let mut changes = vec![Change {
+        path,
+        old,
+        new,
+        new_mode: 0o644,
+    }];
+    let ca_path = super::files::under(
+        &paths.root,
+        &format!(
+            "/etc/docker/certs.d/{}/ca.crt",
+            super::setup::host_port(&target.mirror)
+        ),
+    );
+    if let (Some((_, pem)), "https") = (&target.ca, target.mirror.scheme()) {
+        let old = read_optional(&ca_path).map_err(|e| format!("docker: {e}"))?;
+        changes.push(Change {
+            path: ca_path.clone(),
+            old,
+            new: pem.clone(),
+            new_mode: 0o644,
+        });
+    }
+    notes.extend(target.trust_note("dockerd", &ca_path.display().to_string()));
     Ok(Plan {
         client: "docker",
         version: version.ok(),
-        changes: vec![Change {
-            path,
-            old,
-            new,
-            new_mode: 0o644,
-        }],
+        changes,
         restart: "systemctl reload docker (dockerd rereads registry-mirrors on SIGHUP)".into(),
         notes,
     })
@@ -191,7 +209,16 @@ pub fn doctor(ctx: &Context) -> Verdict {
     } else {
         ca.clone()
     };
-    if let Err((r, f)) = check_address(ctx, url, &ca, &setup_cmd) {
+    let answered = check_address(ctx, url, &ca, &setup_cmd);
+    if answered == Ok(401) {
+        // dockerd sends a mirror no credentials of its own and moves on to the Hub
+        // (nora PR#660).
+        return fail(
+            format!("{} asks for credentials (401 on /v2/): dockerd skips such a mirror and pulls from Docker Hub", origin(url)),
+            format!("name a listener dockerd may use without a password: one without htpasswd on loopback, or one with client_ca and the client certificate in /etc/docker/certs.d/{host_port}/client.cert and client.key (regcache certs client)"),
+        );
+    }
+    if let Err((r, f)) = answered {
         let f = if r.contains("TLS") {
             format!("copy the mirror's ca.crt to {}", ca_hint[0].display())
         } else {

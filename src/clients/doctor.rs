@@ -307,13 +307,14 @@ pub fn is_loopback(url: &Url) -> bool {
 
 /// The common checks on one mirror URL a client names, in order: it names this mirror (else
 /// `WrongPort`/`No`), it answers `/v2/` with that scheme (TLS with `ca_files`), a mirror runs
-/// behind the admin socket. `Err((reason, fix))` on the first that fails.
+/// behind the admin socket. `Ok` with the `/v2/` status (200, or 401: credentials asked), or
+/// `Err((reason, fix))` on the first that fails.
 pub fn check_address(
     ctx: &Context,
     url: &Url,
     ca_files: &[PathBuf],
     setup_cmd: &str,
-) -> Result<(), (String, String)> {
+) -> Result<u16, (String, String)> {
     match ctx.names(url) {
         Named::Yes => {}
         Named::WrongPort(l) => {
@@ -332,16 +333,16 @@ pub fn check_address(
             ))
         }
     }
-    match probe_v2(url, ca_files) {
-        Ok(200 | 401) => {}
-        Ok(s) => {
-            return Err((
-                format!("GET {url}v2/ answered {s}, not 200 or 401"),
-                "check the mirror's log (journalctl -u regcache)".into(),
-            ))
-        }
-        Err(e) if e.starts_with("TLS") => {
-            return Err((
+    let status =
+        match probe_v2(url, ca_files) {
+            Ok(s @ (200 | 401)) => s,
+            Ok(s) => {
+                return Err((
+                    format!("GET {url}v2/ answered {s}, not 200 or 401"),
+                    "check the mirror's log (journalctl -u regcache)".into(),
+                ))
+            }
+            Err(e) if e.starts_with("TLS") => return Err((
                 format!("{url}: {e}"),
                 match ca_files.first() {
                     Some(c) => format!(
@@ -353,16 +354,13 @@ pub fn check_address(
                             .into()
                     }
                 },
-            ))
-        }
-        Err(e) => {
-            return Err((
+            )),
+            Err(e) => return Err((
                 format!("the mirror does not answer at {url}: {e}"),
                 "start it: systemctl start regcache.socket regcache.service (or regcache serve)"
                     .into(),
-            ))
-        }
-    }
+            )),
+        };
     if let Err(e) = ctx.running() {
         return Err((
             format!("no regcache answers on its admin socket: {e}"),
@@ -370,7 +368,7 @@ pub fn check_address(
                 .into(),
         ));
     }
-    Ok(())
+    Ok(status)
 }
 
 /// `scheme://address, ...` of the mirror's listeners.

@@ -71,15 +71,33 @@ pub fn plan(paths: &ClientPaths, target: &Target) -> Result<Plan, String> {
         notes.push(format!("{s} left out: its name has a port, which cannot be a path prefix (containers/image refuses \"MIRROR/{s}/...\"); give it prefix = \"<alias>\" in [registries.\"{s}\"] of regcache's config and run setup again"));
     }
     let old = read_optional(&path).map_err(|e| format!("podman: {e}"))?;
+    let mut changes = vec![Change {
+        path,
+        old,
+        new,
+        new_mode: 0o644,
+    }];
+    let ca_path = super::files::under(
+        &paths.root,
+        &format!(
+            "/etc/containers/certs.d/{}/ca.crt",
+            host_port(&target.mirror)
+        ),
+    );
+    if let (Some((_, pem)), "https") = (&target.ca, target.mirror.scheme()) {
+        let old = read_optional(&ca_path).map_err(|e| format!("podman: {e}"))?;
+        changes.push(Change {
+            path: ca_path.clone(),
+            old,
+            new: pem.clone(),
+            new_mode: 0o644,
+        });
+    }
+    notes.extend(target.trust_note("containers/image", &ca_path.display().to_string()));
     Ok(Plan {
         client: "podman",
         version: version.ok(),
-        changes: vec![Change {
-            path,
-            old,
-            new,
-            new_mode: 0o644,
-        }],
+        changes,
         restart: "nothing for podman/skopeo (read at each run); systemctl restart crio for CRI-O"
             .into(),
         notes,
@@ -183,7 +201,14 @@ pub fn doctor(ctx: &Context) -> Verdict {
             setup_cmd,
         );
     };
-    if let Err((r, f)) = check_address(ctx, &url, &[], &setup_cmd) {
+    let ca: Vec<_> = [super::files::under(
+        &args.paths.root,
+        &format!("/etc/containers/certs.d/{}/ca.crt", host_port(&url)),
+    )]
+    .into_iter()
+    .filter(|p| p.exists())
+    .collect();
+    if let Err((r, f)) = check_address(ctx, &url, &ca, &setup_cmd) {
         let r = if r.contains("TLS") && ctx.listeners.iter().all(|(s, _)| s == "http") {
             format!("{r} (the mirror serves plain HTTP: the drop-in needs insecure = true)")
         } else {
@@ -272,6 +297,7 @@ mod tests {
                     None,
                 ),
             ],
+            ca: None,
         };
         let (text, skipped) = drop_in(&t);
         assert!(

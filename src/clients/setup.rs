@@ -91,6 +91,12 @@ pub struct SetupArgs {
     /// /etc/regcache/regcache.toml if it exists].
     #[arg(long, value_name = "FILE", env = "REGCACHE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The CA certificate (PEM) the clients are to trust for an https mirror (`regcache certs
+    /// init`'s ca.crt): copied to /etc/docker/certs.d/HOST:PORT/ca.crt and
+    /// /etc/containers/certs.d/HOST:PORT/ca.crt, named by containerd's hosts.toml `ca` and
+    /// buildkitd.toml `ca`.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// containerd: also write `_default/hosts.toml` (every registry without its own
     /// directory goes to the mirror; it names no server, so each falls back to itself).
     #[arg(long)]
@@ -107,6 +113,37 @@ pub struct Target {
     pub mirror: Url,
     /// The configured registries: (name clients use, its upstream URL, its `prefix` alias).
     pub registries: Vec<(String, Url, Option<String>)>,
+    /// `--ca`: the CA's path (absolute) and its PEM text.
+    pub ca: Option<(PathBuf, String)>,
+}
+
+impl Target {
+    /// The note for an https mirror without `--ca`: where `client` looks for the CA.
+    pub fn trust_note(&self, client: &str, place: &str) -> Option<String> {
+        (self.mirror.scheme() == "https" && self.ca.is_none()).then(|| {
+            format!("{client} must trust the mirror's certificate: a public CA, the system store, or {place} (pass --ca FILE to have setup write it)")
+        })
+    }
+}
+
+/// Whether `bin` is a file in a `PATH` directory.
+pub fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+}
+
+/// The plan for a client `setup all` leaves alone: none of `bins` is installed.
+fn not_installed(client: &'static str, bins: &[&str]) -> Plan {
+    Plan {
+        client,
+        version: None,
+        changes: Vec::new(),
+        restart: String::new(),
+        notes: vec![format!(
+            "not installed ({} not on PATH): skipped; `regcache setup {client}` writes it anyway",
+            bins.join(", ")
+        )],
+    }
 }
 
 /// `scheme://address` of a listener (0.0.0.0 / :: as the loopback address).
@@ -175,21 +212,35 @@ pub struct Plan {
 pub fn plan(args: &SetupArgs, target: &Target) -> Result<Vec<Plan>, String> {
     let mut plans = Vec::new();
     let w = args.client;
+    // `all`: the clients installed here; a client named: written even if not installed.
+    let skip = |bins: &[&str]| w == Which::All && !bins.iter().any(|b| on_path(b));
+    const DOCKER: &[&str] = &["dockerd"];
+    const CONTAINERD: &[&str] = &["containerd"];
+    const PODMAN: &[&str] = &["podman", "skopeo", "buildah", "crio"];
+    const BUILDKIT: &[&str] = &["buildkitd"];
     if w.docker() {
-        plans.push(super::docker::plan(&args.paths, target)?);
+        plans.push(match skip(DOCKER) {
+            true => not_installed("docker", DOCKER),
+            false => super::docker::plan(&args.paths, target)?,
+        });
     }
     if w.containerd() {
-        plans.push(super::containerd::plan(
-            &args.paths,
-            target,
-            args.default_host,
-        )?);
+        plans.push(match skip(CONTAINERD) {
+            true => not_installed("containerd", CONTAINERD),
+            false => super::containerd::plan(&args.paths, target, args.default_host)?,
+        });
     }
     if w.podman() {
-        plans.push(super::podman::plan(&args.paths, target)?);
+        plans.push(match skip(PODMAN) {
+            true => not_installed("podman", PODMAN),
+            false => super::podman::plan(&args.paths, target)?,
+        });
     }
     if w.buildkit() {
-        plans.push(super::buildkit::plan(&args.paths, target)?);
+        plans.push(match skip(BUILDKIT) {
+            true => not_installed("buildkit", BUILDKIT),
+            false => super::buildkit::plan(&args.paths, target)?,
+        });
     }
     Ok(plans)
 }
@@ -227,7 +278,7 @@ pub fn apply(plans: &[Plan], dry_run: bool) -> std::io::Result<String> {
                 }
             }
         }
-        if changed {
+        if changed && !p.restart.is_empty() {
             let verb = if dry_run {
                 "after writing, run"
             } else {
@@ -243,6 +294,22 @@ pub fn apply(plans: &[Plan], dry_run: bool) -> std::io::Result<String> {
         out.push_str("dry run: nothing written\n");
     }
     Ok(out)
+}
+
+/// `--ca FILE`: its absolute path and text, checked to hold PEM certificates.
+///
+/// Errors: unreadable, or no `CERTIFICATE` block in it (the message says what to pass).
+fn read_ca(p: &std::path::Path) -> Result<(PathBuf, String), String> {
+    let text = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
+    use rustls_pki_types::pem::PemObject as _;
+    let certs = rustls_pki_types::CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM ({e})"))?;
+    if certs.is_empty() {
+        return Err("holds no certificate: pass the CA's ca.crt (regcache certs init writes /etc/regcache/certs/ca.crt)".into());
+    }
+    let abs = std::path::absolute(p).map_err(|e| e.to_string())?;
+    Ok((abs, text))
 }
 
 /// A client's version, from `<bin> <args>` (e.g. `containerd --version`): the first
@@ -327,7 +394,18 @@ pub fn run(args: &SetupArgs) -> u8 {
             return 2;
         }
     };
+    let ca = match &args.ca {
+        None => None,
+        Some(p) => match read_ca(p) {
+            Ok(ca) => Some(ca),
+            Err(e) => {
+                eprintln!("regcache setup: --ca {}: {e}", p.display());
+                return 2;
+            }
+        },
+    };
     let target = Target {
+        ca,
         mirror,
         registries: config
             .registries
