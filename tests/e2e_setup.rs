@@ -10,7 +10,9 @@
 //!    another directory; `setup containerd --dry-run`, then for real (comments and keys kept,
 //!    `containerd config dump` still reads it); doctor ✔ (a real ctr fetch through the hosts
 //!    directory, seen as containerd);
-//! 3. podman: `setup podman` into a scratch registries.conf.d, doctor ✔ through skopeo;
+//! 3. podman: `setup podman` into a scratch registries.conf.d, doctor ✔ through skopeo; a
+//!    registry named 127.0.0.1:PORT reached through its `prefix` alias with real skopeo (and
+//!    refused by skopeo as `MIRROR/127.0.0.1:PORT`, the reason for the alias);
 //! 4. `/metrics` client kinds move on a docker pull (docker) and on a ctr pull (containerd);
 //! 5. mirror down: doctor ✘ for docker and containerd with the reason.
 
@@ -383,6 +385,92 @@ fn e2e_setup_and_doctor() {
     } else {
         say("podman not installed: its e2e check skipped (apt-get install podman)");
     }
+
+    // ---- a registry whose name has a port, through skopeo with `setup podman`'s drop-in:
+    // a second regcache mirrors the lab's upstream under its own name 127.0.0.1:PORT with
+    // prefix = "lab"; skopeo refuses MIRROR/127.0.0.1:PORT/... but takes MIRROR/lab/...
+    f.check(
+        "podman: a registry with a port, through its prefix alias (real skopeo)",
+        || {
+            let up = lab.upstream();
+            let name = up.registry_addr.to_string();
+            let config = lab.root().join("regcache-prefix.toml");
+            std::fs::write(
+                &config,
+                format!(
+                "[registries.\"{name}\"]\nurl = \"{}\"\nredirect_hosts = {:?}\nprefix = \"lab\"\n",
+                up.mirror_url(),
+                up.redirect_hosts
+            ),
+            )
+            .unwrap();
+            let mut spec = lab::mirror::RegcacheSpec::new(
+                "regcache (prefix alias)",
+                lab.root(),
+                "prefix-cache",
+                "regcache-prefix.log",
+            );
+            spec.config = Some(config.clone());
+            let second = lab::mirror::Mirror::start_regcache(spec);
+            let d = lab.fresh_dir("registries-prefix.d");
+            let dd = d.display().to_string();
+            let out = regcache(&[
+                "setup",
+                "podman",
+                "--config",
+                &config.display().to_string(),
+                "--mirror",
+                &format!("http://{}", second.addr),
+                "--registries-conf-d",
+                &dd,
+            ]);
+            assert!(out.ok(), "{}{}", out.stdout, out.stderr);
+            let drop_in = std::fs::read_to_string(d.join("50-regcache.conf")).unwrap();
+            assert!(
+                drop_in.contains(&format!("location = \"{}/lab\"", second.addr)),
+                "{drop_in}"
+            );
+            let img = &lab.images[0];
+            let reference = format!("{name}/{}:{}", img.repo, img.tag);
+            let out_dir = lab.fresh_dir("skopeo-prefix");
+            lab.skopeo.copy_via_registries_conf(
+                &d.join("50-regcache.conf"),
+                &reference,
+                &out_dir,
+                img.is_multi(),
+            );
+            lab::pulls::check_dir_copy(img, &out_dir);
+            // Without the alias: containers/image refuses the mirror location itself.
+            let bad = lab
+                .skopeo
+                .write_registries_conf_for(&name, &format!("{}/{name}", second.addr));
+            let mut c = lab.skopeo.cmd();
+            c.arg("--registries-conf")
+                .arg(&bad)
+                .args(["inspect", "--raw", "--no-creds"])
+                .arg(format!("docker://{reference}"));
+            let refused = proc::run(&mut c, Duration::from_secs(60));
+            say(format!(
+                "skopeo with mirror location {}/{name}: {}",
+                second.addr,
+                refused.stderr.trim()
+            ));
+            assert!(
+                !refused.ok() && refused.stderr.contains("invalid reference format"),
+                "{}",
+                refused.stderr
+            );
+            let seen = second.access_since(0);
+            assert!(
+                seen.iter().any(|a| a
+                    .path
+                    .starts_with(&format!("/v2/lab/{}/manifests/", img.repo))
+                    && a.status == 200),
+                "the second mirror saw /v2/lab/...: {:?}",
+                seen.iter().map(|a| a.short()).collect::<Vec<_>>()
+            );
+        },
+    );
 
     // ---- mirror down
     f.check("mirror down: doctor ✘ for docker and containerd", || {
