@@ -8,8 +8,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// Held for writing while a fake binary is written, for reading while a process is started:
+/// a child forked while another thread holds a script open for writing would make exec of
+/// that script fail with ETXTBSY ("Text file busy").
+static FORK: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// A directory holding fake `containerd`, `buildkitd` and `podman` printing `versions`.
 fn fake_bin(dir: &Path, versions: &[(&str, &str)]) -> PathBuf {
+    let _writing = FORK.write().unwrap_or_else(|p| p.into_inner());
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     for (name, out) in versions {
@@ -27,6 +33,7 @@ fn regcache(bin: &Path, root: &Path, args: &[&str]) -> (i32, String, String) {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
+    let _starting = FORK.read().unwrap_or_else(|p| p.into_inner());
     let out = Command::new(env!("CARGO_BIN_EXE_regcache"))
         .args(args)
         .arg("--root")
@@ -169,6 +176,7 @@ fn default_host_names_no_server_and_prefix_aliases_reach_podman() {
         std::env::var("PATH").unwrap_or_default()
     );
     let run = |args: &[&str]| {
+        let _starting = FORK.read().unwrap_or_else(|p| p.into_inner());
         let out = Command::new(env!("CARGO_BIN_EXE_regcache"))
             .args(args)
             .args(["--config", &cfg, "--root"])
@@ -319,6 +327,7 @@ fn doctor_names_what_containerd_2_needs() {
     }
     // Not installed: skipped, not a failure.
     let d = tempfile::tempdir().unwrap();
+    let _starting = FORK.read().unwrap_or_else(|p| p.into_inner());
     let out = Command::new(env!("CARGO_BIN_EXE_regcache"))
         .args(["doctor", "buildkit", "--json", "--config", "/dev/null"])
         .env("PATH", d.path())
@@ -344,6 +353,7 @@ struct Serve(std::process::Child);
 
 impl Serve {
     fn start(cache: &Path, args: &[&str]) -> Serve {
+        let _starting = FORK.read().unwrap_or_else(|p| p.into_inner());
         let child = Command::new(env!("CARGO_BIN_EXE_regcache"))
             .arg("serve")
             .arg("--cache-dir")
@@ -376,6 +386,7 @@ impl Drop for Serve {
 fn https_mirror_trust_is_written_and_checked() {
     let d = tempfile::tempdir().unwrap();
     let certs = d.path().join("certs");
+    let _starting = FORK.read().unwrap_or_else(|p| p.into_inner());
     let out = Command::new(env!("CARGO_BIN_EXE_regcache"))
         .args([
             "certs",
@@ -410,11 +421,14 @@ fn https_mirror_trust_is_written_and_checked() {
         ],
     );
     // The fake docker CLI fails, as with no daemon.
-    std::fs::write(
-        bin.join("docker"),
-        "#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n",
-    )
-    .unwrap();
+    {
+        let _writing = FORK.write().unwrap_or_else(|p| p.into_inner());
+        std::fs::write(
+            bin.join("docker"),
+            "#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n",
+        )
+        .unwrap();
+    }
     let root = d.path().join("root");
     let port = free_port();
     let mirror = format!("https://127.0.0.1:{port}");
