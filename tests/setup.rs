@@ -327,12 +327,14 @@ fn doctor_names_what_containerd_2_needs() {
     }
     // Not installed: skipped, not a failure.
     let d = tempfile::tempdir().unwrap();
-    let _starting = FORK.read().unwrap_or_else(|p| p.into_inner());
-    let out = Command::new(env!("CARGO_BIN_EXE_regcache"))
-        .args(["doctor", "buildkit", "--json", "--config", "/dev/null"])
-        .env("PATH", d.path())
-        .output()
-        .unwrap();
+    let out = {
+        let _starting = FORK.read().unwrap_or_else(|p| p.into_inner());
+        Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .args(["doctor", "buildkit", "--json", "--config", "/dev/null"])
+            .env("PATH", d.path())
+            .output()
+            .unwrap()
+    };
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["client"], "buildkit");
     assert_eq!(v[0]["skipped"], true);
@@ -386,20 +388,22 @@ impl Drop for Serve {
 fn https_mirror_trust_is_written_and_checked() {
     let d = tempfile::tempdir().unwrap();
     let certs = d.path().join("certs");
-    let _starting = FORK.read().unwrap_or_else(|p| p.into_inner());
-    let out = Command::new(env!("CARGO_BIN_EXE_regcache"))
-        .args([
-            "certs",
-            "init",
-            "--hostname",
-            "localhost",
-            "--ip",
-            "127.0.0.1",
-            "--out",
-        ])
-        .arg(&certs)
-        .output()
-        .unwrap();
+    let out = {
+        let _starting = FORK.read().unwrap_or_else(|p| p.into_inner());
+        Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .args([
+                "certs",
+                "init",
+                "--hostname",
+                "localhost",
+                "--ip",
+                "127.0.0.1",
+                "--out",
+            ])
+            .arg(&certs)
+            .output()
+            .unwrap()
+    };
     assert!(
         out.status.success(),
         "{}",
