@@ -176,7 +176,7 @@ complete -c regcache -n "__fish_regcache_using_subcommand setup" -l default-host
 complete -c regcache -n "__fish_regcache_using_subcommand setup" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c regcache -n "__fish_regcache_using_subcommand doctor" -l config -d 'The mirror\'s config file (its listeners and cache directory) [default: $REGCACHE_CONFIG, else /etc/regcache/regcache.toml if it exists]' -r -F
 complete -c regcache -n "__fish_regcache_using_subcommand doctor" -l cache-dir -d 'The mirror\'s cache directory (where its admin socket is), instead of the config\'s' -r -F
-complete -c regcache -n "__fish_regcache_using_subcommand doctor" -l listen -d 'The mirror\'s listen address (plain HTTP), instead of the config\'s listeners' -r
+complete -c regcache -n "__fish_regcache_using_subcommand doctor" -l listen -d 'The mirror\'s listen address, instead of its listeners (the running mirror\'s, else the config\'s)' -r
 complete -c regcache -n "__fish_regcache_using_subcommand doctor" -l root -d 'Prefix of every default client path below, and of the paths the clients\' configs name (containerd\'s config_path): for scratch directories in tests; configs then name the prefixed paths' -r -F
 complete -c regcache -n "__fish_regcache_using_subcommand doctor" -l docker-config -d 'dockerd\'s config file [default: <root>/etc/docker/daemon.json]' -r -F
 complete -c regcache -n "__fish_regcache_using_subcommand doctor" -l containerd-config -d 'containerd\'s config file [default: <root>/etc/containerd/config.toml]' -r -F

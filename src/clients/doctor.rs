@@ -101,7 +101,8 @@ pub struct DoctorArgs {
     /// The mirror's cache directory (where its admin socket is), instead of the config's.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
-    /// The mirror's listen address (plain HTTP), instead of the config's listeners.
+    /// The mirror's listen address, instead of its listeners (the running mirror's, else the
+    /// config's).
     #[arg(long, value_name = "ADDR", value_parser = crate::config::parse_listen)]
     pub listen: Option<SocketAddr>,
     /// The client config files to check.
@@ -483,8 +484,29 @@ pub fn run_command(args: DoctorArgs) -> u8 {
             return 2;
         }
     };
+    // The running mirror's own listeners when it answers (its config may differ from the
+    // file's), else the file's.
+    let live: Vec<(String, SocketAddr)> = crate::live::fetch(&config.cache_dir)
+        .map(|st| {
+            st.listen
+                .split(", ")
+                .filter_map(|l| {
+                    let (scheme, rest) = l.split_once("://")?;
+                    let addr = rest.split(' ').next()?.parse().ok()?;
+                    Some((scheme.to_owned(), addr))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let listeners = match args.listen {
-        Some(a) => vec![("http".to_owned(), a)],
+        Some(a) => {
+            let scheme = live
+                .iter()
+                .find(|(_, l)| *l == a)
+                .map_or("http", |(s, _)| s.as_str());
+            vec![(scheme.to_owned(), a)]
+        }
+        None if !live.is_empty() => live,
         None => config
             .listeners
             .iter()
