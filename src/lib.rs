@@ -22,6 +22,9 @@
 //! - [`access`]: who may use a listener (htpasswd, client certificates).
 //! - [`admin`]: operator commands on a cache directory (`status`, `verify`, `gc`).
 //! - [`live`]: a running mirror's live status, on its admin socket (`regcache status`).
+//! - [`clients`]: the mirror's clients — their kind from the User-Agent (`/metrics`, the ring
+//!   of recent requests on the admin socket), and `regcache setup` / `regcache doctor`, one
+//!   module per client (docker, containerd, podman, buildkit).
 //! - [`prefetch`]: `regcache prefetch`, over the cache API.
 //! - [`service`]: the mirror as a systemd service: sockets (activation), `sd_notify`,
 //!   SIGHUP reload, graceful stop.
@@ -36,6 +39,7 @@ pub mod admin;
 pub mod body;
 pub mod cache;
 pub mod certs;
+pub mod clients;
 pub mod config;
 pub(crate) mod error;
 #[doc(hidden)]

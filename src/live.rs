@@ -377,6 +377,23 @@ pub fn gc(
     Some(answer::<Gc>(status, &body).map(|g| (g.report, g.lines, g.unbounded)))
 }
 
+/// `GET path` on the admin socket of `cache_dir`, its JSON answer.
+///
+/// Errors: no mirror answers (no socket, a stale one, 5 s without an answer), a status other
+/// than 200, or an answer that is not the JSON expected.
+pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
+    cache_dir: &Path,
+    path: &str,
+) -> std::io::Result<T> {
+    let (status, body) = call(cache_dir, "GET", path, "", Duration::from_secs(5))?;
+    answer(status, &body).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{} {path}: {e}", socket_path(cache_dir).display()),
+        )
+    })
+}
+
 /// A JSON answer of the admin socket, or its `{"error": ...}` as an error of the right kind.
 fn answer<T: serde::de::DeserializeOwned>(status: u16, body: &[u8]) -> std::io::Result<T> {
     if status == 200 {

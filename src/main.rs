@@ -134,6 +134,23 @@ enum Command {
         #[command(flatten)]
         cache: CacheArgs,
     },
+    /// Wire a client to this mirror: dockerd's daemon.json, containerd's hosts.toml files and
+    /// CRI config_path (what its version needs), a podman/CRI-O registries.conf.d drop-in,
+    /// buildkitd.toml. Keeps every other setting, backs the old file up beside it, prints what
+    /// to restart (restarts nothing).
+    #[command(
+        after_help = "Examples:\n  regcache setup docker --dry-run\n  regcache setup all --mirror https://mirror.site.lan:5000\n  regcache setup containerd --default-host\n  regcache setup podman --root /srv/chroot   # every client path under /srv/chroot\n\nVersions are read from the installed binaries (dockerd, containerd, podman, buildkitd --version)."
+    )]
+    Setup(regcache::clients::setup::SetupArgs),
+    /// Check that each client installed here really uses this mirror: its config names it in
+    /// a form that version honours, the mirror answers there with the client's scheme, TLS
+    /// trust, and end to end: the client resolves a small image and the running mirror saw
+    /// that request from that client. One line per client (✔/✘, reason, fix); exit status 1
+    /// on any ✘.
+    #[command(
+        after_help = "Examples:\n  regcache doctor\n  regcache doctor docker --image library/busybox:latest\n  regcache doctor --json --no-pull\n  regcache doctor containerd --containerd-address /run/k3s/containerd/containerd.sock --containerd-config /var/lib/rancher/k3s/agent/etc/containerd/config.toml"
+    )]
+    Doctor(Box<regcache::clients::doctor::DoctorArgs>),
     /// Print shell completions for SHELL to stdout.
     #[command(
         after_help = "Examples:\n  regcache completions bash > /etc/bash_completion.d/regcache\n  regcache completions zsh > \"${fpath[1]}/_regcache\""
@@ -188,6 +205,8 @@ fn main() -> ExitCode {
         | Command::Rm { cache: a, .. } => a.config = or_default(a.config.take()),
         Command::Prefetch(a) => a.config = or_default(a.config.take()),
         Command::GenCert { .. }
+        | Command::Setup(_)
+        | Command::Doctor(_)
         | Command::Certs(_)
         | Command::Completions { .. }
         | Command::Man => {}
@@ -300,6 +319,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Prefetch(args) => prefetch(args),
+        Command::Setup(args) => ExitCode::from(regcache::clients::setup::run(&args)),
+        Command::Doctor(args) => ExitCode::from(regcache::clients::doctor::run_command(*args)),
         Command::Certs(c) => ExitCode::from(regcache::certs::run(c)),
         Command::GenCert {
             hostnames,

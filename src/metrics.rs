@@ -58,6 +58,9 @@ impl RequestCounters {
 pub struct Figures {
     /// Requests and body bytes by cache result ([`RequestCounters::snapshot`]).
     pub requests: [(u64, u64); 6],
+    /// Requests by client kind, in [`crate::clients::ClientKind::ALL`] order (from the
+    /// `User-Agent`).
+    pub by_client: [u64; 5],
     /// Bytes the cache takes on disk.
     pub cache_bytes: u64,
     /// Blobs and manifests in the cache.
@@ -159,6 +162,17 @@ pub fn render(f: &Figures) -> String {
         "requests",
         "Requests answered, by how the cache answered them",
         requests,
+    );
+    let clients = Labelled::default();
+    for (k, n) in crate::clients::ClientKind::ALL.iter().zip(f.by_client) {
+        clients
+            .get_or_create(&vec![("client", k.as_str().to_owned())])
+            .inc_by(n);
+    }
+    reg.register(
+        "client_requests",
+        "Requests received, by client kind from the User-Agent (docker, containerd, buildkit, podman: containers/image incl. skopeo and CRI-O, other)",
+        clients,
     );
     reg.register(
         "served_bytes",

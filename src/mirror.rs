@@ -24,6 +24,8 @@ pub struct Mirror {
     counters: RequestCounters,
     /// When the mirror was built (its uptime).
     started: tokio::time::Instant,
+    /// Requests by client kind, and the last few of each (`/metrics`, `regcache doctor`).
+    clients: crate::clients::Recent,
 }
 
 impl Mirror {
@@ -54,6 +56,7 @@ impl Mirror {
             config,
             counters: RequestCounters::default(),
             started: tokio::time::Instant::now(),
+            clients: crate::clients::Recent::default(),
         })
     }
 
@@ -82,11 +85,17 @@ impl Mirror {
         self.counters.record(result, bytes);
     }
 
+    /// Requests by client kind and the last few of each.
+    pub fn clients(&self) -> &crate::clients::Recent {
+        &self.clients
+    }
+
     /// The figures `/metrics` reports, gathered from the parts.
     pub fn figures(&self) -> Figures {
         let usage = self.cache.store().index().usage();
         Figures {
             requests: self.counters.snapshot(),
+            by_client: self.clients.counts(),
             cache_bytes: usage.total,
             cache_objects: usage.objects as u64,
             max_size: self.config.budget.max_size,
@@ -170,6 +179,8 @@ pub struct Registries {
     map: BTreeMap<String, Arc<Upstream>>,
     /// The registry a request that names none means.
     default: String,
+    /// Path aliases (`prefix = "internal"`) to the registry names they stand for.
+    aliases: BTreeMap<String, String>,
 }
 
 impl Registries {
@@ -184,11 +195,16 @@ impl Registries {
             probe_interval: config.outage_probe_interval,
         };
         let mut map = BTreeMap::new();
+        let mut aliases = BTreeMap::new();
         for r in &config.registries {
             map.insert(r.registry.clone(), Arc::new(Upstream::new(r, opts)?));
+            if let Some(p) = &r.prefix {
+                aliases.insert(p.clone(), r.registry.clone());
+            }
         }
         Ok(Registries {
             map,
+            aliases,
             default: config.default_registry.clone(),
         })
     }
@@ -259,12 +275,15 @@ impl Registries {
     }
 
     /// Splits a `/v2/<registry>/<rest>` path whose first component is a configured registry
-    /// name into that name and `/v2/<rest>`.
+    /// name, or a registry's `prefix` alias, into that registry's name and `/v2/<rest>`.
     fn strip_prefix<'p>(&self, path: &'p str) -> (Option<&str>, Cow<'p, str>) {
         if let Some(rest) = path.strip_prefix("/v2/") {
             let (first, tail) = rest.split_once('/').unwrap_or((rest, ""));
             if let Some((key, _)) = self.map.get_key_value(first) {
                 return (Some(key.as_str()), format!("/v2/{tail}").into());
+            }
+            if let Some(name) = self.aliases.get(first) {
+                return (Some(name.as_str()), format!("/v2/{tail}").into());
             }
         }
         (None, path.into())

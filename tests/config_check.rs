@@ -68,6 +68,16 @@ fn bad_configs_get_messages_that_name_the_key_and_the_fix() {
             vec!["redirect_hosts", "not host or host:port", "line 2"],
         ),
         ("wrong-type", "offline = \"yes\"\n".into(), vec!["offline", "invalid type"]),
+        (
+            "bad-prefix",
+            "[registries.\"registry.internal:5443\"]\nprefix = \"a/b\"\n".into(),
+            vec!["prefix", "not one path component", "prefix = \"internal\"", "line 2"],
+        ),
+        (
+            "prefix-clash",
+            "[registries.\"ghcr.io\"]\n[registries.\"registry.internal:5443\"]\nprefix = \"ghcr.io\"\n".into(),
+            vec!["prefix", "also [ghcr.io]'s name", "its own"],
+        ),
         ("syntax", "tag_ttl = \"5m\nmax_size = \"1GiB\"\n".into(), vec!["line 1"]),
         (
             "all-reported",

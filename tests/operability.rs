@@ -697,3 +697,71 @@ async fn rm_removes_a_tag_and_what_only_it_uses() {
     assert_eq!(code, 0, "{text}");
     assert_eq!(objects(), 0, "{text}");
 }
+
+/// Requests are counted by client kind from the User-Agent, and the last ones of each kind are
+/// on the admin socket (`GET /-/clients`) for `regcache doctor`; probes and /metrics are
+/// counted but not kept.
+#[tokio::test]
+async fn client_kinds_are_counted_and_the_recent_ones_kept() {
+    let up = FakeUpstream::start(300).await;
+    up.add_image("library/ua", "v1", 1_000, 66);
+    let m = Mirror::start(&up, Duration::ZERO).await;
+    let path = "/v2/library/ua/manifests/v1";
+    for ua in [
+        "docker/20.10.24+dfsg1 go/go1.19.8 git-commit/5d6db84 kernel/6.1.0 os/linux arch/amd64 UpstreamClient(Docker-Client/20.10.24+dfsg1 \\(linux\\))",
+        "docker/28.2.2 go/go1.24.3",
+        "containerd/1.6.20~ds1",
+        "containers/5.24.2 (github.com/containers/image)",
+        "buildkit/v0.12.5",
+        "curl/7.88.1",
+    ] {
+        let r = request("HEAD", &m.url(path), &[("user-agent", ua)]).await;
+        assert_eq!(r.status, 200, "{ua}");
+    }
+    assert_eq!(
+        request(
+            "GET",
+            &m.url("/healthz"),
+            &[("user-agent", "containerd/1.6")]
+        )
+        .await
+        .status,
+        200
+    );
+    let text = String::from_utf8(get(&m.url("/metrics")).await.bytes().to_vec()).unwrap();
+    for (kind, n) in [
+        ("docker", 2),
+        ("containerd", 2),
+        ("podman", 1),
+        ("buildkit", 1),
+    ] {
+        let line = format!("regcache_client_requests_total{{client=\"{kind}\"}} {n}");
+        assert!(text.contains(&line), "{line} missing:\n{text}");
+    }
+    // (A blocking client: off the runtime, which serves the admin socket.)
+    let root = m.store().root().to_owned();
+    let recent = tokio::task::spawn_blocking(move || regcache::clients::fetch_recent(&root))
+        .await
+        .unwrap()
+        .expect("GET /-/clients");
+    let docker = &recent["docker"];
+    assert_eq!(docker.len(), 2);
+    assert_eq!(
+        (
+            docker[0].method.as_str(),
+            docker[0].path.as_str(),
+            docker[0].status
+        ),
+        ("HEAD", path, 200)
+    );
+    assert!(docker[1].user_agent.starts_with("docker/28.2.2"));
+    assert_eq!(
+        recent["containerd"].len(),
+        1,
+        "the /healthz probe is not kept"
+    );
+    assert!(
+        recent["other"].iter().all(|s| s.path != "/metrics"),
+        "/metrics not kept"
+    );
+}

@@ -200,3 +200,32 @@ async fn regcache_chained_behind_regcache() {
     let r = get(&edge.url("/v2/library/tier/manifests/v1")).await;
     assert_eq!(r.header("docker-content-digest"), moved.manifest_digest);
 }
+
+/// A registry whose name has a port gets a `prefix` alias: podman/skopeo reach it as
+/// `MIRROR/internal/...`, which their reference parser accepts (`MIRROR/host:port/...` it
+/// refuses); the alias selects the same registry and cache entries as `ns=`.
+#[tokio::test]
+async fn prefix_alias_selects_a_registry_with_a_port() {
+    let hub = FakeUpstream::start(300).await;
+    let internal = FakeUpstream::start(300).await;
+    let toml = format!(
+        "[registries.\"docker.io\"]\nurl = \"{}\"\nredirect_hosts = [\"{}\"]\n[registries.\"registry.internal:5443\"]\nurl = \"{}\"\nredirect_hosts = [\"{}\"]\nprefix = \"internal\"\n",
+        hub.url(),
+        hub.cdn,
+        internal.url(),
+        internal.cdn,
+    );
+    let m = Mirror::start_with_config(&toml).await;
+    let img = internal.add_image("team/app", "v1", 1000, 7);
+    let r = get(&m.url("/v2/internal/team/app/manifests/v1")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("docker-content-digest"), img.manifest_digest);
+    let r = get(&m.url(&format!("/v2/internal/team/app/blobs/{}", img.layer_digest))).await;
+    assert_eq!(sha256(r.bytes()), img.layer_digest);
+    let r = get(&m.url("/v2/team/app/manifests/v1?ns=registry.internal:5443")).await;
+    assert_eq!(r.header("docker-content-digest"), img.manifest_digest);
+    // Alias and ns naming different registries: refused.
+    let r = get(&m.url("/v2/internal/team/app/manifests/v1?ns=docker.io")).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(n(&hub.counters.total), 0, "nothing went to the Hub");
+}

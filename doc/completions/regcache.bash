@@ -25,6 +25,9 @@ _regcache() {
             regcache,completions)
                 cmd="regcache__subcmd__completions"
                 ;;
+            regcache,doctor)
+                cmd="regcache__subcmd__doctor"
+                ;;
             regcache,gc)
                 cmd="regcache__subcmd__gc"
                 ;;
@@ -48,6 +51,9 @@ _regcache() {
                 ;;
             regcache,serve)
                 cmd="regcache__subcmd__serve"
+                ;;
+            regcache,setup)
+                cmd="regcache__subcmd__setup"
                 ;;
             regcache,status)
                 cmd="regcache__subcmd__status"
@@ -88,6 +94,9 @@ _regcache() {
             regcache__subcmd__help,completions)
                 cmd="regcache__subcmd__help__subcmd__completions"
                 ;;
+            regcache__subcmd__help,doctor)
+                cmd="regcache__subcmd__help__subcmd__doctor"
+                ;;
             regcache__subcmd__help,gc)
                 cmd="regcache__subcmd__help__subcmd__gc"
                 ;;
@@ -112,6 +121,9 @@ _regcache() {
             regcache__subcmd__help,serve)
                 cmd="regcache__subcmd__help__subcmd__serve"
                 ;;
+            regcache__subcmd__help,setup)
+                cmd="regcache__subcmd__help__subcmd__setup"
+                ;;
             regcache__subcmd__help,status)
                 cmd="regcache__subcmd__help__subcmd__status"
                 ;;
@@ -134,7 +146,7 @@ _regcache() {
 
     case "${cmd}" in
         regcache)
-            opts="-h -V --help --version serve status verify prefetch certs gen-cert check-config gc ls rm completions man help"
+            opts="-h -V --help --version serve status verify prefetch certs gen-cert check-config gc ls rm setup doctor completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -437,6 +449,68 @@ _regcache() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        regcache__subcmd__doctor)
+            opts="-h --config --cache-dir --listen --root --docker-config --containerd-config --containerd-hosts-dir --registries-conf-d --buildkitd-config --image --docker-host --containerd-address --no-pull --json --help docker containerd podman buildkit all"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --cache-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --docker-config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --containerd-config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --containerd-hosts-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --registries-conf-d)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --buildkitd-config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --image)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --docker-host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --containerd-address)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         regcache__subcmd__gc)
             opts="-h --config --cache-dir --max-size --min-free --dry-run --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -490,7 +564,7 @@ _regcache() {
             return 0
             ;;
         regcache__subcmd__help)
-            opts="serve status verify prefetch certs gen-cert check-config gc ls rm completions man help"
+            opts="serve status verify prefetch certs gen-cert check-config gc ls rm setup doctor completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -574,6 +648,20 @@ _regcache() {
             return 0
             ;;
         regcache__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__help__subcmd__doctor)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -686,6 +774,20 @@ _regcache() {
             return 0
             ;;
         regcache__subcmd__help__subcmd__serve)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__help__subcmd__setup)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -939,6 +1041,56 @@ _regcache() {
                     return 0
                     ;;
                 --shutdown-grace)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        regcache__subcmd__setup)
+            opts="-h --mirror --dry-run --config --ca --default-host --root --docker-config --containerd-config --containerd-hosts-dir --registries-conf-d --buildkitd-config --help docker containerd podman buildkit all"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --mirror)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ca)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --docker-config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --containerd-config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --containerd-hosts-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --registries-conf-d)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --buildkitd-config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

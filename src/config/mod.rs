@@ -232,6 +232,12 @@ pub struct RegistryFile {
     pub client_cert: Option<PathBuf>,
     /// `client_key`: PEM private key of `client_cert`.
     pub client_key: Option<PathBuf>,
+    /// `prefix`: a path alias (one lowercase component, e.g. `"internal"`) under which
+    /// path-prefix clients (podman, skopeo, CRI-O) reach this registry:
+    /// `MIRROR/internal/<name>` means `<registry>/<name>`. Needed for a registry whose name has
+    /// a port, which containers/image refuses as a path component (`invalid reference
+    /// format`). Hides Docker Hub repositories in a namespace of that name.
+    pub prefix: Option<String>,
 }
 
 /// A string value, or an error naming the fix when the file gave a number or another type
@@ -620,6 +626,8 @@ pub struct UpstreamConfig {
     /// The TLS client certificate presented to the registry, from `client_cert` and
     /// `client_key`.
     pub client_identity: Option<ClientIdentity>,
+    /// The path alias path-prefix clients use (`prefix`), if any.
+    pub prefix: Option<String>,
 }
 
 /// A TLS client certificate and its key (`client_cert`, `client_key`), read at start. `Debug`
@@ -914,7 +922,22 @@ impl Config {
                         format!("[{name}]: a client certificate needs an https:// url (this one is {url})"),
                     ));
                 }
+                if let Some(p) = &t.prefix {
+                    let ok = !p.is_empty()
+                        && p.len() <= 64
+                        && p.chars().all(|c| {
+                            c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c)
+                        })
+                        && p.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+                    if !ok {
+                        return Err(invalid(
+                            "prefix",
+                            format!("[{name}]: {p:?} is not one path component; write lowercase letters, digits, . _ -, e.g. prefix = \"internal\""),
+                        ));
+                    }
+                }
                 Ok(UpstreamConfig {
+                    prefix: t.prefix.clone(),
                     registry: name.clone(),
                     url,
                     credentials,
@@ -929,6 +952,18 @@ impl Config {
             match one() {
                 Ok(u) => registries.push(u),
                 Err(e) => problems.push(e),
+            }
+        }
+        for r in &registries {
+            let Some(p) = &r.prefix else { continue };
+            let clash = registries.iter().find(|o| {
+                o.registry != r.registry && (&o.registry == p || o.prefix.as_ref() == Some(p))
+            });
+            if let Some(o) = clash {
+                problems.push(invalid(
+                    "prefix",
+                    format!("[{}]: prefix {p:?} is also [{}]'s name or prefix; give each registry its own", r.registry, o.registry),
+                ));
             }
         }
         for (var, m) in env_problems {

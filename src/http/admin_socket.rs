@@ -2,6 +2,9 @@
 //! and root) for the operator commands while the mirror serves, so they act on its live index:
 //!
 //! - `GET /-/status`: the live status ([`crate::live`]) for `regcache status`.
+//! - `GET /-/clients`: the last requests of each client kind ([`crate::clients::Recent`]), for
+//!   `regcache doctor`'s end-to-end proof. Here and not on the listener: User-Agents, paths
+//!   and client addresses say who pulls what, and a listener may be open to a whole network.
 //! - `POST /-/rm` (body: the image reference): `regcache rm` on the serving cache.
 //! - `POST /-/gc` (body `{"dry_run": bool, "budget": null | {...}}`): `regcache gc`, with the
 //!   given budget or the mirror's own.
@@ -87,6 +90,10 @@ async fn answer(app: &Arc<Mirror>, req: Request<Incoming>) -> Response<Full<Byte
             Ok(v) => json(StatusCode::OK, v),
             Err(e) => failed(std::io::Error::other(e)),
         },
+        (http::Method::GET, "/-/clients") => match serde_json::to_value(app.clients().snapshot()) {
+            Ok(v) => json(StatusCode::OK, v),
+            Err(e) => failed(std::io::Error::other(e)),
+        },
         (http::Method::POST, "/-/rm") => {
             let body = crate::upstream::read_limited(req.into_body(), MAX_BODY).await;
             match body.map(|b| String::from_utf8_lossy(&b).trim().to_owned()) {
@@ -143,7 +150,7 @@ async fn answer(app: &Arc<Mirror>, req: Request<Incoming>) -> Response<Full<Byte
         }
         _ => (
             StatusCode::NOT_FOUND,
-            b"GET /-/status, POST /-/rm, POST /-/gc here".to_vec(),
+            b"GET /-/status, GET /-/clients, POST /-/rm, POST /-/gc here".to_vec(),
         ),
     };
     respond((status, body))

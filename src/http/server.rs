@@ -687,7 +687,20 @@ async fn serve(
     let expected = body.size_hint().exact();
     // A body hyper has yet to ask for (HTTP/2 asks only once the client grants credit).
     let waiting = (!body.is_end_stream()).then(|| progress.waiting());
+    let user_agent: String = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .chars()
+                .take(256)
+                .collect()
+        })
+        .unwrap_or_default();
     let log = AccessLog {
+        kind: crate::clients::ClientKind::from_user_agent(&user_agent),
+        user_agent,
+        arrived_unix_ms: crate::clients::now_unix_ms(),
         method: req.method().to_string(),
         path: req.uri().path().chars().take(512).collect(),
         status: parts.status.as_u16(),
@@ -806,6 +819,12 @@ fn next_request_id() -> String {
 
 /// What the access log line says about a request.
 struct AccessLog {
+    /// The client's kind, from its `User-Agent`.
+    kind: crate::clients::ClientKind,
+    /// Its `User-Agent` (at most 256 characters).
+    user_agent: String,
+    /// When the request arrived, in milliseconds since the Unix epoch.
+    arrived_unix_ms: u64,
     /// Request method.
     method: String,
     /// Request path (no query: nothing secret ever travels there, but it is noise).
@@ -892,6 +911,22 @@ impl Drop for LoggedBody {
         let l = &self.log;
         let complete = self.finished || self.expected == Some(self.bytes);
         l.app.record(l.cache, self.bytes);
+        let clients = l.app.clients();
+        clients.count(l.kind);
+        if !super::health::PATHS.contains(&l.path.as_str()) && l.path != "/metrics" {
+            clients.keep(
+                l.kind,
+                crate::clients::Seen {
+                    at_unix_ms: l.arrived_unix_ms,
+                    method: l.method.clone(),
+                    path: l.path.chars().take(256).collect(),
+                    status: l.status,
+                    registry: l.registry.clone(),
+                    user_agent: l.user_agent.clone(),
+                    client: l.client.to_string(),
+                },
+            );
+        }
         let ms = (l.started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
         let registry = l.registry.as_deref().unwrap_or("-");
         macro_rules! access {
