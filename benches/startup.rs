@@ -226,39 +226,7 @@ fn hit_latencies(
 ) -> Vec<Duration> {
     use sha2::Digest as _;
     let hex = hex::encode(sha2::Sha256::digest(format!("object {i}").as_bytes()));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new(bin)
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--upstream",
-            "http://127.0.0.1:9",
-        ])
-        .args(args)
-        .arg("--cache-dir")
-        .arg(root)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn regcache");
-    let t = Instant::now();
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                .unwrap();
-            let mut buf = Vec::new();
-            let _ = s.read_to_end(&mut buf);
-            if buf.starts_with(b"HTTP/1.1 200") {
-                break;
-            }
-        }
-        assert!(t.elapsed() < Duration::from_secs(120), "index never loaded");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let (mut child, port) = serve_indexed(bin, root, args);
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_nodelay(true).unwrap();
     let req = format!("GET /v2/library/x/blobs/sha256:{hex} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -314,14 +282,19 @@ fn index_bytes_per_object(root: &std::path::Path) -> f64 {
     per
 }
 
-/// RSS of `regcache serve` on `root` once `/readyz` says the index is loaded.
-fn rss_when_indexed(bin: &std::path::Path, root: &std::path::Path) -> u64 {
+/// `regcache serve` on `root` (with `args`) on a free port, once `/readyz` says the index is
+/// loaded: the child and its port.
+fn serve_indexed(
+    bin: &std::path::Path,
+    root: &std::path::Path,
+    args: &[&str],
+) -> (std::process::Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut child = std::process::Command::new(bin)
+    let child = std::process::Command::new(bin)
         .args([
             "serve",
             "--listen",
@@ -329,6 +302,7 @@ fn rss_when_indexed(bin: &std::path::Path, root: &std::path::Path) -> u64 {
             "--upstream",
             "http://127.0.0.1:9",
         ])
+        .args(args)
         .arg("--cache-dir")
         .arg(root)
         .stderr(std::process::Stdio::null())
@@ -346,8 +320,14 @@ fn rss_when_indexed(bin: &std::path::Path, root: &std::path::Path) -> u64 {
             }
         }
         assert!(t.elapsed() < Duration::from_secs(120), "index never loaded");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
+    (child, port)
+}
+
+/// RSS of `regcache serve` on `root` once `/readyz` says the index is loaded.
+fn rss_when_indexed(bin: &std::path::Path, root: &std::path::Path) -> u64 {
+    let (mut child, _) = serve_indexed(bin, root, &[]);
     // Let the scan's last allocations settle.
     std::thread::sleep(Duration::from_millis(300));
     let statm = std::fs::read_to_string(format!("/proc/{}/statm", child.id())).unwrap();
