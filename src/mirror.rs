@@ -223,7 +223,9 @@ impl Registries {
         path: &'p str,
         ns: Option<&str>,
     ) -> Result<(&Arc<Upstream>, Cow<'p, str>), SelectError> {
-        let (prefix, path) = self.strip_prefix(path);
+        // An alias is for path-prefix clients, which send no `ns=`; with `ns=` (containerd) the
+        // path is the repository, whatever its first component.
+        let (prefix, path) = self.strip_prefix(path, ns.is_none());
         if prefix.is_none() && self.default == DOCKER_HUB {
             if let Some(host) = hostlike_prefix(&path) {
                 return Err(self.not_mirrored(host));
@@ -275,14 +277,15 @@ impl Registries {
     }
 
     /// Splits a `/v2/<registry>/<rest>` path whose first component is a configured registry
-    /// name, or a registry's `prefix` alias, into that registry's name and `/v2/<rest>`.
-    fn strip_prefix<'p>(&self, path: &'p str) -> (Option<&str>, Cow<'p, str>) {
+    /// name, or (when `aliases`) a registry's `prefix` alias, into that registry's name and
+    /// `/v2/<rest>`.
+    fn strip_prefix<'p>(&self, path: &'p str, aliases: bool) -> (Option<&str>, Cow<'p, str>) {
         if let Some(rest) = path.strip_prefix("/v2/") {
             let (first, tail) = rest.split_once('/').unwrap_or((rest, ""));
             if let Some((key, _)) = self.map.get_key_value(first) {
                 return (Some(key.as_str()), format!("/v2/{tail}").into());
             }
-            if let Some(name) = self.aliases.get(first) {
+            if let Some(name) = self.aliases.get(first).filter(|_| aliases) {
                 return (Some(name.as_str()), format!("/v2/{tail}").into());
             }
         }

@@ -224,8 +224,47 @@ async fn prefix_alias_selects_a_registry_with_a_port() {
     assert_eq!(sha256(r.bytes()), img.layer_digest);
     let r = get(&m.url("/v2/team/app/manifests/v1?ns=registry.internal:5443")).await;
     assert_eq!(r.header("docker-content-digest"), img.manifest_digest);
-    // Alias and ns naming different registries: refused.
-    let r = get(&m.url("/v2/internal/team/app/manifests/v1?ns=docker.io")).await;
-    assert_eq!(r.status, 400);
     assert_eq!(n(&hub.counters.total), 0, "nothing went to the Hub");
+    // With ns= the alias is not applied: Docker Hub's own internal/app, as containerd asks.
+    let hub_img = hub.add_image("internal/app", "v1", 1000, 8);
+    let r = get(&m.url("/v2/internal/app/manifests/v1?ns=docker.io")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("docker-content-digest"), hub_img.manifest_digest);
+}
+
+/// An alias that is Docker Hub's `library` is refused; one that a Docker Hub namespace could
+/// be gets a warning naming the clash and the fix.
+#[test]
+fn prefix_aliases_that_hide_docker_hub_namespaces_are_refused_or_warned() {
+    let check = |prefix: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("regcache.toml");
+        std::fs::write(
+            &cfg,
+            format!("[registries.\"registry.internal:5443\"]\nprefix = \"{prefix}\"\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, e) = check("library");
+    assert!(
+        !ok && e.contains("Docker Hub's namespace of official images"),
+        "{e}"
+    );
+    let (ok, e) = check("internal");
+    assert!(ok, "{e}");
+    assert!(e.contains("warning: [registries.\"registry.internal:5443\"] prefix = \"internal\" can also be a Docker Hub namespace"), "{e}");
+    let (ok, e) = check("internal-reg");
+    assert!(ok && !e.contains("warning"), "{e}");
 }

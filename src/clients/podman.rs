@@ -4,7 +4,7 @@
 //! format). The mirror's path prefix is the registry's name, or its `prefix` alias: a name
 //! with a port (`registry.internal:5443`) cannot be a path component, containers/image's
 //! reference parser refuses `127.0.0.1:5000/registry.internal:5443` ("invalid reference
-//! format"), so such a registry needs `prefix = "internal"` in regcache's config.
+//! format"), so such a registry needs `prefix = "internal-reg"` in regcache's config.
 
 use url::Url;
 

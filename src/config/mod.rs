@@ -932,7 +932,13 @@ impl Config {
                     if !ok {
                         return Err(invalid(
                             "prefix",
-                            format!("[{name}]: {p:?} is not one path component; write lowercase letters, digits, . _ -, e.g. prefix = \"internal\""),
+                            format!("[{name}]: {p:?} is not one path component; write lowercase letters, digits, . _ -, e.g. prefix = \"internal-reg\""),
+                        ));
+                    }
+                    if p == "library" {
+                        return Err(invalid(
+                            "prefix",
+                            format!("[{name}]: \"library\" is Docker Hub's namespace of official images (alpine is library/alpine): this alias would take every official image's pulls; pick another, e.g. prefix = \"internal-reg\""),
                         ));
                     }
                 }
@@ -1129,7 +1135,30 @@ impl Config {
     /// What `serve` runs with but warns about (plain HTTP off loopback, `allow_anonymous` in
     /// effect), one message each with the fix.
     pub fn warnings(&self) -> Vec<String> {
-        listeners::warnings(&self.listeners, &self.registries_with_credentials())
+        let mut w = listeners::warnings(&self.listeners, &self.registries_with_credentials());
+        w.extend(self.prefix_warnings());
+        w
+    }
+
+    /// A `prefix` that Docker Hub could have as a namespace (only lowercase letters and
+    /// digits, as Docker IDs are) hides that namespace from path-prefix clients (docker,
+    /// podman: no `?ns=`) when the default registry is Docker Hub.
+    fn prefix_warnings(&self) -> Vec<String> {
+        if self.default_registry != crate::reference::DOCKER_HUB {
+            return Vec::new();
+        }
+        self.registries
+            .iter()
+            .filter_map(|r| {
+                let p = r.prefix.as_deref()?;
+                p.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    .then(|| format!(
+                        "[registries.\"{}\"] prefix = {p:?} can also be a Docker Hub namespace: a pull of docker.io/{p}/<name> by a client that sends no ?ns= (docker, podman) goes to {} instead (containerd's ?ns= is not affected). A prefix with a '-' or '.' (e.g. \"{p}-reg\") cannot be a Docker Hub namespace.",
+                        r.registry, r.registry
+                    ))
+            })
+            .collect()
     }
 
     /// The refusals of [`Config::resolve`]'s exposure rule for `listeners` as actually bound
