@@ -45,6 +45,12 @@ pub async fn run(config: Config, args: ServeArgs) -> ExitCode {
     let cache_dir = config.cache_dir.clone();
     let mirror = match Mirror::new(config) {
         Ok(m) => Arc::new(m),
+        // An upstream's TLS setup (ca_file, client_cert) fails with ErrorKind::Other; the cache
+        // directory with the file system's own kinds.
+        Err(e) if e.kind() == std::io::ErrorKind::Other => {
+            eprintln!("regcache: cannot set up an upstream: {e}");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!(
                 "regcache: cannot open cache directory {}: {e} (create it, writable by this user, or pick another with --cache-dir)",

@@ -170,7 +170,16 @@ fn client_certificate_keys_are_checked() {
     let ca = TestCa::new("site CA");
     let (cert, key) = ca.client("c").write(dir.path(), "c");
     let not_pem = write(dir.path(), "junk", "junk");
+    let (_, other_key) = ca.client("d").write(dir.path(), "d");
     let cases = [
+        (
+            format!(
+                "url = \"https://t:5443\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+                cert.display(),
+                other_key.display()
+            ),
+            "client_key",
+        ),
         (
             format!(
                 "url = \"https://t:5443\"\nclient_cert = \"{}\"\n",
@@ -227,6 +236,9 @@ fn client_certificate_keys_are_checked() {
         .unwrap_err()
         .to_string();
         assert!(e.starts_with(key_named), "{table}: {e}");
+        if table.contains(&*other_key.to_string_lossy()) {
+            assert!(e.contains("is not the private key of client_cert"), "{e}");
+        }
     }
     let file: regcache::config::FileConfig = toml::from_str(&format!(
         "[upstream]\nurl = \"https://t:5443\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",

@@ -1578,12 +1578,31 @@ fn read_client_identity(
         .map_err(|m| ("client_cert", format!("{}: {m}", cert.display())))?;
     let key_pem = read_file(&key)
         .map_err(|e| ("client_key", format!("cannot read {}: {e}", key.display())))?;
-    if rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).is_err() {
+    let Ok(der) = rustls_pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()) else {
         return Err((
             "client_key",
             format!(
                 "{} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
                 key.display()
+            ),
+        ));
+    };
+    // The same check rustls makes when the upstream client is built, said here, with the files.
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der)
+        .map_err(|e| ("client_key", format!("{}: {e}", key.display())))?;
+    let leaf = chain
+        .first()
+        .map(|c| rustls_pki_types::CertificateDer::from(c.clone()));
+    let certified = rustls::sign::CertifiedKey::new(leaf.into_iter().collect(), signer);
+    if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+        certified.keys_match()
+    {
+        return Err((
+            "client_key",
+            format!(
+                "{} is not the private key of client_cert {}; give the key made with that certificate (regcache certs client writes NAME.cert and NAME.key together)",
+                key.display(),
+                cert.display()
             ),
         ));
     }
