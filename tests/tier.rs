@@ -159,6 +159,15 @@ async fn a_sidecar_pulls_from_a_tier_that_wants_client_certificates() {
         let g = get(&m.url(&format!("/v2/library/app/blobs/{}", img.layer_digest))).await;
         assert!(g.status.as_u16() >= 500, "{}: {:?}", g.status, g.bytes());
         assert_ne!(g.bytes().as_ref(), &img.layer[..]);
+        // When the refusal arrives (TLS 1.3 sends it after the handshake; a write may hit the
+        // closed socket first), the answer names the fix.
+        let said = String::from_utf8_lossy(g.bytes()).into_owned();
+        if std::ptr::eq(m, &without) && said.contains("CertificateRequired") {
+            assert!(
+                said.contains("asks for a TLS client certificate: set client_cert and client_key in [registries."),
+                "the fix is named: {said}"
+            );
+        }
     }
 }
 

@@ -700,7 +700,15 @@ impl Upstream {
                 error_chain(&e)
             ))),
             Ok(Err(e)) => {
-                let reason = error_chain(&e);
+                let mut reason = error_chain(&e);
+                // A TLS refusal for want of a client certificate is configuration, not an outage
+                // to wait out: say which keys fix it.
+                if reason.contains("CertificateRequired") {
+                    reason.push_str(&format!(
+                        " (the upstream asks for a TLS client certificate: set client_cert and client_key in [registries.\"{}\"])",
+                        self.registry
+                    ));
+                }
                 tracing::warn!(upstream = %host_of(url), error = %reason, "cannot reach upstream");
                 Err(UpstreamError::Connect {
                     host: host_of(url),
