@@ -510,6 +510,27 @@ fn https_mirror_trust_is_written_and_checked() {
         out.contains("cannot ask dockerd"),
         "TLS passed, dockerd is next: {out}"
     );
+    // containerd's config and the mirror are fine, but no containerd runs: the fix says so.
+    let (code, out, _) = regcache(
+        &bin,
+        &root,
+        &[
+            "doctor",
+            "containerd",
+            "--cache-dir",
+            &cache_s,
+            "--listen",
+            &listen,
+            "--containerd-address",
+            "/nonexistent/containerd.sock",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("containerd does not answer at /nonexistent/containerd.sock")
+            && out.contains("start containerd"),
+        "{out}"
+    );
     std::fs::remove_file(root.join(format!("etc/docker/certs.d/127.0.0.1:{port}/ca.crt"))).unwrap();
     let (code, out, _) = doctor(&root);
     assert_eq!(code, 1);

@@ -501,6 +501,17 @@ pub fn doctor(ctx: &Context) -> Verdict {
             ),
         );
     }
+    let address = args
+        .containerd_address
+        .to_string_lossy()
+        .trim_start_matches("unix://")
+        .to_owned();
+    if let Err(e) = std::os::unix::net::UnixStream::connect(&address) {
+        return fail(
+            format!("containerd does not answer at {address}: {e}"),
+            "start containerd (systemctl start containerd), or pass --containerd-address /path/to/containerd.sock".into(),
+        );
+    }
     let image = format!("docker.io/{}", args.image.trim_start_matches("docker.io/"));
     let mut cmd = std::process::Command::new("ctr");
     cmd.arg("-a")
