@@ -67,9 +67,11 @@ impl Change {
         std::fs::create_dir_all(dir).map_err(|e| at("cannot create", dir, e))?;
         let meta = std::fs::metadata(&self.path).ok();
         let backup = match &meta {
-            Some(_) => {
+            Some(m) => {
                 let b = backup_path(&self.path);
                 std::fs::copy(&self.path, &b).map_err(|e| at("cannot back up to", &b, e))?;
+                // The backup is the original's: its owner too (as root; otherwise it is ours).
+                let _ = std::os::unix::fs::chown(&b, Some(m.uid()), Some(m.gid()));
                 Some(b)
             }
             None => None,
@@ -167,5 +169,21 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"a\": 1}\n");
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o640);
+        // As root, a file handed to another user keeps its owner in the backup too.
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&p, Some(1000), Some(1000)).unwrap();
+            let b = Change {
+                path: p.clone(),
+                old: Some("{\"a\": 1}\n".into()),
+                new: "{\"a\": 2}\n".into(),
+                new_mode: 0o644,
+            }
+            .apply()
+            .unwrap()
+            .expect("a backup");
+            for f in [&p, &b] {
+                assert_eq!(std::fs::metadata(f).unwrap().uid(), 1000, "{}", f.display());
+            }
+        }
     }
 }
