@@ -539,3 +539,39 @@ async fn concurrent_first_pulls_of_an_immutable_tag_are_not_revalidated() {
     assert_eq!(n(&up.counters.manifest_get), 1);
     assert_eq!(n(&up.counters.manifest_head), 0, "never revalidated");
 }
+
+/// `repositories` patterns that are not canonical repository names match nothing: check-config
+/// says so, with the name it probably meant (and still accepts the file).
+#[test]
+fn policy_patterns_that_match_nothing_are_warned_about() {
+    let check = |pattern: &str| -> (bool, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("regcache.toml");
+        std::fs::write(
+            &cfg,
+            format!("[[upstream.policy]]\nrepositories = \"{pattern}\"\ntag_ttl = \"1h\"\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+            .arg("check-config")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, e) = check("alpine");
+    assert!(ok && e.contains("did you mean \"library/alpine\"?"), "{e}");
+    let (ok, e) = check("docker.io/library/*");
+    assert!(
+        ok && e.contains("names a registry") && e.contains("\"library/*\""),
+        "{e}"
+    );
+    let (ok, e) = check("library/*");
+    assert!(ok && !e.contains("warning"), "{e}");
+}

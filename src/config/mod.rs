@@ -1137,7 +1137,32 @@ impl Config {
     pub fn warnings(&self) -> Vec<String> {
         let mut w = listeners::warnings(&self.listeners, &self.registries_with_credentials());
         w.extend(self.prefix_warnings());
+        w.extend(self.policy_warnings());
         w
+    }
+
+    /// `repositories` patterns that can match nothing because they are not canonical names:
+    /// a registry host in front (`docker.io/library/*`), or a Docker Hub name without its
+    /// namespace (`alpine` for `library/alpine`).
+    fn policy_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.registries {
+            for (i, p) in r.freshness.repositories.iter().enumerate() {
+                for pat in p.repositories.written() {
+                    let at = format!("[[registries.\"{}\".policy]] #{}", r.registry, i + 1);
+                    let first = pat.split('/').next().unwrap_or("");
+                    if pat.contains('/') && (first.contains('.') || first.contains(':')) {
+                        out.push(format!("{at}: repositories {pat:?} names a registry; patterns match repository names within [registries.\"{}\"], so drop {first:?}, e.g. {:?}", r.registry, pat.split_once('/').map_or("", |(_, rest)| rest)));
+                    } else if r.registry == crate::reference::DOCKER_HUB
+                        && !pat.contains('/')
+                        && !pat.starts_with('*')
+                    {
+                        out.push(format!("{at}: repositories {pat:?} matches no Docker Hub repository (their names are canonical: alpine is library/alpine); did you mean \"library/{pat}\"?"));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// A `prefix` that Docker Hub could have as a namespace (only lowercase letters and
