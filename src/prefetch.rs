@@ -35,6 +35,10 @@ pub struct PrefetchArgs {
     /// offline.
     #[arg(long)]
     pub with_referrers: bool,
+    /// At a registry's rate-limit reserve (`rate_limit_reserve`), stop with an error saying
+    /// until when, instead of waiting for the budget to refill (for cron and CI jobs).
+    #[arg(long)]
+    pub no_wait: bool,
     /// TOML config file (the mirror's; registries, credentials and cache_dir are used) [default:
     /// $REGCACHE_CONFIG, else /etc/regcache/regcache.toml if it exists].
     #[arg(long, value_name = "FILE", env = "REGCACHE_CONFIG")]
@@ -249,7 +253,7 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
         };
         let label = format!("{registry}/{name}:{}", r.reference);
         bar.set_message(label.clone());
-        let (top_digest, top) = manifest(&mirror, from, &r.reference)
+        let (top_digest, top) = manifest(&mirror, from, &r.reference, args.no_wait)
             .await
             .map_err(|e| format!("{label}: {e}"))?;
         summary.manifests += 1;
@@ -271,7 +275,7 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
                     .ok_or_else(|| format!("{label}: index entry without a digest"))?
                     .parse()
                     .map_err(|e| format!("{label}: index entry: {e}"))?;
-                let (_, m) = manifest(&mirror, from, &d.to_string())
+                let (_, m) = manifest(&mirror, from, &d.to_string(), args.no_wait)
                     .await
                     .map_err(|e| format!("{label}: {d}: {e}"))?;
                 summary.manifests += 1;
@@ -289,7 +293,7 @@ pub async fn run(args: &PrefetchArgs) -> Result<Summary, String> {
             images.push(top);
         }
         if args.with_referrers {
-            let artifacts = referrers(&mirror, from, fetched)
+            let artifacts = referrers(&mirror, from, fetched, args.no_wait)
                 .await
                 .map_err(|e| format!("{label}: {e}"))?;
             summary.referrers += artifacts.len();
@@ -352,6 +356,7 @@ async fn referrers(
     mirror: &Mirror,
     from: Origin<'_>,
     mut subjects: Vec<Digest>,
+    no_wait: bool,
 ) -> Result<Vec<serde_json::Value>, String> {
     let mut seen: std::collections::HashSet<Digest> = subjects.iter().cloned().collect();
     let mut out = Vec::new();
@@ -383,7 +388,7 @@ async fn referrers(
                 if !seen.insert(d.clone()) {
                     continue;
                 }
-                let (_, m) = manifest(mirror, from, &d.to_string())
+                let (_, m) = manifest(mirror, from, &d.to_string(), no_wait)
                     .await
                     .map_err(|e| format!("referrer {d}: {e}"))?;
                 out.push(
@@ -404,13 +409,14 @@ async fn manifest(
     mirror: &Mirror,
     from: Origin<'_>,
     reference: &str,
+    no_wait: bool,
 ) -> Result<(Digest, Bytes), String> {
     let reference = if reference.contains(':') {
         Reference::Digest(reference.parse().map_err(|e| format!("{e}"))?)
     } else {
         Reference::Tag(reference.to_string())
     };
-    wait_for_budget(mirror, from, &reference).await;
+    wait_for_budget(mirror, from, &reference, no_wait).await?;
     match mirror.cache().manifest(from, &reference).await {
         Ok(a) => Ok((a.digest, a.manifest.bytes)),
         Err(e) => Err(describe(&ApiError::from_cache(&e, Subject::Manifest))),
@@ -421,13 +427,30 @@ async fn manifest(
 /// `rate_limit_reserve` (see [`crate::upstream::budget`]): a manifest that is not cached costs
 /// a counted GET; a cached one costs nothing (at the reserve, the cache serves a cached tag
 /// without revalidating it). Says why and until when on stderr.
-async fn wait_for_budget(mirror: &Mirror, from: Origin<'_>, reference: &Reference) {
+///
+/// Errors: `no_wait` and the budget is at the reserve (the message says until when).
+async fn wait_for_budget(
+    mirror: &Mirror,
+    from: Origin<'_>,
+    reference: &Reference,
+    no_wait: bool,
+) -> Result<(), String> {
     let governor = from.upstream.governor();
     while let Some(b) = governor.at_reserve() {
         if mirror.cache().has_manifest(from, reference) {
-            return;
+            return Ok(());
         }
         let wait = b.refills_in();
+        if no_wait {
+            return Err(format!(
+                "{} rate-limit budget is down to the reserve ({} of {} left, rate_limit_reserve = {}); whole again by {} at the latest: run again then, or without --no-wait to wait",
+                from.upstream.registry(),
+                b.remaining,
+                b.limit,
+                governor.reserve(),
+                humantime::format_rfc3339_seconds(b.refills_at()),
+            ));
+        }
         eprintln!(
             "prefetch: {} rate-limit budget is down to the reserve ({} of {} left, rate_limit_reserve = {}); paused until {} (in {}), when it is whole again at the latest. Clients' pulls of uncached content still go upstream meanwhile.",
             from.upstream.registry(),
@@ -443,6 +466,7 @@ async fn wait_for_budget(mirror: &Mirror, from: Origin<'_>, reference: &Referenc
             from.upstream.registry()
         );
     }
+    Ok(())
 }
 
 /// Fills a blob into the cache unless it is there; returns whether it was cached already. The

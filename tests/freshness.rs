@@ -237,6 +237,36 @@ async fn prefetch_pauses_at_the_reserve_until_the_window_refills() {
     );
     assert!(took >= Duration::from_millis(1500), "paused: {took:?}");
     assert_eq!(n(&up.counters.manifest_get), 5, "no 429, no retry");
+
+    // --no-wait: at the reserve it stops with an error saying until when, at once.
+    let more: Vec<String> = (5..9).map(|i| format!("library/p{i}")).collect();
+    for (i, name) in more.iter().enumerate() {
+        up.add_image(name, "v1", 1000, 90 + i as u64);
+    }
+    let t = Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .arg("prefetch")
+        .arg("--no-wait")
+        .args(more.iter().map(|n| format!("{n}:v1")))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rate-limit budget is down to the reserve")
+            && stderr.contains("run again then, or without --no-wait to wait"),
+        "{stderr}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "did not wait: {:?}",
+        t.elapsed()
+    );
 }
 
 /// `immutable_tags`: the first answer of a matching tag is kept, never revalidated, even with

@@ -874,7 +874,7 @@ _regcache() {
             return 0
             ;;
         regcache__subcmd__prefetch)
-            opts="-h --platform --all-platforms --with-referrers --config --cache-dir --upstream --redirect-host --help"
+            opts="-h --platform --all-platforms --with-referrers --no-wait --config --cache-dir --upstream --redirect-host --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

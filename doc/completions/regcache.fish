@@ -88,6 +88,7 @@ complete -c regcache -n "__fish_regcache_using_subcommand prefetch" -l upstream 
 complete -c regcache -n "__fish_regcache_using_subcommand prefetch" -l redirect-host -d 'A private host the default registry\'s redirects may lead to (as `regcache serve`)' -r
 complete -c regcache -n "__fish_regcache_using_subcommand prefetch" -l all-platforms -d 'Fetch every platform of multi-platform images'
 complete -c regcache -n "__fish_regcache_using_subcommand prefetch" -l with-referrers -d 'Also fetch the referrers (OCI 1.1: signatures, SBOMs, attestations) of every manifest fetched, their manifests and blobs, and theirs in turn, so the images can be verified offline'
+complete -c regcache -n "__fish_regcache_using_subcommand prefetch" -l no-wait -d 'At a registry\'s rate-limit reserve (`rate_limit_reserve`), stop with an error saying until when, instead of waiting for the budget to refill (for cron and CI jobs)'
 complete -c regcache -n "__fish_regcache_using_subcommand prefetch" -s h -l help -d 'Print help'
 complete -c regcache -n "__fish_regcache_using_subcommand certs; and not __fish_seen_subcommand_from init client show help" -s h -l help -d 'Print help'
 complete -c regcache -n "__fish_regcache_using_subcommand certs; and not __fish_seen_subcommand_from init client show help" -f -a "init" -d 'Make a local CA and a server certificate signed by it (ca.crt, ca.key, regcache.crt, regcache.key), and print what the mirror and each client (Docker, containerd, podman) need. Never overwrites without --force; --force keeps an existing CA'
