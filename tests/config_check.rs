@@ -71,7 +71,7 @@ fn bad_configs_get_messages_that_name_the_key_and_the_fix() {
         (
             "bad-prefix",
             "[registries.\"registry.internal:5443\"]\nprefix = \"a/b\"\n".into(),
-            vec!["prefix", "not one path component", "prefix = \"internal\"", "line 2"],
+            vec!["prefix", "not one path component", "prefix = \"internal-reg\"", "line 2"],
         ),
         (
             "prefix-clash",
