@@ -16,10 +16,14 @@
 //!
 //! # Layout
 //! - [`store`]: the files (blobs, manifests, temp files, the commit protocol).
-//! - [`index`]: the LRU index of committed objects, reservations.
+//! - [`index`]: the LRU index of committed objects (its own slab: ~100 bytes an object),
+//!   reservations.
 //! - [`scan`]: walking the directory (the startup index, `regcache verify`).
 //! - [`tags`]: each tag's last known answer.
-//! - [`manifests`]: manifest policy: by digest, by tag (TTL, HEAD revalidation, stale).
+//! - [`manifests`]: manifest policy: by digest, by tag (TTL, HEAD revalidation, stale, the
+//!   rate-limit reserve).
+//! - [`policy`]: the freshness policy per registry and repository pattern (`tag_ttl`,
+//!   `immutable_tags`, `max_stale`).
 //! - [`hash`]: sha256 / sha512 streaming digests.
 //! - [`eviction`]: the budget, the eviction plan, the evictor task.
 //! - [`fill`]: fills and the streaming tee.

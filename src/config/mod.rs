@@ -34,6 +34,9 @@
 //! ca_file = "/etc/regcache/internal-ca.pem"
 //! redirect_hosts = ["minio.internal:9000"]   # private redirect targets allowed for this one
 //! proxy = "none"            # direct, whatever HTTPS_PROXY says (or "http://[user:pass@]host:port")
+//! [[registries."docker.io".policy]]   # freshness per repository pattern (see `freshness`)
+//! repositories = "library/*"
+//! tag_ttl = "1h"
 //! ```
 
 use std::collections::BTreeMap;

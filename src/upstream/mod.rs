@@ -3,7 +3,8 @@
 //!
 //! Auth ([`auth`]) follows the Docker token spec. A 401 with a cached token drops it and fetches a fresh one once, so short-lived tokens never
 //! break a pull. Redirects (blob GETs answer 307 to a CDN) are followed without `Authorization`
-//! unless they stay on the upstream's own origin; signed CDN URLs are never cached.
+//! unless they stay on the upstream's own origin; signed CDN URLs are never cached. Each
+//! upstream keeps its rate-limit budget ([`budget`]) and its circuit breaker ([`breaker`]).
 
 mod auth;
 pub(crate) mod bandwidth;
