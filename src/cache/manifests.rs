@@ -146,7 +146,7 @@ impl Manifests {
     }
 
     /// The cached answer for a tag: its entry and the manifest it points to (if both are there).
-    fn cached_tag(
+    pub(super) fn cached_tag(
         &self,
         from: Origin<'_>,
         tag: &str,

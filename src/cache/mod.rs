@@ -572,11 +572,7 @@ impl Cache {
     pub fn has_manifest(&self, from: Origin<'_>, reference: &Reference) -> bool {
         match reference {
             Reference::Digest(d) => matches!(self.store.read_manifest(d), Ok(Some(_))),
-            Reference::Tag(t) => self
-                .store
-                .read_tag(from.upstream.registry(), from.name, t)
-                .and_then(|e| e.digest.parse::<Digest>().ok())
-                .is_some_and(|d| matches!(self.store.read_manifest(&d), Ok(Some(_)))),
+            Reference::Tag(t) => matches!(self.manifests.cached_tag(from, t), Ok(Some(_))),
         }
     }
 
