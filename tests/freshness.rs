@@ -373,17 +373,9 @@ async fn max_stale_bounds_how_old_a_stale_answer_may_be() {
 #[test]
 fn bad_policies_are_refused_with_the_table_and_fix() {
     let check = |toml: &str| -> String {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("regcache.toml");
-        std::fs::write(&cfg, toml).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
-            .arg("check-config")
-            .arg("--config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{toml}");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        let (ok, stderr) = check_config(toml);
+        assert!(!ok, "{toml}");
+        stderr
     };
     let e = check("[[registries.\"docker.io\".policy]]\ntag_ttl = \"1h\"\n");
     assert!(e.contains("[[registries.\"docker.io\".policy]] #1: no repositories; write e.g. repositories = \"library/*\""), "{e}");
@@ -574,26 +566,10 @@ async fn concurrent_first_pulls_of_an_immutable_tag_are_not_revalidated() {
 /// says so, with the name it probably meant (and still accepts the file).
 #[test]
 fn policy_patterns_that_match_nothing_are_warned_about() {
-    let check = |pattern: &str| -> (bool, String) {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("regcache.toml");
-        std::fs::write(
-            &cfg,
-            format!("[[upstream.policy]]\nrepositories = \"{pattern}\"\ntag_ttl = \"1h\"\n"),
-        )
-        .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
-            .arg("check-config")
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--cache-dir")
-            .arg(dir.path().join("cache"))
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+    let check = |pattern: &str| {
+        check_config(&format!(
+            "[[upstream.policy]]\nrepositories = \"{pattern}\"\ntag_ttl = \"1h\"\n"
+        ))
     };
     let (ok, e) = check("alpine");
     assert!(ok && e.contains("did you mean \"library/alpine\"?"), "{e}");

@@ -237,25 +237,9 @@ async fn prefix_alias_selects_a_registry_with_a_port() {
 #[test]
 fn prefix_aliases_that_hide_docker_hub_namespaces_are_refused_or_warned() {
     let check = |prefix: &str| {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("regcache.toml");
-        std::fs::write(
-            &cfg,
-            format!("[registries.\"registry.internal:5443\"]\nprefix = \"{prefix}\"\n"),
-        )
-        .unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
-            .arg("check-config")
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--cache-dir")
-            .arg(dir.path().join("cache"))
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        check_config(&format!(
+            "[registries.\"registry.internal:5443\"]\nprefix = \"{prefix}\"\n"
+        ))
     };
     let (ok, e) = check("library");
     assert!(

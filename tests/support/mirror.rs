@@ -300,3 +300,24 @@ impl Drop for ServeProcess {
         self.kill();
     }
 }
+
+/// `regcache check-config` on `toml` (written to a temp file; cache in a temp dir): whether it
+/// passed, and what it wrote to stderr (problems, warnings).
+pub fn check_config(toml: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("regcache.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_regcache"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env_remove("REGCACHE_CONFIG")
+        .output()
+        .expect("run regcache check-config");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
