@@ -1561,13 +1561,16 @@ fn report(s: &Settings, t: &Tools, r: &Results) -> String {
     for (c, f) in &r.tls_up {
         let _ = writeln!(
             o,
-            "- TLS upstream, {}: cold single samples {:?} s; cold concurrent fastest {} s",
+            "- TLS upstream, {}: cold single samples {:?} s{}",
             c.name(),
             f.cold_samples_s
                 .iter()
                 .map(|v| (v * 1000.0).round() / 1000.0)
                 .collect::<Vec<_>>(),
-            fmt_num(f.conc_fastest_s, 3)
+            match f.conc_fastest_s {
+                Some(v) => format!("; cold concurrent fastest {v:.3} s"),
+                None => String::new(),
+            }
         );
     }
     for (p, m) in &r.listener {
