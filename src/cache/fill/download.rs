@@ -5,6 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::BodyExt;
@@ -176,7 +177,7 @@ fn open(guard: &mut FillGuard, len: Option<u64>) -> Result<Sink, FillError> {
         file,
         mem_start,
         verified: false,
-        received: 0,
+        head: None,
     });
     Ok(sink)
 }
@@ -249,9 +250,8 @@ async fn read(
                             bw.consume(data.len()).await;
                             throttled += t.elapsed();
                         }
-                        if cached && !data.is_empty() && !fill.is_pass_through() {
-                            // Followers may send it before it reaches the disk.
-                            fill.push_recent(received - data.len() as u64, data.clone());
+                        if received == data.len() as u64 && !data.is_empty() && cached {
+                            publish_head(fill, data.clone());
                         }
                         if !hasher.push(data.clone()).await || !writer.push(data).await {
                             return None; // the writer failed; its error is reported by the caller
@@ -321,6 +321,15 @@ impl Resumes {
         tokio::time::sleep(pause).await;
         Ok(())
     }
+}
+
+/// The first chunk: followers may send it before it reaches the disk (time to first byte).
+fn publish_head(fill: &Fill, first: Bytes) {
+    fill.state.send_modify(|s| {
+        if let FillState::Streaming { head, .. } = s {
+            *head = Some(first);
+        }
+    });
 }
 
 /// Checks the download is whole and hashes to the digest, lets followers send the held-back

@@ -36,8 +36,8 @@ pub async fn follow(
     reader.advance(pos);
     loop {
         let state = rx.borrow_and_update().clone();
-        let (avail, written, file, mem_start, done) = match state {
-            FillState::Connecting => (0, 0, None, None, None),
+        let (avail, file, mem_start, done, head) = match state {
+            FillState::Connecting => (0, None, None, None, None),
             FillState::Failed(e) => {
                 let _ = tx.send(Err(format!("fill failed: {e}").into())).await;
                 return;
@@ -48,13 +48,11 @@ pub async fn follow(
                 file,
                 mem_start,
                 verified,
-                received,
+                head,
             } => {
-                // Received bytes not yet on disk are served from memory (cached fills only).
-                let have = match mem_start {
-                    None => written.max(received),
-                    Some(_) => written,
-                };
+                // The first chunk may still be in memory only.
+                let head = head.filter(|_| mem_start.is_none());
+                let have = written.max(head.as_ref().map_or(0, |h| h.len() as u64));
                 // Hold back the object's last byte until the digest is verified. With no
                 // Content-Length any byte may be the last, so one is always held back.
                 let avail = match (verified, len) {
@@ -62,13 +60,13 @@ pub async fn follow(
                     (false, Some(l)) => have.min(l.saturating_sub(1)),
                     (false, None) => have.saturating_sub(1),
                 };
-                (avail, written, file, mem_start, None)
+                (avail, file, mem_start, None, head)
             }
             FillState::Done {
                 len,
                 file,
                 mem_start,
-            } => (len, len, file, mem_start, Some(len)),
+            } => (len, file, mem_start, Some(len), None),
         };
         // Committed: the rest comes from mmap windows of the immutable file.
         if let (Some(len), None, Some(file)) = (done, mem_start, &file) {
@@ -92,14 +90,14 @@ pub async fn follow(
                 None => None,
                 Some(b) => Some(b.reserve(want).await),
             };
-            let chunk = match mem_start {
-                // Not on disk yet: from memory. `None` if the writer has just written it (and
-                // so published a newer state: the loop looks again).
-                None if pos >= written => Ok(fill.read_recent(pos, want)),
-                Some(m) if pos >= m => fill.read_mem(reader.id, pos, want),
+            let chunk = match (&head, mem_start) {
+                (Some(h), _) if pos < h.len() as u64 => {
+                    let to = (pos + want as u64).min(h.len() as u64);
+                    Ok(Some(h.slice(pos as usize..to as usize)))
+                }
+                (_, Some(m)) if pos >= m => fill.read_mem(reader.id, pos, want),
                 _ => {
-                    // Only what is on disk: `limit` may reach into the bytes still in memory.
-                    let stop = mem_start.map_or(limit, |m| m.min(limit)).min(written);
+                    let stop = mem_start.map_or(limit, |m| m.min(limit));
                     match file {
                         // The written prefix of the temp file never changes: map it (and so
                         // send it with sendfile, like a hit).
@@ -158,14 +156,14 @@ mod tests {
     use crate::reference::Digest;
     use std::time::Duration;
 
-    fn streaming(len: u64, written: u64) -> FillState {
+    fn streaming(len: u64, written: u64, head: &'static [u8]) -> FillState {
         FillState::Streaming {
             len: Some(len),
             written,
             file: None,
             mem_start: None,
             verified: false,
-            received: written,
+            head: Some(Bytes::from_static(head)),
         }
     }
 
@@ -204,73 +202,16 @@ mod tests {
     /// and nothing past it is sent until the writer has more.
     #[tokio::test]
     async fn first_chunk_is_served_before_it_reaches_the_disk() {
-        let (fill, mut rx, task) = follow_from_start(streaming(10, 0));
-        fill.push_recent(0, Bytes::from_static(b"0123"));
+        let (_fill, mut rx, task) = follow_from_start(streaming(10, 0, b"0123"));
         assert_eq!(next(&mut rx).await.as_deref(), Some(&b"0123"[..]));
         assert_eq!(next(&mut rx).await, None, "nothing beyond the head yet");
-        task.abort();
-    }
-
-    /// A follower that keeps up with the download is sent each newest chunk from memory as it
-    /// arrives, however far the disk writer lags (no file at all here), and the chunks leave
-    /// memory once the writer has them.
-    #[tokio::test]
-    async fn newest_chunks_are_served_while_the_writer_lags() {
-        let (fill, mut rx, task) = follow_from_start(streaming(12, 0));
-        for (i, c) in [&b"0123"[..], b"4567", b"89a"].into_iter().enumerate() {
-            fill.push_recent(4 * i as u64, Bytes::from_static(c));
-            assert_eq!(
-                next(&mut rx).await.as_deref(),
-                Some(c),
-                "chunk {i} from memory"
-            );
-        }
-        assert_eq!(fill.recent.lock().unwrap().len(), 3, "nothing written yet");
-        fill.state.send_modify(|s| {
-            if let FillState::Streaming { written, .. } = s {
-                *written = 8;
-            }
-        });
-        fill.drop_recent(8);
-        assert_eq!(
-            fill.recent.lock().unwrap().len(),
-            1,
-            "written chunks leave memory"
-        );
-        task.abort();
-    }
-
-    /// Bytes still in memory are never read from the temp file: its preallocated tail past
-    /// `written` holds zeros, not the blob.
-    #[tokio::test]
-    async fn the_file_is_read_only_up_to_what_is_written() {
-        use std::io::Write;
-        let mut f = tempfile::tempfile().unwrap();
-        f.write_all(b"0123\0\0\0\0\0\0\0\0").unwrap();
-        let state = FillState::Streaming {
-            len: Some(12),
-            written: 4,
-            file: Some(Arc::new(f)),
-            mem_start: None,
-            verified: true,
-            received: 4,
-        };
-        let (fill, mut rx, task) = follow_from_start(state);
-        fill.push_recent(4, Bytes::from_static(b"4567"));
-        fill.push_recent(8, Bytes::from_static(b"89ab"));
-        let mut got = Vec::new();
-        while let Some(b) = next(&mut rx).await {
-            got.extend_from_slice(&b);
-        }
-        assert_eq!(got, b"0123456789ab");
         task.abort();
     }
 
     /// A blob that fits in its first chunk still holds its last byte back until verified.
     #[tokio::test]
     async fn head_holds_back_the_last_byte_until_verified() {
-        let (fill, mut rx, task) = follow_from_start(streaming(4, 0));
-        fill.push_recent(0, Bytes::from_static(b"0123"));
+        let (fill, mut rx, task) = follow_from_start(streaming(4, 0, b"0123"));
         assert_eq!(next(&mut rx).await.as_deref(), Some(&b"012"[..]));
         assert_eq!(
             next(&mut rx).await,

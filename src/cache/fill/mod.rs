@@ -3,14 +3,12 @@
 //! A *fill* is the one upstream download of a blob. It writes the upstream body into a temp file
 //! and hashes it, each in its own `Serial` queue on the blocking pool beside the network reads,
 //! and publishes its progress through a `tokio::sync::watch`. Every client asking for that digest
-//! while the fill runs — the first one included — is a *follower*: it reads from its own offset
-//! up to the published progress (the newest chunks from memory, the rest from the temp file), at
-//! its own pace (zero-copy followers slice one mapping of the whole temp file and send with
-//! `sendfile`). So:
+//! while the fill runs — the first one included — is a *follower*: it reads the temp file from its
+//! own offset up to the published progress, at its own pace (zero-copy followers slice one
+//! mapping of the whole temp file and send with `sendfile`). So:
 //! - there is exactly one upstream fetch per digest however many clients ask (coalescing);
-//! - the first client gets headers as soon as upstream's arrive, and every chunk as soon as it
-//!   is received: chunks not yet on disk are served from memory (the writer's queue, no copy),
-//!   older ones from the temp file, so a client that keeps up never waits for the disk writer;
+//! - the first client gets headers as soon as upstream's arrive, the first chunk straight from
+//!   memory, and the rest as it is written;
 //! - a client that disconnects or reads slowly never cancels or slows the fill;
 //! - a Range request is served from the fill as soon as its bytes are there;
 //! - followers hold back the object's last byte until the digest is verified (the commit —
@@ -118,11 +116,10 @@ pub enum FillState {
         mem_start: Option<u64>,
         /// All bytes received and the digest checked (the held-back last byte may go out).
         verified: bool,
-        /// Bytes received from upstream so far (≥ `written`). Those not yet in the temp file,
-        /// `[written, received)`, are kept in memory ([`Fill::recent`], the very chunks queued
-        /// for the writer) so followers that keep up with the download send them at once
-        /// instead of waiting for the disk write. Not used for pass-through (`mem_start`).
-        received: u64,
+        /// The body's first chunk (bytes `[0, head.len())`), kept in memory from its arrival
+        /// until the writer has it in the temp file: followers send it at once instead of
+        /// waiting for the first disk write (time to first byte). `None` for pass-through.
+        head: Option<Bytes>,
     },
     /// All bytes received and verified: committed when `mem_start` is `None`.
     Done {
@@ -163,10 +160,6 @@ pub struct Fill {
     tail: Mutex<Tail>,
     /// Signalled when followers advance or leave (the download may trim the window).
     advanced: tokio::sync::Notify,
-    /// Chunks `(offset, bytes)` received but not yet written to the temp file, oldest first:
-    /// what the writer's queue holds (the same buffers, not copies), so no more than
-    /// `WRITE_QUEUE` chunks.
-    recent: Mutex<VecDeque<(u64, Bytes)>>,
     /// The whole temp file mapped once (length from `Content-Length`), for zero-copy followers.
     map: std::sync::OnceLock<Bytes>,
     /// When the fill started.
@@ -225,7 +218,6 @@ impl Fill {
             state: watch::channel(FillState::Connecting).0,
             tail: Mutex::new(Tail::default()),
             advanced: tokio::sync::Notify::new(),
-            recent: Mutex::new(VecDeque::new()),
             map: std::sync::OnceLock::new(),
             started: tokio::time::Instant::now(),
         }
@@ -341,47 +333,6 @@ impl Fill {
     /// Whether any follower is still registered.
     fn has_readers(&self) -> bool {
         !self.tail.lock().expect("tail lock").readers.is_empty()
-    }
-
-    /// Keeps a received chunk at `offset` in memory until the writer has it on disk, then
-    /// publishes that `offset + chunk.len()` bytes have been received.
-    pub(super) fn push_recent(&self, offset: u64, chunk: Bytes) {
-        let end = offset + chunk.len() as u64;
-        self.recent
-            .lock()
-            .expect("recent lock")
-            .push_back((offset, chunk));
-        self.state.send_modify(|s| {
-            if let FillState::Streaming { received, .. } = s {
-                *received = end;
-            }
-        });
-    }
-
-    /// Forgets the received chunks wholly written to the temp file (`written` bytes there).
-    /// Called after `written` is published, so a follower that misses a chunk here finds the
-    /// bytes in the file.
-    pub(super) fn drop_recent(&self, written: u64) {
-        let mut r = self.recent.lock().expect("recent lock");
-        while r
-            .front()
-            .is_some_and(|(o, c)| o + c.len() as u64 <= written)
-        {
-            r.pop_front();
-        }
-    }
-
-    /// Up to `max` received-but-unwritten bytes at `pos`, if still in memory (`None`: the
-    /// writer has them on disk by now, or they have not arrived).
-    fn read_recent(&self, pos: u64, max: usize) -> Option<Bytes> {
-        let r = self.recent.lock().expect("recent lock");
-        let i = r.partition_point(|(o, c)| o + c.len() as u64 <= pos);
-        let (o, c) = r.get(i)?;
-        if *o > pos {
-            return None;
-        }
-        let from = (pos - o) as usize;
-        Some(c.slice(from..(from + max).min(c.len())))
     }
 
     /// Appends a pass-through chunk at `offset`.

@@ -47,15 +47,17 @@ pub(super) struct Writer {
     pub(super) error: Option<FillError>,
 }
 
-/// Publishes that the fill has `w` bytes written (or passed through); the received chunks
-/// now on disk leave memory (the file serves them).
+/// Publishes that the fill has `w` bytes written (or passed through).
 fn publish(fill: &Fill, w: u64) {
     fill.state.send_modify(|s| {
-        if let FillState::Streaming { written, .. } = s {
+        if let FillState::Streaming { written, head, .. } = s {
             *written = w;
+            // On disk now: the file serves it (and the memory goes).
+            if head.as_ref().is_some_and(|h| h.len() as u64 <= w) {
+                *head = None;
+            }
         }
-    });
-    fill.drop_recent(w);
+    })
 }
 
 /// Most bytes preallocated ahead of what is written: disk space is taken for bytes about to
