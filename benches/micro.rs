@@ -11,7 +11,7 @@
 //! - `digest_hash`: `Hasher` throughput over sizes a fill feeds it (16 KiB frames up to 4 MiB),
 //!   sha256 and sha512, reported in bytes/s.
 //! - `range`: `parse_range` + `resolve_range` on the `Range` values clients send.
-//! - `eviction_index`: regcache's eviction index (`store::Index`) at 100k objects (touch /
+//! - `eviction_index`: regcache's eviction index (`cache::index::Index`) at 100k objects (touch /
 //!   insert / pop_lru).
 
 use std::hint::black_box;
