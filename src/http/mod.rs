@@ -13,6 +13,7 @@
 //! - `manifests`: manifest GET / HEAD (content negotiation against `Accept`).
 //! - `passthrough`: `tags/list` and `referrers`, not cached.
 //! - [`range`]: the `Range` header (RFC 9110).
+//! - `streams`: HTTP/2 streams polled in their connection's task (no cross-thread wake-ups).
 
 pub mod admin_socket;
 mod blobs;
@@ -23,6 +24,7 @@ mod listings;
 mod manifests;
 pub mod range;
 pub mod server;
+mod streams;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -82,7 +82,7 @@ where
     let (stopper, stopping) = watch::channel(false);
     let conns = Gauge::new();
     let header_timeout = app.config().header_read_timeout;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(super::streams::StreamExec);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -350,12 +350,12 @@ enum Proto {
 /// The connection builders, one per protocol (no detection inside hyper).
 #[derive(Clone)]
 struct Builders {
-    h1: auto::Builder<TokioExecutor>,
-    h2: auto::Builder<TokioExecutor>,
+    h1: auto::Builder<super::streams::StreamExec>,
+    h2: auto::Builder<super::streams::StreamExec>,
 }
 
 impl Builders {
-    fn pick(self, proto: Proto) -> auto::Builder<TokioExecutor> {
+    fn pick(self, proto: Proto) -> auto::Builder<super::streams::StreamExec> {
         match proto {
             Proto::Http1 => self.h1,
             Proto::Http2 => self.h2,
@@ -563,7 +563,7 @@ struct Conn {
 async fn serve_connection<I>(
     io: I,
     conn: Conn,
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<super::streams::StreamExec>,
     mut watch: Watch,
     zero_copy: bool,
     preface: Option<Duration>,
@@ -610,8 +610,10 @@ async fn serve_connection<I>(
             }
         }
     };
+    // HTTP/2 streams run in this task, beside the connection (see `streams`).
+    let mut streams = super::streams::Streams::default();
     let ended = tokio::select! {
-        r = conn.as_mut() => Ok(r),
+        r = streams.drive(conn.as_mut()) => Ok(r),
         end = reason => Err(end),
     };
     let r = match ended {
@@ -636,7 +638,7 @@ async fn serve_connection<I>(
                 }
             };
             tokio::select! {
-                r = conn.as_mut() => r,
+                r = streams.drive(conn.as_mut()) => r,
                 _ = stalled => return,
             }
         }
