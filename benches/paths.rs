@@ -50,10 +50,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{HOST, USER_AGENT};
 use http::Request;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use regcache::cache::hash::Hasher;
-use regcache::reference::Algorithm;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde::Serialize;
 use tokio_rustls::TlsConnector;
@@ -409,36 +407,7 @@ impl TlsClient {
                         .map_err(|e| format!("GET {path}: {e}"))?
                 }
             };
-            let status = resp.status().as_u16();
-            let headers = resp.headers().clone();
-            let mut body = resp.into_body();
-            let mut hasher = hash.then(|| Hasher::new(Algorithm::Sha256));
-            let mut ttfb = None;
-            let mut n = 0u64;
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|e| format!("GET {path}: body: {e}"))?;
-                if let Ok(d) = frame.into_data() {
-                    if d.is_empty() {
-                        continue;
-                    }
-                    if ttfb.is_none() {
-                        ttfb = Some(t0.elapsed());
-                    }
-                    n += d.len() as u64;
-                    if let Some(h) = hasher.as_mut() {
-                        h.update(&d);
-                    }
-                }
-            }
-            let total = t0.elapsed();
-            Ok(Got {
-                status,
-                headers,
-                bytes: n,
-                ttfb: ttfb.unwrap_or(total),
-                total,
-                sha256: hasher.map(|h| h.finish().to_string()),
-            })
+            read_response(resp, hash, t0, &format!("GET {path}")).await
         };
         match tokio::time::timeout(GET_TIMEOUT, work).await {
             Ok(r) => r,

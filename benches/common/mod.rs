@@ -372,41 +372,53 @@ pub async fn request(
             .send_request(req)
             .await
             .map_err(|e| format!("{method} {path}: {e}"))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let mut body = resp.into_body();
-        let mut hasher = opts.hash.then(|| Hasher::new(Algorithm::Sha256));
-        let mut ttfb = None;
-        let mut n = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| format!("{method} {path}: body: {e}"))?;
-            if let Ok(d) = frame.into_data() {
-                if d.is_empty() {
-                    continue;
-                }
-                if ttfb.is_none() {
-                    ttfb = Some(t0.elapsed());
-                }
-                n += d.len() as u64;
-                if let Some(h) = hasher.as_mut() {
-                    h.update(&d);
-                }
-            }
-        }
-        let total = t0.elapsed();
-        Ok(Got {
-            status,
-            headers,
-            bytes: n,
-            ttfb: ttfb.unwrap_or(total),
-            total,
-            sha256: hasher.map(|h| h.finish().to_string()),
-        })
+        read_response(resp, opts.hash, t0, &format!("{method} {path}")).await
     };
     match tokio::time::timeout(GET_TIMEOUT, work).await {
         Ok(r) => r,
         Err(_) => Err(format!("{method} {path}: no answer within {GET_TIMEOUT:?}")),
     }
+}
+
+/// Reads a response to its end: status, headers, body length, time from `t0` to the first body
+/// byte and to the end, and (with `hash`) the body's sha256. `what` ("GET <path>") names the
+/// request in errors.
+pub async fn read_response(
+    resp: http::Response<hyper::body::Incoming>,
+    hash: bool,
+    t0: Instant,
+    what: &str,
+) -> Result<Got, String> {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let mut body = resp.into_body();
+    let mut hasher = hash.then(|| Hasher::new(Algorithm::Sha256));
+    let mut ttfb = None;
+    let mut n = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("{what}: body: {e}"))?;
+        if let Ok(d) = frame.into_data() {
+            if d.is_empty() {
+                continue;
+            }
+            if ttfb.is_none() {
+                ttfb = Some(t0.elapsed());
+            }
+            n += d.len() as u64;
+            if let Some(h) = hasher.as_mut() {
+                h.update(&d);
+            }
+        }
+    }
+    let total = t0.elapsed();
+    Ok(Got {
+        status,
+        headers,
+        bytes: n,
+        ttfb: ttfb.unwrap_or(total),
+        total,
+        sha256: hasher.map(|h| h.finish().to_string()),
+    })
 }
 
 pub async fn get(addr: SocketAddr, path: &str, opts: &GetOpts<'_>) -> Result<Got, String> {
