@@ -16,7 +16,9 @@
 //!   included) of the last two, and the median of their per-pair differences. The TTFB of the
 //!   cold single GETs above is kept as a secondary figure (`cold_single_ttfb_*`);
 //! - cold concurrent: `BENCH_COLD_CLIENTS` clients GET one cold blob at once: the slowest
-//!   client's time and the blob GETs the upstream's access log shows;
+//!   client's time and the blob GETs the upstream's access log shows; then the same clients GET
+//!   the same blob again, now cached, and the cold slowest is divided by that warm slowest (what
+//!   serving cached bytes to those clients costs here: issue 17 item 2's reference);
 //! - hit: `BENCH_HIT_REPEATS` sequential warm GETs: median throughput, and the server's CPU
 //!   (utime+stime of all its processes, /proc/<pid>/stat) per GiB served;
 //! - manifests: wrk, `BENCH_WRK_CONNS` connections, `BENCH_WRK_SECS` s, manifest by digest;
@@ -36,9 +38,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -171,57 +172,6 @@ impl Settings {
 
     fn ttfb_blob_len(&self) -> u64 {
         self.ttfb_blob_kib << 10
-    }
-}
-
-/// `perf record` of a daemon's processes during one phase (`BENCH_PERF=1`), written to
-/// `<out>/perf/<peer>-<phase>.data`. Figures of such a run carry perf's overhead.
-struct PerfRecord(Option<Child>);
-
-impl PerfRecord {
-    fn start(s: &Settings, d: &Daemon, peer: Peer, phase: &str) -> PerfRecord {
-        if !s.perf {
-            return PerfRecord(None);
-        }
-        let dir = s.out_dir.join("perf");
-        let _ = fs::create_dir_all(&dir);
-        let pids: Vec<String> = d.pids().iter().map(|p| p.to_string()).collect();
-        let child = Command::new("perf")
-            .args([
-                "record",
-                "-q",
-                "-e",
-                "cpu-clock",
-                "-F",
-                "499",
-                "--call-graph",
-                "dwarf",
-                "-p",
-            ])
-            .arg(pids.join(","))
-            .arg("-o")
-            .arg(dir.join(format!("{}-{phase}.data", peer.name())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map_err(|e| say(format!("perf record: {e}")))
-            .ok();
-        // perf needs a moment to attach before the phase starts.
-        std::thread::sleep(Duration::from_millis(500));
-        PerfRecord(child)
-    }
-}
-
-impl Drop for PerfRecord {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = Command::new("kill")
-                .args(["-s", "INT", &c.id().to_string()])
-                .status();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -461,6 +411,11 @@ struct Figures {
     cold_conc_upstream_gets: Option<u64>,
     cold_conc_upstream_heads: Option<u64>,
     cold_conc_mem: Option<MemPeak>,
+    /// The same clients GET the same blob again, now cached (issue 17 item 2's reference: what
+    /// serving cached bytes to those clients costs on this machine): the slowest client, s.
+    warm_same_slowest_s: Option<f64>,
+    /// `cold_conc_slowest_s ÷ warm_same_slowest_s` in the same round.
+    cold_over_warm_same: Option<f64>,
     hit_samples_mib_s: Vec<f64>,
     hit_mib_s: Option<f64>,
     hit_cpu_s_per_gib: Option<f64>,
@@ -537,6 +492,42 @@ fn measure_direct(
     f
 }
 
+/// `clients` GETs of `path` at once (released together by a barrier), each checked for
+/// `len` bytes: every client's total time, s, or the errors of those that failed.
+fn concurrent_gets(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    path: &str,
+    len: u64,
+    clients: usize,
+) -> Result<Vec<f64>, String> {
+    let results: Vec<Result<Got, String>> = rt.block_on(async {
+        let barrier = Arc::new(tokio::sync::Barrier::new(clients));
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let (b, p) = (barrier.clone(), path.to_string());
+                tokio::spawn(async move {
+                    b.wait().await;
+                    get_exact(addr, &p, len, &PLAIN).await
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
+        }
+        out
+    });
+    let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    if !errors.is_empty() {
+        return Err(format!("{} of {clients} failed: {errors:?}", errors.len()));
+    }
+    Ok(results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|g| g.total.as_secs_f64()))
+        .collect())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn measure_peer(
     rt: &tokio::runtime::Runtime,
@@ -555,7 +546,12 @@ fn measure_peer(
     let mark_all = up.mark();
 
     // Cold single (and TTFB): one GET of each cold-single blob.
-    let perf = PerfRecord::start(s, &daemon, peer, "cold");
+    let perf = PerfRecord::start(
+        s.perf,
+        &s.out_dir,
+        &daemon,
+        &format!("{}-cold", peer.name()),
+    );
     rt.block_on(async {
         for d in &c.blobs[..s.cold_samples] {
             settle();
@@ -588,7 +584,12 @@ fn measure_peer(
     if !c.ttfb_blobs.is_empty() {
         settle();
     }
-    let perf = PerfRecord::start(s, &daemon, peer, "ttfb");
+    let perf = PerfRecord::start(
+        s.perf,
+        &s.out_dir,
+        &daemon,
+        &format!("{}-ttfb", peer.name()),
+    );
     let t0 = Instant::now();
     let mut synced = Duration::ZERO;
     rt.block_on(async {
@@ -633,38 +634,23 @@ fn measure_peer(
     // Cold concurrent.
     let conc_blob = c.blobs[s.cold_samples].clone();
     settle();
-    let perf = PerfRecord::start(s, &daemon, peer, "concurrent");
+    let perf = PerfRecord::start(
+        s.perf,
+        &s.out_dir,
+        &daemon,
+        &format!("{}-concurrent", peer.name()),
+    );
     let mark = up.mark();
     let watch = MemWatch::start(&daemon);
-    let results: Vec<Result<Got, String>> = rt.block_on(async {
-        let barrier = Arc::new(tokio::sync::Barrier::new(s.cold_clients));
-        let tasks: Vec<_> = (0..s.cold_clients)
-            .map(|_| {
-                let (b, p) = (barrier.clone(), blob_path(&conc_blob));
-                tokio::spawn(async move {
-                    b.wait().await;
-                    get_exact(addr, &p, len, &PLAIN).await
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
-        }
-        out
-    });
+    let times = concurrent_gets(rt, addr, &blob_path(&conc_blob), len, s.cold_clients);
     f.cold_conc_mem = Some(watch.finish());
     drop(perf);
-    let times: Vec<f64> = results
-        .iter()
-        .filter_map(|r| r.as_ref().ok().map(|g| g.total.as_secs_f64()))
-        .collect();
-    for e in results.iter().filter_map(|r| r.as_ref().err()) {
-        f.errors.push(format!("cold concurrent: {e}"));
-    }
-    if times.len() == s.cold_clients {
-        f.cold_conc_slowest_s = times.iter().copied().reduce(f64::max);
-        f.cold_conc_fastest_s = times.iter().copied().reduce(f64::min);
+    match times {
+        Ok(times) => {
+            f.cold_conc_slowest_s = times.iter().copied().reduce(f64::max);
+            f.cold_conc_fastest_s = times.iter().copied().reduce(f64::min);
+        }
+        Err(e) => f.errors.push(format!("cold concurrent: {e}")),
     }
     f.cold_conc_upstream_gets = Some(up.count_since(mark, "GET", &blob_path(&conc_blob)));
     f.cold_conc_upstream_heads = Some(up.count_since(mark, "HEAD", &blob_path(&conc_blob)));
@@ -674,6 +660,24 @@ fn measure_peer(
         f.cold_conc_slowest_s,
         f.cold_conc_upstream_gets,
         f.cold_conc_mem
+    ));
+
+    // The same clients, the same blob, now cached: the cold concurrent figure's reference.
+    settle();
+    match concurrent_gets(rt, addr, &blob_path(&conc_blob), len, s.cold_clients) {
+        Ok(times) => f.warm_same_slowest_s = times.iter().copied().reduce(f64::max),
+        Err(e) => f.errors.push(format!("warm concurrent, same blob: {e}")),
+    }
+    f.cold_over_warm_same = f
+        .cold_conc_slowest_s
+        .zip(f.warm_same_slowest_s)
+        .map(|(c, w)| c / w);
+    say(format!(
+        "{}: the same {} clients, the same blob warm: slowest {:?} s (cold ÷ warm {:?})",
+        peer.name(),
+        s.cold_clients,
+        f.warm_same_slowest_s,
+        f.cold_over_warm_same
     ));
 
     // Hit: a verified warm-up GET, then sequential warm GETs with the server's CPU around them.
@@ -702,7 +706,7 @@ fn measure_peer(
             Err(e) => f.errors.push(format!("warm-up: {e}")),
         }
         settle();
-        let perf = PerfRecord::start(s, &daemon, peer, "hit");
+        let perf = PerfRecord::start(s.perf, &s.out_dir, &daemon, &format!("{}-hit", peer.name()));
         let pids = daemon.pids();
         let c0 = cpu_ticks(&pids);
         let mut served = 0u64;
@@ -757,7 +761,12 @@ fn measure_peer(
         true
     });
     if ok {
-        let perf = PerfRecord::start(s, &daemon, peer, "manifest");
+        let perf = PerfRecord::start(
+            s.perf,
+            &s.out_dir,
+            &daemon,
+            &format!("{}-manifest", peer.name()),
+        );
         let pids = daemon.pids();
         let c0 = cpu_ticks(&pids);
         let mut w = run_wrk(
@@ -789,7 +798,12 @@ fn measure_peer(
     // Warm concurrent: memory (and aggregate throughput) with many clients on cached blobs.
     let warm: Vec<String> = c.blobs.clone();
     settle();
-    let perf = PerfRecord::start(s, &daemon, peer, "warm");
+    let perf = PerfRecord::start(
+        s.perf,
+        &s.out_dir,
+        &daemon,
+        &format!("{}-warm", peer.name()),
+    );
     let pids = daemon.pids();
     let c0 = cpu_ticks(&pids);
     let watch = MemWatch::start(&daemon);
@@ -918,6 +932,8 @@ fn merge(rounds: &[Figures]) -> Figures {
         cold_conc_upstream_gets: worst(|f| f.cold_conc_upstream_gets),
         cold_conc_upstream_heads: worst(|f| f.cold_conc_upstream_heads),
         cold_conc_mem: mem(|f| f.cold_conc_mem),
+        warm_same_slowest_s: med(|f| f.warm_same_slowest_s),
+        cold_over_warm_same: med(|f| f.cold_over_warm_same),
         hit_mib_s: median(&hit),
         hit_samples_mib_s: hit,
         hit_cpu_s_per_gib: med(|f| f.hit_cpu_s_per_gib),
@@ -998,6 +1014,22 @@ fn rows() -> Vec<Row> {
             better: Better::Lower,
             decimals: 2,
             get: |f| Some(f.cold_conc_slowest_s? / f.cold_single_s?),
+            direct: false,
+            ratios: true,
+        },
+        Row {
+            label: "cold concurrent, same clients, blob warm: slowest client, s",
+            better: Better::Lower,
+            decimals: 3,
+            get: |f| f.warm_same_slowest_s,
+            direct: false,
+            ratios: true,
+        },
+        Row {
+            label: "cold concurrent: slowest ÷ slowest of the same GETs warm",
+            better: Better::Lower,
+            decimals: 2,
+            get: |f| f.cold_over_warm_same,
             direct: false,
             ratios: true,
         },
@@ -1150,6 +1182,24 @@ fn targets(s: &Settings, direct: &Figures, res: &BTreeMap<Peer, Figures>) -> Vec
         "cold concurrent: slowest client ≤ 1.2x cold single".into(),
         fmt_ratio(r),
         r.map(|v| v <= 1.2),
+    );
+    let r = g(rc, |f| f.cold_over_warm_same);
+    push(
+        format!(
+            "cold concurrent: slowest ≤ 1.1x the slowest of the same {} GETs warm (issue 17 item 2)",
+            s.cold_clients
+        ),
+        fmt_ratio(r),
+        r.map(|v| v <= 1.1),
+    );
+    let (a, b) = (
+        g(rc, |f| f.cold_conc_slowest_s),
+        g(ng, |f| f.cold_conc_slowest_s),
+    );
+    push(
+        "cold concurrent: slowest ≤ 0.8x nginx's slowest (issue 17 item 2)".into(),
+        fmt_ratio(a.zip(b).map(|(a, b)| a / b)),
+        a.zip(b).map(|(a, b)| a / b <= 0.8),
     );
     let (a, b) = (
         g(rc, |f| f.hit_cpu_s_per_gib),

@@ -30,6 +30,9 @@
 //!   the direct run and the peers; the direct run goes first, so every peer finds them in the
 //!   upstream's page cache. New blobs every round.
 //!
+//! `BENCH_PERF=1` records each peer's phases with `perf` into `<out>/perf/<peer>-<phase>.data`
+//! (the figures then carry perf's overhead).
+//!
 //! Peers alternate order over `BENCH_PATHS_ROUNDS` rounds. Every daemon runs in its own process
 //! group (recorded in `BENCH_PGID_FILE`) and is stopped when its phase ends or on panic; request
 //! errors are collected into the report, not panics.
@@ -168,6 +171,8 @@ struct Settings {
     out_dir: PathBuf,
     regcache_bin: PathBuf,
     keep_work: bool,
+    /// `BENCH_PERF=1`: `perf record` each peer's phases into `<out>/perf/`.
+    perf: bool,
 }
 
 impl Settings {
@@ -206,6 +211,7 @@ impl Settings {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_regcache"))),
             keep_work: std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1"),
+            perf: std::env::var("BENCH_PERF").is_ok_and(|v| v == "1"),
         };
         assert!(
             s.blob_mib >= 1 && s.fill_mib >= 1,
@@ -788,6 +794,10 @@ fn measure_tls_upstream(
             }
         }
     };
+    let perf = running.as_ref().map(|r| {
+        let name = format!("{}-tls-upstream-cold", col.name());
+        PerfRecord::start(s.perf, &s.out_dir, &r.daemon, &name)
+    });
     let c0 = cpu_ticks(&pids);
     for d in &c.blobs[..s.cold_samples] {
         settle();
@@ -797,6 +807,7 @@ fn measure_tls_upstream(
         }
     }
     let c1 = cpu_ticks(&pids);
+    drop(perf);
     if running.is_some() && !f.cold_samples_s.is_empty() {
         f.cold_cpu_s_per_get = Some((c1 - c0) as f64 / tck / f.cold_samples_s.len() as f64);
     }
@@ -944,6 +955,8 @@ fn measure_listener(
         let f = out.entry(proto).or_default();
         settle();
         let pids = r.daemon.pids();
+        let name = format!("{}-tls-listener-{}", peer.name(), proto.name());
+        let perf = PerfRecord::start(s.perf, &s.out_dir, &r.daemon, &name);
         let c0 = cpu_ticks(&pids);
         let mut served = 0u64;
         for _ in 0..s.hit_repeats {
@@ -963,6 +976,7 @@ fn measure_listener(
             }
         }
         let c1 = cpu_ticks(&pids);
+        drop(perf);
         if served > 0 {
             f.cpu_s_per_gib = Some((c1 - c0) as f64 / tck / (served as f64 / GIB));
         }
@@ -1061,6 +1075,10 @@ fn measure_fills(
     };
     settle();
     let mark = up.mark();
+    let perf = running.as_ref().map(|r| {
+        let name = format!("{}-fills", col.name());
+        PerfRecord::start(s.perf, &s.out_dir, &r.daemon, &name)
+    });
     let c0 = cpu_ticks(&pids);
     let paths: Vec<String> = blobs.iter().map(|d| blob_path(d)).collect();
     let (results, wall) = rt.block_on(together(blobs.len(), |i| {
@@ -1068,6 +1086,7 @@ fn measure_fills(
         async move { get_exact(addr, &p, len, &PLAIN).await }
     }));
     let c1 = cpu_ticks(&pids);
+    drop(perf);
     let mut bytes = 0u64;
     let mut slowest = 0f64;
     for r in &results {

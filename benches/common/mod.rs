@@ -909,3 +909,57 @@ pub fn status_like(path: &str, key: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// `perf record` of a daemon's processes during one phase (`BENCH_PERF=1`), written to
+/// `<out_dir>/perf/<name>.data` (cpu-clock at 499 Hz, DWARF call graphs). Figures of such a run
+/// carry perf's overhead. Stops perf (SIGINT) when dropped.
+pub struct PerfRecord(Option<Child>);
+
+impl PerfRecord {
+    /// Starts recording `d`'s processes when `enabled`; a no-op otherwise, or when perf cannot
+    /// start (said on stderr).
+    pub fn start(enabled: bool, out_dir: &Path, d: &Daemon, name: &str) -> PerfRecord {
+        if !enabled {
+            return PerfRecord(None);
+        }
+        let dir = out_dir.join("perf");
+        let _ = fs::create_dir_all(&dir);
+        let pids: Vec<String> = d.pids().iter().map(|p| p.to_string()).collect();
+        let child = Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "499",
+                "--call-graph",
+                "dwarf",
+                "-p",
+            ])
+            .arg(pids.join(","))
+            .arg("-o")
+            .arg(dir.join(format!("{name}.data")))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| eprintln!("perf record: {e}"))
+            .ok();
+        // perf needs a moment to attach before the phase starts.
+        std::thread::sleep(Duration::from_millis(500));
+        PerfRecord(child)
+    }
+}
+
+impl Drop for PerfRecord {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = Command::new("kill")
+                .args(["-s", "INT", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+}
