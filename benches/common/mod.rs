@@ -911,7 +911,8 @@ pub fn status_like(path: &str, key: &str) -> u64 {
 }
 
 /// `perf record` of a daemon's processes during one phase (`BENCH_PERF=1`), written to
-/// `<out_dir>/perf/<name>.data` (cpu-clock at 499 Hz, DWARF call graphs). Figures of such a run
+/// `<out_dir>/perf/<name>.data` (`name` with every character but ASCII letters, digits and `-`
+/// made `_`; cpu-clock at 499 Hz, DWARF call graphs). Figures of such a run
 /// carry perf's overhead. Stops perf (SIGINT) when dropped.
 pub struct PerfRecord(Option<Child>);
 
@@ -939,7 +940,10 @@ impl PerfRecord {
             ])
             .arg(pids.join(","))
             .arg("-o")
-            .arg(dir.join(format!("{name}.data")))
+            .arg(dir.join(format!(
+                "{}.data",
+                name.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+            )))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
