@@ -17,6 +17,7 @@
 
 pub mod admin_socket;
 mod blobs;
+mod cork;
 mod guard;
 pub mod health;
 pub mod listener;

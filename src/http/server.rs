@@ -234,7 +234,7 @@ async fn accept_loop(listener: TcpListener, settings: Arc<Listener>, shared: Arc
                         return;
                     };
                     let io = crate::body::zero_copy::ZeroCopyStream::new(stream);
-                    serve_connection(io, conn, builders.pick(proto), watch, true, None).await
+                    serve_connection(io, conn, builders.pick(proto), watch, true, None, None).await
                 });
             }
             Some(acceptor) => {
@@ -247,7 +247,7 @@ async fn accept_loop(listener: TcpListener, settings: Arc<Listener>, shared: Arc
                         _ = stopping.wait_for(|s| *s) => return,
                     };
                     match handshake {
-                        Ok(Ok(io)) => {
+                        Ok(Ok((io, cork))) => {
                             let session = io.get_ref().1;
                             let proto = match session.alpn_protocol() {
                                 Some(b"h2") => Proto::Http2,
@@ -264,8 +264,16 @@ async fn accept_loop(listener: TcpListener, settings: Arc<Listener>, shared: Arc
                             };
                             // HTTP/1 heads are bounded by hyper; the HTTP/2 preface here.
                             let preface = (proto == Proto::Http2).then_some(header_timeout);
-                            serve_connection(io, conn, builders.pick(proto), watch, false, preface)
-                                .await
+                            serve_connection(
+                                io,
+                                conn,
+                                builders.pick(proto),
+                                watch,
+                                false,
+                                preface,
+                                Some(cork),
+                            )
+                            .await
                         }
                         Ok(Err(e)) if refused_client_certificate(&e) => tracing::info!(
                             client = %peer,
@@ -297,7 +305,10 @@ fn refused_client_certificate(e: &std::io::Error) -> bool {
 async fn tls_handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
-) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+) -> std::io::Result<(
+    tokio_rustls::server::TlsStream<super::cork::Corked>,
+    super::cork::CorkHandle,
+)> {
     let mut first = [0u8; 1];
     let n = stream.peek(&mut first).await?;
     // A TLS record starts with its content type: 22, handshake. An HTTP method starts with a
@@ -306,7 +317,8 @@ async fn tls_handshake(
         plain_http_to_tls_port(stream).await;
         return Err(std::io::Error::other("plain HTTP sent to the HTTPS port"));
     }
-    acceptor.accept(stream).await
+    let (stream, cork) = super::cork::Corked::new(stream);
+    Ok((acceptor.accept(stream).await?, cork))
 }
 
 /// Answers a plain-HTTP request on an HTTPS port with a 400 (an OCI error body) and closes.
@@ -559,7 +571,9 @@ struct Conn {
 /// been idle (no request in progress) for `client_idle_timeout`, or its responses have waited
 /// that long for a client that takes nothing (see `http::guard`). `preface`: the time an HTTP/2
 /// client has to send its connection preface, when not already checked. During a graceful
-/// stop, responses in progress go on while their client keeps taking bytes.
+/// stop, responses in progress go on while their client keeps taking bytes. `cork`: the
+/// socket writes under `io` that the drive loop gathers (TLS connections, see `cork`).
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<I>(
     io: I,
     conn: Conn,
@@ -567,6 +581,7 @@ async fn serve_connection<I>(
     mut watch: Watch,
     zero_copy: bool,
     preface: Option<Duration>,
+    cork: Option<super::cork::CorkHandle>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -611,7 +626,7 @@ async fn serve_connection<I>(
         }
     };
     // HTTP/2 streams run in this task, beside the connection (see `streams`).
-    let mut streams = super::streams::Streams::default();
+    let mut streams = super::streams::Streams::corked(cork);
     let ended = tokio::select! {
         r = streams.drive(conn.as_mut()) => Ok(r),
         end = reason => Err(end),

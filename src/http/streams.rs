@@ -43,17 +43,52 @@ where
     }
 }
 
+/// Whether the caller runs inside [`Streams::drive`]'s poll of its connection (where a
+/// [`Corked`](super::cork::Corked) stream gathers its writes).
+pub fn in_drive() -> bool {
+    INBOX.try_with(|_| ()).is_ok()
+}
+
 /// One connection's streams.
 #[derive(Default)]
 pub struct Streams {
     inbox: Inbox,
     running: FuturesUnordered<StreamFuture>,
+    /// The connection's gathered socket writes, drained after every poll.
+    cork: Option<super::cork::CorkHandle>,
 }
 
 impl Streams {
-    /// Polls `conn` to its end, and the streams it starts meanwhile beside it.
+    /// Streams of a connection whose socket writes `cork` gathers: each poll ends by writing
+    /// them out.
+    pub fn corked(cork: Option<super::cork::CorkHandle>) -> Streams {
+        Streams {
+            cork,
+            ..Streams::default()
+        }
+    }
+
+    /// Polls `conn` to its end, and the streams it starts meanwhile beside it; once it ends,
+    /// waits until its gathered writes are on the socket.
     pub async fn drive<F: Future>(&mut self, mut conn: Pin<&mut F>) -> F::Output {
-        std::future::poll_fn(|cx| self.poll(conn.as_mut(), cx)).await
+        let mut out = None;
+        std::future::poll_fn(|cx| {
+            if out.is_none() {
+                if let Poll::Ready(v) = self.poll(conn.as_mut(), cx) {
+                    out = Some(v);
+                }
+            }
+            if let Some(cork) = &self.cork {
+                if cork.poll_drain(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+            match out.take() {
+                Some(v) => Poll::Ready(v),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 
     fn poll<F: Future>(&mut self, conn: Pin<&mut F>, cx: &mut Context<'_>) -> Poll<F::Output> {
