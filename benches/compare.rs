@@ -444,6 +444,7 @@ fn measure_direct(
         // both cases).
         for d in &c.blobs[..s.cold_samples] {
             settle();
+            pretouch(len);
             match get_exact(up.addr, &blob_path(d), len, &PLAIN).await {
                 Ok(g) => {
                     f.cold_single_samples_s.push(g.total.as_secs_f64());
@@ -555,6 +556,7 @@ fn measure_peer(
     rt.block_on(async {
         for d in &c.blobs[..s.cold_samples] {
             settle();
+            pretouch(len);
             match get_exact(addr, &blob_path(d), len, &PLAIN).await {
                 Ok(g) => {
                     f.cold_single_samples_s.push(g.total.as_secs_f64());
@@ -634,6 +636,7 @@ fn measure_peer(
     // Cold concurrent.
     let conc_blob = c.blobs[s.cold_samples].clone();
     settle();
+    pretouch(len);
     let perf = PerfRecord::start(
         s.perf,
         &s.out_dir,

@@ -801,6 +801,7 @@ fn measure_tls_upstream(
     let c0 = cpu_ticks(&pids);
     for d in &c.blobs[..s.cold_samples] {
         settle();
+        pretouch(len);
         match rt.block_on(one(blob_path(d))) {
             Ok(g) => f.cold_samples_s.push(g.total.as_secs_f64()),
             Err(e) => f.errors.push(format!("cold single: {e}")),
@@ -826,6 +827,7 @@ fn measure_tls_upstream(
     };
     let conc = blob_path(&c.blobs[s.cold_samples]);
     settle();
+    pretouch(len);
     let mark = up.mark();
     let (results, _) = rt.block_on(together(s.cold_clients, |_| one(conc.clone())));
     let times: Vec<f64> = results
@@ -1074,6 +1076,7 @@ fn measure_fills(
         None => up.daemon.pids(),
     };
     settle();
+    pretouch(len * blobs.len() as u64);
     let mark = up.mark();
     let perf = running.as_ref().map(|r| {
         let name = format!("{}-fills", col.name());

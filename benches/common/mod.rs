@@ -182,6 +182,25 @@ pub fn settle() {
     std::thread::sleep(Duration::from_millis(200));
 }
 
+/// Makes `bytes` (plus 64 MiB) of guest memory backed before a phase that writes that much
+/// new page cache: touches one byte per 4 KiB page of a fresh allocation, then frees it. On this
+/// VM kind the balloon's free page reporting hands freed guest pages back to the host, and the
+/// first write to such a page costs ~6.6 µs (a fill of 256 MiB into them: ~0.43 s more), so
+/// without this a cold figure depends on which peer happened to find recently freed pages
+/// (BENCHMARKS.md, 2026-12-02). The kernel hands out the just-freed, unreported pages first.
+/// `BENCH_PRETOUCH=0` turns it off.
+pub fn pretouch(bytes: u64) {
+    if std::env::var("BENCH_PRETOUCH").is_ok_and(|v| v == "0") {
+        return;
+    }
+    let n = (bytes + (64 << 20)) as usize;
+    let mut v: Vec<u8> = vec![0; n];
+    for i in (0..n).step_by(4096) {
+        v[i] = 1;
+    }
+    std::hint::black_box(&v);
+}
+
 /// `sync(1)`; returns how long it took.
 pub fn sync() -> Duration {
     let t0 = Instant::now();

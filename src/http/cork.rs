@@ -15,7 +15,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -24,8 +23,9 @@ use tokio::net::TcpStream;
 /// one write for HTTP/1.1).
 pub const CORK_LIMIT: usize = 64 << 10;
 
-/// A buffer this large or larger is given back once drained, so an idle connection holds none.
-const KEEP_CAPACITY: usize = 16 << 10;
+/// The buffer's first allocation: the limit plus one write of rustls's (up to 64 KiB of
+/// plaintext per write, as records), so it does not regrow while gathering.
+const FIRST_CAPACITY: usize = CORK_LIMIT + (66 << 10);
 
 /// A TCP stream whose writes inside the drive loop are gathered (see the module docs).
 pub struct Corked {
@@ -39,8 +39,10 @@ pub struct CorkHandle(Arc<Mutex<WriteSide>>);
 
 struct WriteSide {
     half: OwnedWriteHalf,
-    /// Bytes accepted and not yet written to the socket.
-    pending: BytesMut,
+    /// Bytes accepted; `pending[sent..]` are not yet written to the socket. Given back when
+    /// the drive loop has written it all, so an idle connection holds no buffer.
+    pending: Vec<u8>,
+    sent: usize,
     /// A write error met while draining, returned by the next write or flush.
     failed: Option<io::ErrorKind>,
     /// Socket writes made (for tests).
@@ -53,7 +55,8 @@ impl Corked {
         let (read, half) = stream.into_split();
         let write = CorkHandle(Arc::new(Mutex::new(WriteSide {
             half,
-            pending: BytesMut::new(),
+            pending: Vec::new(),
+            sent: 0,
             failed: None,
             socket_writes: 0,
         })));
@@ -68,20 +71,24 @@ impl Corked {
 }
 
 impl CorkHandle {
-    /// Writes every pending byte to the socket. `Pending` (the waker registered for
-    /// writability) while the socket is full; a write error is kept for the stream's next
-    /// write and the pending bytes dropped.
+    /// Writes every pending byte to the socket, then gives the buffer back. `Pending` (the
+    /// waker registered for writability) while the socket is full; a write error is kept for
+    /// the stream's next write and the pending bytes dropped.
     pub fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut w = self.0.lock().expect("cork");
-        match w.poll_drain(cx) {
-            Poll::Ready(Err(e)) => {
-                w.failed = Some(e.kind());
-                w.pending = BytesMut::new();
-                Poll::Ready(())
-            }
-            Poll::Ready(Ok(())) => Poll::Ready(()),
-            Poll::Pending => Poll::Pending,
+        let r = w.poll_drain(cx);
+        if let Poll::Ready(Err(e)) = &r {
+            w.failed = Some(e.kind());
         }
+        if r.is_ready() {
+            (w.pending, w.sent) = (Vec::new(), 0);
+        }
+        r.map(|_| ())
+    }
+
+    /// Waits until every pending byte is written (or writing failed).
+    pub async fn drain(&self) {
+        std::future::poll_fn(|cx| self.poll_drain(cx)).await
     }
 }
 
@@ -95,17 +102,17 @@ impl WriteSide {
 
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.check()?;
-        while !self.pending.is_empty() {
-            let n = ready!(Pin::new(&mut self.half).poll_write(cx, &self.pending))?;
+        while self.sent < self.pending.len() {
+            let n = ready!(Pin::new(&mut self.half).poll_write(cx, &self.pending[self.sent..]))?;
             self.socket_writes += 1;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.pending.advance(n);
+            self.sent += n;
         }
-        if self.pending.capacity() >= KEEP_CAPACITY {
-            self.pending = BytesMut::new();
-        }
+        // Keeps the allocation for the rest of this poll's writes.
+        self.pending.clear();
+        self.sent = 0;
         Poll::Ready(Ok(()))
     }
 
@@ -125,6 +132,9 @@ impl WriteSide {
         }
         if self.pending.len() >= CORK_LIMIT {
             ready!(self.poll_drain(cx))?;
+        }
+        if self.pending.capacity() == 0 {
+            self.pending.reserve(FIRST_CAPACITY);
         }
         let mut n = 0;
         for b in bufs {
@@ -255,8 +265,8 @@ mod tests {
     }
 
     /// A reader slower than the writer: the buffer stays bounded by its limit plus one
-    /// write (the writer waits), every byte arrives in order, and a connection that ends
-    /// with bytes pending has them written before `drive` returns.
+    /// write (the writer waits), every byte arrives in order, and bytes still gathered when
+    /// the connection ends are written by `CorkHandle::drain`; the buffer is then given back.
     #[tokio::test]
     async fn a_slow_reader_gets_every_byte_and_the_end_waits_for_the_drain() {
         let (io, h, mut peer) = pair().await;
@@ -270,7 +280,10 @@ mod tests {
                 io.write_all(&block).await.unwrap();
                 io.flush().await.unwrap();
                 sent += block.len();
-                let pending = h2.0.lock().unwrap().pending.len();
+                let pending = {
+                    let w = h2.0.lock().unwrap();
+                    w.pending.len() - w.sent
+                };
                 assert!(pending <= CORK_LIMIT + block.len(), "pending {pending}");
             }
             // Ends with the last bytes still gathered: `drive` waits for them.
@@ -290,11 +303,19 @@ mod tests {
             }
             got
         };
-        let ((), got) = tokio::join!(streams.drive(conn), reader);
+        let writer = async {
+            streams.drive(conn).await;
+            h.drain().await;
+        };
+        let ((), got) = tokio::join!(writer, reader);
         assert_eq!(got.len(), TOTAL);
         assert!(got
             .chunks(16_384)
             .all(|c| c.iter().enumerate().all(|(i, b)| *b == (i % 253) as u8)));
-        assert!(h.0.lock().unwrap().pending.is_empty());
+        let w = h.0.lock().unwrap();
+        assert!(
+            w.pending.is_empty() && w.pending.capacity() == 0,
+            "drained and given back"
+        );
     }
 }

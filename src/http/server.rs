@@ -626,7 +626,7 @@ async fn serve_connection<I>(
         }
     };
     // HTTP/2 streams run in this task, beside the connection (see `streams`).
-    let mut streams = super::streams::Streams::corked(cork);
+    let mut streams = super::streams::Streams::corked(cork.clone());
     let ended = tokio::select! {
         r = streams.drive(conn.as_mut()) => Ok(r),
         end = reason => Err(end),
@@ -660,6 +660,11 @@ async fn serve_connection<I>(
     };
     if let Err(e) = r {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+    // What an abrupt end left gathered (a clean end drained it in its shutdown), for as long
+    // as a client taking nothing is given.
+    if let Some(cork) = cork {
+        let _ = tokio::time::timeout(idle, cork.drain()).await;
     }
 }
 

@@ -68,25 +68,18 @@ impl Streams {
         }
     }
 
-    /// Polls `conn` to its end, and the streams it starts meanwhile beside it; once it ends,
-    /// waits until its gathered writes are on the socket.
+    /// Polls `conn` to its end, and the streams it starts meanwhile beside it; every poll ends
+    /// by writing out the connection's gathered writes (a socket that is full wakes the task
+    /// when it drains). Bytes a connection that ended with an error left gathered are the
+    /// caller's to drain ([`CorkHandle::drain`](super::cork::CorkHandle::drain)): a normal end
+    /// drains them itself, in its shutdown.
     pub async fn drive<F: Future>(&mut self, mut conn: Pin<&mut F>) -> F::Output {
-        let mut out = None;
         std::future::poll_fn(|cx| {
-            if out.is_none() {
-                if let Poll::Ready(v) = self.poll(conn.as_mut(), cx) {
-                    out = Some(v);
-                }
-            }
+            let done = self.poll(conn.as_mut(), cx);
             if let Some(cork) = &self.cork {
-                if cork.poll_drain(cx).is_pending() {
-                    return Poll::Pending;
-                }
+                let _ = cork.poll_drain(cx);
             }
-            match out.take() {
-                Some(v) => Poll::Ready(v),
-                None => Poll::Pending,
-            }
+            done
         })
         .await
     }
