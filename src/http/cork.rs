@@ -23,10 +23,6 @@ use tokio::net::TcpStream;
 /// one write for HTTP/1.1).
 pub const CORK_LIMIT: usize = 64 << 10;
 
-/// The buffer's first allocation: the limit plus one write of rustls's (up to 64 KiB of
-/// plaintext per write, as records), so it does not regrow while gathering.
-const FIRST_CAPACITY: usize = CORK_LIMIT + (66 << 10);
-
 /// A TCP stream whose writes inside the drive loop are gathered (see the module docs).
 pub struct Corked {
     read: OwnedReadHalf,
@@ -132,9 +128,6 @@ impl WriteSide {
         }
         if self.pending.len() >= CORK_LIMIT {
             ready!(self.poll_drain(cx))?;
-        }
-        if self.pending.capacity() == 0 {
-            self.pending.reserve(FIRST_CAPACITY);
         }
         let mut n = 0;
         for b in bufs {
