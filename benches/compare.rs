@@ -493,20 +493,20 @@ fn measure_direct(
     f
 }
 
-/// `clients` GETs of `path` at once (released together by a barrier), each checked for
-/// `len` bytes: every client's total time, s, or the errors of those that failed.
-fn concurrent_gets(
+/// One GET per path, all at once (one client each, released together by a barrier), each
+/// checked for `len` bytes; the results in the order of `paths`.
+fn gets_together(
     rt: &tokio::runtime::Runtime,
     addr: SocketAddr,
-    path: &str,
+    paths: Vec<String>,
     len: u64,
-    clients: usize,
-) -> Result<Vec<f64>, String> {
-    let results: Vec<Result<Got, String>> = rt.block_on(async {
-        let barrier = Arc::new(tokio::sync::Barrier::new(clients));
-        let tasks: Vec<_> = (0..clients)
-            .map(|_| {
-                let (b, p) = (barrier.clone(), path.to_string());
+) -> Vec<Result<Got, String>> {
+    rt.block_on(async {
+        let barrier = Arc::new(tokio::sync::Barrier::new(paths.len()));
+        let tasks: Vec<_> = paths
+            .into_iter()
+            .map(|p| {
+                let b = barrier.clone();
                 tokio::spawn(async move {
                     b.wait().await;
                     get_exact(addr, &p, len, &PLAIN).await
@@ -518,7 +518,19 @@ fn concurrent_gets(
             out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
         }
         out
-    });
+    })
+}
+
+/// `clients` GETs of `path` at once ([`gets_together`]): every client's total time, s, or the
+/// errors of those that failed.
+fn concurrent_gets(
+    rt: &tokio::runtime::Runtime,
+    addr: SocketAddr,
+    path: &str,
+    len: u64,
+    clients: usize,
+) -> Result<Vec<f64>, String> {
+    let results = gets_together(rt, addr, vec![path.to_string(); clients], len);
     let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
     if !errors.is_empty() {
         return Err(format!("{} of {clients} failed: {errors:?}", errors.len()));
@@ -811,23 +823,10 @@ fn measure_peer(
     let c0 = cpu_ticks(&pids);
     let watch = MemWatch::start(&daemon);
     let t0 = Instant::now();
-    let results: Vec<Result<Got, String>> = rt.block_on(async {
-        let barrier = Arc::new(tokio::sync::Barrier::new(s.warm_clients));
-        let tasks: Vec<_> = (0..s.warm_clients)
-            .map(|i| {
-                let (b, p) = (barrier.clone(), blob_path(&warm[i % warm.len()]));
-                tokio::spawn(async move {
-                    b.wait().await;
-                    get_exact(addr, &p, len, &PLAIN).await
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
-        }
-        out
-    });
+    let paths = (0..s.warm_clients)
+        .map(|i| blob_path(&warm[i % warm.len()]))
+        .collect();
+    let results = gets_together(rt, addr, paths, len);
     let elapsed = t0.elapsed().as_secs_f64();
     f.warm_conc_mem = Some(watch.finish());
     let c1 = cpu_ticks(&pids);
