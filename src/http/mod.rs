@@ -14,6 +14,7 @@
 //! - `passthrough`: `tags/list` and `referrers`, not cached.
 //! - [`range`]: the `Range` header (RFC 9110).
 //! - `streams`: HTTP/2 streams polled in their connection's task (no cross-thread wake-ups).
+//! - `cork`: a TLS connection's socket writes gathered over one poll of that task.
 
 pub mod admin_socket;
 mod blobs;

@@ -8,6 +8,8 @@
 //! HTTP/1.1; BENCHMARKS.md, issue 17 item 5). [`StreamExec`] instead queues the stream in the
 //! connection's own task, which [`drive`] polls beside the connection, so those wake-ups stay
 //! in one task. A stream spawned outside [`drive`] (none is, today) falls back to `tokio::spawn`.
+//! [`drive`] also ends every poll by writing out a TLS connection's gathered socket writes
+//! (`cork`).
 
 use std::future::Future;
 use std::pin::Pin;
