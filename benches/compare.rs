@@ -40,7 +40,6 @@ use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -493,32 +492,19 @@ fn measure_direct(
     f
 }
 
-/// One GET per path, all at once (one client each, released together by a barrier), each
-/// checked for `len` bytes; the results in the order of `paths`.
+/// One GET per path, all at once (one client each, released together by a barrier:
+/// [`together`]), each checked for `len` bytes; the results in the order of `paths`.
 fn gets_together(
     rt: &tokio::runtime::Runtime,
     addr: SocketAddr,
     paths: Vec<String>,
     len: u64,
 ) -> Vec<Result<Got, String>> {
-    rt.block_on(async {
-        let barrier = Arc::new(tokio::sync::Barrier::new(paths.len()));
-        let tasks: Vec<_> = paths
-            .into_iter()
-            .map(|p| {
-                let b = barrier.clone();
-                tokio::spawn(async move {
-                    b.wait().await;
-                    get_exact(addr, &p, len, &PLAIN).await
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap_or_else(|e| Err(e.to_string())));
-        }
-        out
-    })
+    let (results, _wall) = rt.block_on(together(paths.len(), |i| {
+        let p = paths[i].clone();
+        async move { get_exact(addr, &p, len, &PLAIN).await }
+    }));
+    results
 }
 
 /// `clients` GETs of `path` at once ([`gets_together`]): every client's total time, s, or the

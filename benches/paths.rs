@@ -686,45 +686,6 @@ async fn push_blobs(up: SocketAddr, n: usize, len: u64, seed: u64) -> Result<Vec
     Ok(out)
 }
 
-/// What `n` clients released together got: per client the result, and the time from the
-/// release (the first client past the barrier) to its end.
-async fn together<F, Fut>(n: usize, one: F) -> (Vec<Result<Got, String>>, Option<f64>)
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = Result<Got, String>> + Send + 'static,
-{
-    let barrier = Arc::new(tokio::sync::Barrier::new(n));
-    let tasks: Vec<_> = (0..n)
-        .map(|i| {
-            let b = barrier.clone();
-            let fut = one(i);
-            tokio::spawn(async move {
-                b.wait().await;
-                let start = Instant::now();
-                let r = fut.await;
-                (start, Instant::now(), r)
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
-    for t in tasks {
-        match t.await {
-            Ok((s, e, r)) => {
-                first = Some(first.map_or(s, |f| f.min(s)));
-                last = Some(last.map_or(e, |l| l.max(e)));
-                out.push(r);
-            }
-            Err(e) => out.push(Err(e.to_string())),
-        }
-    }
-    let wall = match (first, last) {
-        (Some(f), Some(l)) => Some(l.duration_since(f).as_secs_f64()),
-        _ => None,
-    };
-    (out, wall)
-}
-
 // ------------------------------------------------------------------------------------------
 // Phase A: TLS upstream (item 4).
 
