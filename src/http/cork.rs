@@ -261,7 +261,7 @@ mod tests {
     /// write (the writer waits), every byte arrives in order, and bytes still gathered when
     /// the connection ends are written by `CorkHandle::drain`; the buffer is then given back.
     #[tokio::test]
-    async fn a_slow_reader_gets_every_byte_and_the_end_waits_for_the_drain() {
+    async fn a_slow_reader_gets_every_byte_and_the_last_are_drained() {
         let (io, h, mut peer) = pair().await;
         const TOTAL: usize = 8 << 20;
         let h2 = h.clone();
@@ -279,7 +279,7 @@ mod tests {
                 };
                 assert!(pending <= CORK_LIMIT + block.len(), "pending {pending}");
             }
-            // Ends with the last bytes still gathered: `drive` waits for them.
+            // Ends with the last bytes still gathered: `drain` below writes them.
         };
         let conn = std::pin::pin!(conn);
         let mut streams = Streams::corked(Some(h.clone()));
