@@ -389,11 +389,12 @@ impl Store {
     }
 
     /// [`Store::touch`] for an object not open yet: the file is opened only when a touch is due.
-    fn touch_path(&self, key: &ObjectKey, path: &Path, e: Entry) {
+    /// The path is worked out only then (a hit remembered in memory builds none).
+    fn touch_path(&self, key: &ObjectKey, e: Entry) {
         if unix_now().saturating_sub(e.used) < TOUCH_INTERVAL {
             return;
         }
-        if let Ok(f) = File::open(path) {
+        if let Ok(f) = File::open(self.object_path(key, &e)) {
             self.touch(key, &f, e);
         }
     }
@@ -447,10 +448,9 @@ impl Store {
     pub fn read_manifest(&self, d: &Digest) -> io::Result<Option<StoredManifest>> {
         let key = ObjectKey::Manifest(d.clone());
         let remembered = self.inner.manifests.lock().expect("manifest memory").get(d);
-        let path = self.content_path("manifests", d);
         if let Some(m) = remembered {
             if let Some(e) = self.inner.index.touch(&key) {
-                self.touch_path(&key, &path, e);
+                self.touch_path(&key, e);
                 return Ok(Some(m));
             }
             // Gone from the index (evicted, or removed by an operator): check the disk again.
@@ -460,6 +460,7 @@ impl Store {
                 .expect("manifest memory")
                 .remove(d);
         }
+        let path = self.content_path("manifests", d);
         let raw = match fs::read(&path) {
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -487,7 +488,7 @@ impl Store {
             .put(d.clone(), m.clone());
         let known = self.inner.index.touch(&key);
         match known {
-            Some(e) => self.touch_path(&key, &path, e),
+            Some(e) => self.touch_path(&key, e),
             None => {
                 if let Ok(meta) = fs::metadata(&path) {
                     self.index_insert(key, &meta, m.bytes.len() as u64);

@@ -930,25 +930,9 @@ impl Body for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        let l = &self.log;
-        let complete = self.finished || self.expected == Some(self.bytes);
-        l.app.record(l.cache, self.bytes);
-        let clients = l.app.clients();
-        clients.count(l.kind);
-        if !super::health::PATHS.contains(&l.path.as_str()) && l.path != "/metrics" {
-            clients.keep(
-                l.kind,
-                crate::clients::Seen {
-                    at_unix_ms: l.arrived_unix_ms,
-                    method: l.method.clone(),
-                    path: l.path.chars().take(256).collect(),
-                    status: l.status,
-                    registry: l.registry.clone(),
-                    user_agent: l.user_agent.clone(),
-                    client: l.client.to_string(),
-                },
-            );
-        }
+        let (bytes, l) = (self.bytes, &mut self.log);
+        let complete = self.finished || self.expected == Some(bytes);
+        l.app.record(l.cache, bytes);
         let ms = (l.started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
         let registry = l.registry.as_deref().unwrap_or("-");
         macro_rules! access {
@@ -959,7 +943,7 @@ impl Drop for LoggedBody {
                     path = %l.path,
                     status = l.status,
                     cache = l.cache.as_str(),
-                    bytes = self.bytes,
+                    bytes,
                     complete,
                     ms,
                     registry,
@@ -971,10 +955,32 @@ impl Drop for LoggedBody {
             };
         }
         // Health probes come every second or so: kept out of the access log at info.
-        if super::health::PATHS.contains(&l.path.as_str()) {
+        let probe = super::health::PATHS.contains(&l.path.as_str());
+        if probe {
             access!(debug);
         } else {
             access!(info);
+        }
+        let clients = l.app.clients();
+        clients.count(l.kind);
+        if !probe && l.path != "/metrics" {
+            // The line is written: the ring takes the log's strings instead of copies.
+            let mut path = std::mem::take(&mut l.path);
+            if let Some((cut, _)) = path.char_indices().nth(256) {
+                path.truncate(cut);
+            }
+            clients.keep(
+                l.kind,
+                crate::clients::Seen {
+                    at_unix_ms: l.arrived_unix_ms,
+                    method: std::mem::take(&mut l.method),
+                    path,
+                    status: l.status,
+                    registry: l.registry.take(),
+                    user_agent: std::mem::take(&mut l.user_agent),
+                    client: l.client.to_string(),
+                },
+            );
         }
     }
 }
