@@ -19,6 +19,7 @@
 //! - [`reference`]: repository names, tags, digests and routes (spec grammars).
 //! - [`config`]: the TOML file, the flags, the embedded defaults, every value parser.
 //! - [`metrics`]: `/metrics` text from plain figures.
+//! - [`logging`]: the log's writer (lines gathered, written in batches).
 //! - [`access`]: who may use a listener (htpasswd, client certificates).
 //! - [`admin`]: operator commands on a cache directory (`status`, `verify`, `gc`).
 //! - [`live`]: a running mirror's live status, on its admin socket (`regcache status`).
@@ -46,6 +47,7 @@ pub(crate) mod error;
 pub mod fuzzing;
 pub mod http;
 pub mod live;
+pub mod logging;
 pub mod metrics;
 pub mod mirror;
 pub mod prefetch;

@@ -168,16 +168,13 @@ enum Command {
 /// Starts logging to stderr in `format`, filtered by `REGCACHE_LOG` (default `info`; a filter
 /// that does not parse is said and replaced by `info`). Logs go through a background writer
 /// thread, so a request never waits on stderr. Lossless: under extreme load the access log
-/// slows requests rather than dropping lines. The writer thread gathers the lines waiting for it
-/// into one write of up to 64 KiB and writes whenever none are left waiting (under load, one
-/// system call for many lines instead of one per line). The guard flushes on drop.
+/// slows requests rather than dropping lines. The writer thread writes lines in batches
+/// ([`regcache::logging::PacedWriter`]: one write for many lines, at most ~5 ms late). The guard
+/// flushes on drop.
 fn init_logging(format: LogFormat, default: &str) -> tracing_appender::non_blocking::WorkerGuard {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+        .finish(regcache::logging::PacedWriter::new(std::io::stderr()));
     let filter = match std::env::var("REGCACHE_LOG") {
         Err(_) => tracing_subscriber::EnvFilter::new(default),
         Ok(v) => tracing_subscriber::EnvFilter::try_new(&v).unwrap_or_else(|e| {
