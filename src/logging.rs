@@ -3,10 +3,11 @@
 //!
 //! That thread waits on its queue, writes every line waiting there, then flushes. Writing each
 //! line as it comes means one `write(2)` per access-log line, and a thread woken for every
-//! request or two: at 60,000 manifest hits per second both cost more than the log line's
-//! formatting (BENCHMARKS.md, "manifest GETs"). [`PacedWriter`] gathers the lines into one buffer,
-//! writes it at the flush, and then lets the thread rest for [`PACE`] so that the next lines
-//! gather in the queue instead of waking it one by one. A line reaches stderr at most about
+//! request or two: in the manifest-hit benchmark the two were 10% of regcache's CPU samples, more
+//! than formatting the lines (BENCHMARKS.md, "manifest hits and the access log").
+//! [`PacedWriter`] gathers the lines into one buffer, writes it at the flush, and then lets the
+//! thread rest for [`PACE`] so that the next lines gather in the queue instead of waking it one
+//! by one. A line reaches stderr at most about
 //! `PACE` after it was logged; an idle mirror's thread sleeps in its queue as before.
 
 use std::io::{self, BufWriter, Write};
