@@ -13,6 +13,10 @@
 //! - `range`: `parse_range` + `resolve_range` on the `Range` values clients send.
 //! - `eviction_index`: regcache's eviction index (`cache::index::Index`) at 100k objects (touch /
 //!   insert / pop_lru).
+//! - `tls_records`: rustls sealing 1 MiB the way HTTP/2 hands it over (a 9-byte frame head and
+//!   a 16 KiB payload per write: two TLS records per frame) against the same bytes in
+//!   record-aligned writes (one record per 16 KiB), reported in bytes/s: whether the extra
+//!   record per DATA frame is worth gathering plaintext for (BENCHMARKS.md, item 5).
 
 use std::hint::black_box;
 use std::str::FromStr;
@@ -186,12 +190,133 @@ fn lru_index(c: &mut Criterion) {
     g.finish();
 }
 
+/// A rustls server connection past its handshake with an in-memory client (a self-signed
+/// certificate; the ring provider's default suites, as regcache's listener negotiates them).
+fn tls_server() -> rustls::ServerConnection {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use std::sync::Arc;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let generated =
+        rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("self-signed cert");
+    let cert = CertificateDer::from(generated.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(generated.key_pair.serialize_der()));
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .expect("server config");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut s = rustls::ServerConnection::new(Arc::new(server)).expect("server");
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut c = rustls::ClientConnection::new(Arc::new(client), name).expect("client");
+    // Shuttles each side's records to the other until both are done.
+    fn pass(from: &mut dyn FnMut(&mut Vec<u8>), to: &mut dyn FnMut(&[u8])) {
+        let mut buf = Vec::new();
+        from(&mut buf);
+        to(&buf);
+    }
+    for _ in 0..10 {
+        pass(
+            &mut |b| {
+                while c.wants_write() {
+                    c.write_tls(b).expect("client write_tls");
+                }
+            },
+            &mut |mut r| {
+                while !r.is_empty() {
+                    s.read_tls(&mut r).expect("server read_tls");
+                }
+                s.process_new_packets().expect("server handshake");
+            },
+        );
+        pass(
+            &mut |b| {
+                while s.wants_write() {
+                    s.write_tls(b).expect("server write_tls");
+                }
+            },
+            &mut |mut r| {
+                while !r.is_empty() {
+                    c.read_tls(&mut r).expect("client read_tls");
+                }
+                c.process_new_packets().expect("client handshake");
+            },
+        );
+    }
+    assert!(!s.is_handshaking(), "in-memory handshake finished");
+    // Every write is taken whole; the benchmark drains the records itself.
+    s.set_buffer_limit(None);
+    s
+}
+
+/// rustls sealing HTTP/2-shaped writes (two records per 16,393-byte DATA frame) against
+/// record-aligned writes of the same bytes (a carry of < 16 KiB so every record is full).
+fn tls_records(c: &mut Criterion) {
+    use std::io::{IoSlice, Write};
+    const FRAMES: usize = 64;
+    let payload = vec![7u8; 16 << 10];
+    let head = [0u8; 9];
+    let mut g = c.benchmark_group("tls_records");
+    g.throughput(Throughput::Bytes((FRAMES * (9 + payload.len())) as u64));
+    let mut s = tls_server();
+    let mut sink = Vec::with_capacity(1 << 20);
+    g.bench_function("h2_frames", |b| {
+        b.iter(|| {
+            for i in 0..FRAMES {
+                let bufs = [IoSlice::new(&head), IoSlice::new(&payload)];
+                let n = s.writer().write_vectored(&bufs).expect("seal");
+                assert_eq!(n, head.len() + payload.len(), "written whole");
+                if i % 4 == 3 {
+                    while s.wants_write() {
+                        s.write_tls(&mut sink).expect("write_tls");
+                    }
+                    sink.clear();
+                }
+            }
+        })
+    });
+    let mut carry: Vec<u8> = Vec::with_capacity(payload.len());
+    g.bench_function("aligned", |b| {
+        b.iter(|| {
+            for i in 0..FRAMES {
+                let whole =
+                    (carry.len() + head.len() + payload.len()) / payload.len() * payload.len();
+                let take = whole - carry.len() - head.len();
+                let bufs = [
+                    IoSlice::new(&carry),
+                    IoSlice::new(&head),
+                    IoSlice::new(&payload[..take]),
+                ];
+                let n = s.writer().write_vectored(&bufs).expect("seal");
+                assert_eq!(n, whole, "written whole");
+                carry.clear();
+                carry.extend_from_slice(&payload[take..]);
+                if i % 4 == 3 {
+                    while s.wants_write() {
+                        s.write_tls(&mut sink).expect("write_tls");
+                    }
+                    sink.clear();
+                }
+            }
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     route_parse,
     digest_parse,
     digest_hash,
     range,
-    lru_index
+    lru_index,
+    tls_records
 );
 criterion_main!(benches);
