@@ -7,7 +7,9 @@
 //! OCI error response ([`crate::error`]).
 //!
 //! # Layout
-//! - [`server`]: the listener, HTTP/1.1 + HTTP/2, TLS, the access log, graceful shutdown.
+//! - [`server`]: the listener, HTTP/1.1 + HTTP/2, TLS, graceful shutdown.
+//! - `access_log`: each response's access-log line, written when its body ends or is dropped.
+//! - `gauge`: counts of connections and requests in progress (shutdown drain, idle timeout).
 //! - `guard`: a client that stops reading (or trickles) has its connection closed.
 //! - `blobs`: blob GET / HEAD (hit, miss, coalesced; ranges).
 //! - `manifests`: manifest GET / HEAD (content negotiation against `Accept`).
@@ -16,9 +18,11 @@
 //! - `streams`: HTTP/2 streams polled in their connection's task (no cross-thread wake-ups).
 //! - `cork`: a TLS connection's socket writes gathered over one poll of that task.
 
+mod access_log;
 pub mod admin_socket;
 mod blobs;
 mod cork;
+mod gauge;
 mod guard;
 pub mod health;
 pub mod listener;

@@ -1,5 +1,6 @@
-//! The listener: accepts connections, serves HTTP/1.1 and HTTP/2 (hyper-util `auto`), writes
-//! the access log, and drains connections on shutdown.
+//! The listener: accepts connections, serves HTTP/1.1 and HTTP/2 (hyper-util `auto`), and
+//! drains connections on shutdown. Each response's access-log line is `access_log`'s; the
+//! counts of connections and requests in progress are `gauge`'s.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,7 +24,9 @@ use crate::body::{BoxError, ResponseBody};
 use crate::cache::CacheResult;
 use crate::mirror::Mirror;
 
-use super::guard::{Progress, SendGuard, Waiting};
+use super::access_log::{next_request_id, AccessLog, LoggedBody};
+use super::gauge::{Entered, Gauge};
+use super::guard::{Progress, SendGuard};
 use super::listener::Listener;
 
 /// How the server is told to stop: `shutdown` begins a graceful stop (no new connections;
@@ -487,66 +490,6 @@ impl Throttled {
     }
 }
 
-/// A count of things in progress — the server's connections (drained at shutdown), one
-/// connection's requests (an idle connection is closed) — with when it last fell.
-struct Gauge {
-    count: std::sync::atomic::AtomicUsize,
-    since: std::sync::Mutex<Instant>,
-    fell: tokio::sync::Notify,
-}
-
-impl Gauge {
-    fn new() -> Arc<Gauge> {
-        Arc::new(Gauge {
-            count: Default::default(),
-            since: std::sync::Mutex::new(Instant::now()),
-            fell: tokio::sync::Notify::new(),
-        })
-    }
-
-    fn enter(self: &Arc<Self>) -> Entered {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Entered(self.clone())
-    }
-
-    /// How many are in progress.
-    fn count(&self) -> usize {
-        self.count.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Nothing in progress, for at least `limit`.
-    fn idle_for(&self, limit: Duration) -> bool {
-        self.count.load(std::sync::atomic::Ordering::SeqCst) == 0
-            && self.since.lock().expect("gauge lock").elapsed() >= limit
-    }
-
-    /// Waits until nothing is in progress.
-    async fn wait_none(&self) {
-        loop {
-            let fell = self.fell.notified();
-            tokio::pin!(fell);
-            fell.as_mut().enable();
-            if self.idle_for(Duration::ZERO) {
-                return;
-            }
-            fell.await;
-        }
-    }
-}
-
-/// One thing in progress, counted until dropped.
-struct Entered(Arc<Gauge>);
-
-impl Drop for Entered {
-    fn drop(&mut self) {
-        *self.0.since.lock().expect("gauge lock") = Instant::now();
-        self.0
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.0.fell.notify_waiters();
-    }
-}
-
 /// What ends a connection gracefully: shutdown, or no request for `idle`.
 struct Watch {
     stopping: watch::Receiver<bool>,
@@ -706,9 +649,6 @@ async fn serve(
     {
         parts.headers.insert(NODE_HEADER, v);
     }
-    let expected = body.size_hint().exact();
-    // A body hyper has yet to ask for (HTTP/2 asks only once the client grants credit).
-    let waiting = (!body.is_end_stream()).then(|| progress.waiting());
     let user_agent: String = req
         .headers()
         .get(http::header::USER_AGENT)
@@ -735,19 +675,7 @@ async fn serve(
         started,
         app,
     };
-    Response::from_parts(
-        parts,
-        LoggedBody {
-            inner: body,
-            bytes: 0,
-            expected,
-            finished: false,
-            log,
-            _active: active,
-            progress,
-            waiting,
-        },
-    )
+    Response::from_parts(parts, LoggedBody::new(body, log, active, progress))
 }
 
 /// Whether the connection's client may make `req`: `Ok` with who it authenticated as (none
@@ -822,165 +750,5 @@ async fn probe_answer<B>(conn: &Conn, req: &Request<B>) -> super::Handled {
         cache: CacheResult::None,
         registry: None,
         counted: false,
-    }
-}
-
-/// A request id unique within this process run: 16 hex digits (the process start's low bits,
-/// then a counter), e.g. `5f3a9c01000000a2`.
-fn next_request_id() -> String {
-    static START: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        (t.as_secs() ^ u64::from(std::process::id())) << 32
-    });
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{:016x}", *START ^ n)
-}
-
-/// What the access log line says about a request.
-struct AccessLog {
-    /// The client's kind, from its `User-Agent`.
-    kind: crate::clients::ClientKind,
-    /// Its `User-Agent` (at most 256 characters).
-    user_agent: String,
-    /// When the request arrived, in milliseconds since the Unix epoch.
-    arrived_unix_ms: u64,
-    /// Request method.
-    method: String,
-    /// Request path (no query: nothing secret ever travels there, but it is noise).
-    path: String,
-    /// Response status.
-    status: u16,
-    /// hit / miss / coalesced / stale / pass.
-    cache: CacheResult,
-    /// The registry the request was routed to, once known.
-    registry: Option<String>,
-    /// Answering it sent a manifest GET upstream (counted by Docker Hub's rate limit).
-    counted: bool,
-    /// The client's address.
-    client: std::net::SocketAddr,
-    /// Who the client authenticated as: its Basic user name, or its client certificate's
-    /// subject.
-    user: Option<String>,
-    /// This request's id (also sent as `X-Request-Id`).
-    request_id: String,
-    /// When the request arrived.
-    started: Instant,
-    /// Where the request counters live.
-    app: Arc<Mirror>,
-}
-
-/// A response body that writes the request's access-log line when it is done (or dropped
-/// because the client left), with the bytes actually sent.
-pub struct LoggedBody {
-    /// The handler's body.
-    inner: ResponseBody,
-    /// Body bytes handed to hyper so far.
-    bytes: u64,
-    /// The body's length, when known in advance.
-    expected: Option<u64>,
-    /// Whether the body reached its end.
-    finished: bool,
-    /// The rest of the log line.
-    log: AccessLog,
-    /// Keeps the connection counted as busy until the response is done.
-    _active: Entered,
-    /// The connection's send progress.
-    progress: Arc<Progress>,
-    /// Set while hyper has not asked for the next frame: from the start, and from handing over
-    /// a frame until the next ask.
-    waiting: Option<Waiting>,
-}
-
-impl Body for LoggedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        // Asked for more: whatever was handed over has been taken (or buffered).
-        self.waiting = None;
-        let p = Pin::new(&mut self.inner).poll_frame(cx);
-        match &p {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(d) = f.data_ref() {
-                    self.bytes += d.len() as u64;
-                    // Until asked again (or dropped: hyper keeps a last frame it cannot send).
-                    self.waiting = Some(self.progress.waiting());
-                }
-            }
-            Poll::Ready(None) => self.finished = true,
-            _ => {}
-        }
-        p
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for LoggedBody {
-    fn drop(&mut self) {
-        let (bytes, l) = (self.bytes, &mut self.log);
-        let complete = self.finished || self.expected == Some(bytes);
-        l.app.record(l.cache, bytes);
-        let ms = (l.started.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
-        let registry = l.registry.as_deref().unwrap_or("-");
-        macro_rules! access {
-            ($level:ident) => {
-                tracing::$level!(
-                    target: "regcache::access",
-                    method = %l.method,
-                    path = %l.path,
-                    status = l.status,
-                    cache = l.cache.as_str(),
-                    bytes,
-                    complete,
-                    ms,
-                    registry,
-                    counted = l.counted,
-                    client = %l.client,
-                    user = l.user.as_deref().unwrap_or("-"),
-                    request_id = %l.request_id,
-                )
-            };
-        }
-        // Health probes come every second or so: kept out of the access log at info.
-        let probe = super::health::PATHS.contains(&l.path.as_str());
-        if probe {
-            access!(debug);
-        } else {
-            access!(info);
-        }
-        let clients = l.app.clients();
-        clients.count(l.kind);
-        if !probe && l.path != "/metrics" {
-            // The line is written: the ring takes the log's strings instead of copies.
-            let mut path = std::mem::take(&mut l.path);
-            if let Some((cut, _)) = path.char_indices().nth(256) {
-                path.truncate(cut);
-            }
-            clients.keep(
-                l.kind,
-                crate::clients::Seen {
-                    at_unix_ms: l.arrived_unix_ms,
-                    method: std::mem::take(&mut l.method),
-                    path,
-                    status: l.status,
-                    registry: l.registry.take(),
-                    user_agent: std::mem::take(&mut l.user_agent),
-                    client: l.client.to_string(),
-                },
-            );
-        }
     }
 }
