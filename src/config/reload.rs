@@ -1,4 +1,5 @@
-//! What a reload (SIGHUP, `regcache reload`) cannot apply: the settings that need a restart.
+//! What a reload (SIGHUP, `systemctl reload regcache`) cannot apply: the settings that need a
+//! restart.
 
 use std::net::SocketAddr;
 

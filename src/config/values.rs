@@ -1,7 +1,7 @@
-//! The config's value syntaxes, shared by the file, the flags and `regcache config`: listen
-//! addresses, sizes, rates, durations, `min_free`, node names, upstream URLs, PEM certificates
-//! and `${CREDENTIALS_DIRECTORY}` paths. Each parser's error names the value and the form to
-//! write.
+//! The config's value syntaxes, shared by the file and the flags (and so by `regcache
+//! check-config`): listen addresses, sizes, rates, durations, `min_free`, node names, upstream
+//! URLs, PEM certificates and `${CREDENTIALS_DIRECTORY}` paths. Each parser's error names the
+//! value and the form to write.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
