@@ -1,6 +1,7 @@
 //! A request's access-log line ([`LoggedBody`]): written when its response body is done, or
 //! dropped because the client left, with the bytes actually sent; also counts the client's kind
-//! and keeps the request in the recent-requests ring (`regcache clients`).
+//! and keeps the request in the recent-requests ring (the admin socket's `GET /-/clients`,
+//! which `regcache doctor` reads).
 
 use std::pin::Pin;
 use std::sync::Arc;
