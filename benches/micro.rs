@@ -192,7 +192,7 @@ fn lru_index(c: &mut Criterion) {
 
 /// A rustls server connection past its handshake with an in-memory client (a self-signed
 /// certificate; the ring provider's default suites, as regcache's listener negotiates them).
-fn tls_server() -> rustls::ServerConnection {
+fn tls_server() -> rustls::Connection {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
     use std::sync::Arc;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -213,42 +213,27 @@ fn tls_server() -> rustls::ServerConnection {
         .expect("protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut s = rustls::ServerConnection::new(Arc::new(server)).expect("server");
+    let mut s =
+        rustls::Connection::from(rustls::ServerConnection::new(Arc::new(server)).expect("server"));
     let name = ServerName::try_from("localhost").expect("name");
-    let mut c = rustls::ClientConnection::new(Arc::new(client), name).expect("client");
-    // Shuttles each side's records to the other until both are done.
-    fn pass(from: &mut dyn FnMut(&mut Vec<u8>), to: &mut dyn FnMut(&[u8])) {
+    let mut c = rustls::Connection::from(
+        rustls::ClientConnection::new(Arc::new(client), name).expect("client"),
+    );
+    // Hands `from`'s pending records to `to`.
+    fn pass(from: &mut rustls::Connection, to: &mut rustls::Connection) {
         let mut buf = Vec::new();
-        from(&mut buf);
-        to(&buf);
+        while from.wants_write() {
+            from.write_tls(&mut buf).expect("write_tls");
+        }
+        let mut r = &buf[..];
+        while !r.is_empty() {
+            to.read_tls(&mut r).expect("read_tls");
+        }
+        to.process_new_packets().expect("handshake");
     }
-    for _ in 0..10 {
-        pass(
-            &mut |b| {
-                while c.wants_write() {
-                    c.write_tls(b).expect("client write_tls");
-                }
-            },
-            &mut |mut r| {
-                while !r.is_empty() {
-                    s.read_tls(&mut r).expect("server read_tls");
-                }
-                s.process_new_packets().expect("server handshake");
-            },
-        );
-        pass(
-            &mut |b| {
-                while s.wants_write() {
-                    s.write_tls(b).expect("server write_tls");
-                }
-            },
-            &mut |mut r| {
-                while !r.is_empty() {
-                    c.read_tls(&mut r).expect("client read_tls");
-                }
-                c.process_new_packets().expect("client handshake");
-            },
-        );
+    while s.is_handshaking() || c.is_handshaking() {
+        pass(&mut c, &mut s);
+        pass(&mut s, &mut c);
     }
     assert!(!s.is_handshaking(), "in-memory handshake finished");
     // Every write is taken whole; the benchmark drains the records itself.
