@@ -45,13 +45,20 @@ async fn node_name_names_the_node_in_a_header_and_in_metrics_only_when_set() {
         );
     }
     assert_eq!(get(&named.url(&blob)).await.bytes().as_ref(), &data[..]);
-    let metrics = String::from_utf8(get(&named.url("/metrics")).await.bytes().to_vec()).unwrap();
+    // The fill commits (rename, sync) just after the last byte reaches its clients, so a
+    // loaded machine may answer /metrics before the object is counted: wait for it.
+    let committed = "regcache_cache_objects{node=\"site-b.2\"} 1";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let m = String::from_utf8(get(&named.url("/metrics")).await.bytes().to_vec()).unwrap();
+        if m.contains(committed) || std::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(metrics.contains(committed), "{metrics}");
     assert!(
         metrics.contains("regcache_requests_total{node=\"site-b.2\",cache=\"hit\"} "),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("regcache_cache_objects{node=\"site-b.2\"} 1"),
         "{metrics}"
     );
     let samples = metrics
