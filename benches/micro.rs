@@ -222,9 +222,7 @@ fn tls_server() -> rustls::Connection {
     // Hands `from`'s pending records to `to`.
     fn pass(from: &mut rustls::Connection, to: &mut rustls::Connection) {
         let mut buf = Vec::new();
-        while from.wants_write() {
-            from.write_tls(&mut buf).expect("write_tls");
-        }
+        write_out(from, &mut buf);
         let mut r = &buf[..];
         while !r.is_empty() {
             to.read_tls(&mut r).expect("read_tls");
@@ -239,6 +237,13 @@ fn tls_server() -> rustls::Connection {
     // Every write is taken whole; the benchmark drains the records itself.
     s.set_buffer_limit(None);
     s
+}
+
+/// Moves every record `conn` has sealed into `out`.
+fn write_out(conn: &mut rustls::Connection, out: &mut Vec<u8>) {
+    while conn.wants_write() {
+        conn.write_tls(out).expect("write_tls");
+    }
 }
 
 /// rustls sealing HTTP/2-shaped writes (two records per 16,393-byte DATA frame) against
@@ -259,9 +264,7 @@ fn tls_records(c: &mut Criterion) {
                 let n = s.writer().write_vectored(&bufs).expect("seal");
                 assert_eq!(n, head.len() + payload.len(), "written whole");
                 if i % 4 == 3 {
-                    while s.wants_write() {
-                        s.write_tls(&mut sink).expect("write_tls");
-                    }
+                    write_out(&mut s, &mut sink);
                     sink.clear();
                 }
             }
@@ -284,9 +287,7 @@ fn tls_records(c: &mut Criterion) {
                 carry.clear();
                 carry.extend_from_slice(&payload[take..]);
                 if i % 4 == 3 {
-                    while s.wants_write() {
-                        s.write_tls(&mut sink).expect("write_tls");
-                    }
+                    write_out(&mut s, &mut sink);
                     sink.clear();
                 }
             }

@@ -48,14 +48,13 @@ async fn node_name_names_the_node_in_a_header_and_in_metrics_only_when_set() {
     // The fill commits (rename, sync) just after the last byte reaches its clients, so a
     // loaded machine may answer /metrics before the object is counted: wait for it.
     let committed = "regcache_cache_objects{node=\"site-b.2\"} 1";
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let metrics = loop {
-        let m = String::from_utf8(get(&named.url("/metrics")).await.bytes().to_vec()).unwrap();
-        if m.contains(committed) || std::time::Instant::now() > deadline {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let metrics_text =
+        || async { String::from_utf8(get(&named.url("/metrics")).await.bytes().to_vec()).unwrap() };
+    eventually_async("the fill's commit counted in /metrics", || async {
+        metrics_text().await.contains(committed)
+    })
+    .await;
+    let metrics = metrics_text().await;
     assert!(metrics.contains(committed), "{metrics}");
     assert!(
         metrics.contains("regcache_requests_total{node=\"site-b.2\",cache=\"hit\"} "),
