@@ -120,7 +120,9 @@ pub fn map_range(file: &Arc<File>, start: u64, end: u64) -> io::Result<Bytes> {
             .len(len)
             .map(&**file)?
     };
-    let _ = map.advise(memmap2::Advice::WillNeed);
+    // No `madvise(MADV_WILLNEED)`: `sendfile` reads ahead on its own. Asking for the whole
+    // window ahead cost 4–6% of a warm hit's server CPU (the page-cache walk) and made a hit
+    // read from disk slower (BENCHMARKS.md "Hits: sendfile and readahead").
     let skip = (start - aligned) as usize;
     Ok(register(map, file, aligned).slice(skip..))
 }
@@ -457,6 +459,35 @@ mod tests {
             .range(..=(ptr as usize))
             .next_back()
             .is_none_or(|(s, i)| (ptr as usize) >= s + i.len));
+    }
+
+    /// Mapping a hit's window reads nothing ahead: pages the kernel has dropped stay dropped
+    /// until `sendfile` reads them (no `MADV_WILLNEED` readahead of the whole window).
+    #[test]
+    fn mapping_a_window_reads_nothing_ahead() {
+        let len = 1usize << 20;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![3u8; len]).unwrap();
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        let probe = unsafe { memmap2::MmapOptions::new().len(len).map(&f).unwrap() };
+        let resident = || {
+            let mut vec = vec![0u8; len / 4096];
+            // SAFETY: `probe` maps `len` bytes; `vec` has one byte per 4 KiB page of them.
+            let rc = unsafe { libc::mincore(probe.as_ptr() as *mut _, len, vec.as_mut_ptr()) };
+            assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+            vec.iter().filter(|b| *b & 1 == 1).count()
+        };
+        if resident() > 0 {
+            eprintln!("skipped: this file system keeps the test file's pages (tmpfs?)");
+            return;
+        }
+        let f = Arc::new(f);
+        let b = map_range(&f, 0, len as u64).unwrap();
+        assert_eq!(b.len(), len);
+        // Readahead completes in the background (here within 50 ms): give it time to show.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(resident(), 0, "mapping the window read pages ahead");
     }
 
     /// Copied chunks not yet sent hold the copy budget: with it spent, the next copy waits
