@@ -143,9 +143,9 @@ fn register(map: memmap2::Mmap, file: &Arc<File>, offset: u64) -> Bytes {
 
 /// Maps `[0, len)` of a fill's temp file once, for the whole fill, while the file is still
 /// being written: followers slice their chunks out of it instead of mapping each chunk (an
-/// `mmap`, `madvise` and `munmap` per chunk per follower). Nothing is ever read through the
-/// mapping beyond the written prefix: slices of it only go to [`ZeroCopyStream`], which sends
-/// them with `sendfile`. No `madvise`: the written bytes are in the page cache already.
+/// `mmap` and `munmap` per chunk per follower). Nothing is ever read through the mapping
+/// beyond the written prefix: slices of it only go to [`ZeroCopyStream`], which sends them
+/// with `sendfile`.
 ///
 /// Errors: the `mmap(2)` error; `len` of 0 gives an empty `Bytes`.
 pub fn map_fill(file: &Arc<File>, len: u64) -> io::Result<Bytes> {
