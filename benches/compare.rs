@@ -20,7 +20,10 @@
 //!   the same blob again, now cached, and the cold slowest is divided by that warm slowest (what
 //!   serving cached bytes to those clients costs here: issue 17 item 2's reference);
 //! - hit: `BENCH_HIT_REPEATS` sequential warm GETs: median throughput, and the server's CPU
-//!   (utime+stime of all its processes, /proc/<pid>/stat) per GiB served;
+//!   (utime+stime of all its processes, /proc/<pid>/stat) per GiB served, and the client's (this
+//!   process's) beside it: over loopback the kernel runs the receiver's TCP work on whichever
+//!   side's CPU the packet meets, so server + client is the figure that does not move with
+//!   timing;
 //! - manifests: wrk, `BENCH_WRK_CONNS` connections, `BENCH_WRK_SECS` s, manifest by digest;
 //! - memory: peak RSS (VmHWM, reset through /proc/<pid>/clear_refs before the phase, summed over
 //!   the server's processes) during the cold concurrent phase and during `BENCH_WARM_CLIENTS`
@@ -422,6 +425,8 @@ struct Figures {
     /// kernel runs a receiver's TCP work on whichever side's CPU the packet meets, so the
     /// server's figure alone moves with timing; server + client is the machine's cost.
     hit_client_cpu_s_per_gib: Option<f64>,
+    /// Server + client CPU per GiB of the hits, s (the machine's cost of serving them).
+    hit_total_cpu_s_per_gib: Option<f64>,
     manifest: Option<Wrk>,
     warm_conc_mem: Option<MemPeak>,
     warm_conc_aggregate_mib_s: Option<f64>,
@@ -459,6 +464,7 @@ fn measure_direct(
         }
         let pids = up.daemon.pids();
         let c0 = cpu_ticks(&pids);
+        let me0 = cpu_ticks(&[std::process::id()]);
         let mut served = 0u64;
         for _ in 0..s.hit_repeats {
             match get_exact(up.addr, &blob_path(&c.blobs[0]), len, &PLAIN).await {
@@ -471,8 +477,12 @@ fn measure_direct(
             }
         }
         let c1 = cpu_ticks(&pids);
+        let me1 = cpu_ticks(&[std::process::id()]);
         if served > 0 {
-            f.hit_cpu_s_per_gib = Some((c1 - c0) as f64 / tck / (served as f64 / GIB));
+            let gib = served as f64 / GIB;
+            f.hit_cpu_s_per_gib = Some((c1 - c0) as f64 / tck / gib);
+            f.hit_client_cpu_s_per_gib = Some((me1 - me0) as f64 / tck / gib);
+            f.hit_total_cpu_s_per_gib = Some((c1 - c0 + me1 - me0) as f64 / tck / gib);
         }
     });
     f.cold_single_s = median(&f.cold_single_samples_s);
@@ -733,6 +743,7 @@ fn measure_peer(
             let gib = served as f64 / GIB;
             f.hit_cpu_s_per_gib = Some((c1 - c0) as f64 / tck / gib);
             f.hit_client_cpu_s_per_gib = Some((me1 - me0) as f64 / tck / gib);
+            f.hit_total_cpu_s_per_gib = Some((c1 - c0 + me1 - me0) as f64 / tck / gib);
         }
     });
     f.hit_mib_s = median(&f.hit_samples_mib_s);
@@ -935,6 +946,7 @@ fn merge(rounds: &[Figures]) -> Figures {
         hit_samples_mib_s: hit,
         hit_cpu_s_per_gib: med(|f| f.hit_cpu_s_per_gib),
         hit_client_cpu_s_per_gib: med(|f| f.hit_client_cpu_s_per_gib),
+        hit_total_cpu_s_per_gib: med(|f| f.hit_total_cpu_s_per_gib),
         manifest,
         warm_conc_mem: mem(|f| f.warm_conc_mem),
         warm_conc_aggregate_mib_s: med(|f| f.warm_conc_aggregate_mib_s),
@@ -1052,6 +1064,15 @@ fn rows() -> Vec<Row> {
             better: Better::Lower,
             decimals: 3,
             get: |f| f.hit_cpu_s_per_gib,
+            direct: true,
+            ratios: true,
+        },
+        Row {
+            label:
+                "hit: server + client CPU s per GiB (loopback receive work lands on either side)",
+            better: Better::Lower,
+            decimals: 3,
+            get: |f| f.hit_total_cpu_s_per_gib,
             direct: true,
             ratios: true,
         },

@@ -470,6 +470,8 @@ mod tests {
         f.write_all(&vec![3u8; len]).unwrap();
         f.sync_all().unwrap();
         rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        // SAFETY: the test's own unlinked file; nothing writes it while it is mapped, and
+        // nothing is read through the mapping (mincore only asks which pages are resident).
         let probe = unsafe { memmap2::MmapOptions::new().len(len).map(&f).unwrap() };
         let resident = || {
             let mut vec = vec![0u8; len / 4096];
