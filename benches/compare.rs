@@ -436,6 +436,39 @@ struct Figures {
 }
 
 /// The floor: the same GETs and the same wrk run straight at the upstream.
+/// CPU ticks of the server (`pids`) and of the client (this process) at the start of a hit
+/// phase's GETs.
+struct HitCpu {
+    pids: Vec<u32>,
+    server: u64,
+    client: u64,
+}
+
+impl HitCpu {
+    fn start(pids: Vec<u32>) -> HitCpu {
+        let server = cpu_ticks(&pids);
+        let client = cpu_ticks(&[std::process::id()]);
+        HitCpu {
+            pids,
+            server,
+            client,
+        }
+    }
+
+    /// Sets `f`'s hit CPU figures (s per GiB: server, client, both) for `served` bytes; none
+    /// when nothing was served. `tck`: clock ticks per second.
+    fn finish(self, f: &mut Figures, served: u64, tck: f64) {
+        let server = cpu_ticks(&self.pids) - self.server;
+        let client = cpu_ticks(&[std::process::id()]) - self.client;
+        if served > 0 {
+            let per_gib = |ticks: u64| ticks as f64 / tck / (served as f64 / GIB);
+            f.hit_cpu_s_per_gib = Some(per_gib(server));
+            f.hit_client_cpu_s_per_gib = Some(per_gib(client));
+            f.hit_total_cpu_s_per_gib = Some(per_gib(server + client));
+        }
+    }
+}
+
 fn measure_direct(
     rt: &tokio::runtime::Runtime,
     t: &Tools,
@@ -462,9 +495,7 @@ fn measure_direct(
                 Err(e) => f.errors.push(e),
             }
         }
-        let pids = up.daemon.pids();
-        let c0 = cpu_ticks(&pids);
-        let me0 = cpu_ticks(&[std::process::id()]);
+        let cpu = HitCpu::start(up.daemon.pids());
         let mut served = 0u64;
         for _ in 0..s.hit_repeats {
             match get_exact(up.addr, &blob_path(&c.blobs[0]), len, &PLAIN).await {
@@ -476,14 +507,7 @@ fn measure_direct(
                 Err(e) => f.errors.push(e),
             }
         }
-        let c1 = cpu_ticks(&pids);
-        let me1 = cpu_ticks(&[std::process::id()]);
-        if served > 0 {
-            let gib = served as f64 / GIB;
-            f.hit_cpu_s_per_gib = Some((c1 - c0) as f64 / tck / gib);
-            f.hit_client_cpu_s_per_gib = Some((me1 - me0) as f64 / tck / gib);
-            f.hit_total_cpu_s_per_gib = Some((c1 - c0 + me1 - me0) as f64 / tck / gib);
-        }
+        cpu.finish(&mut f, served, tck);
     });
     f.cold_single_s = median(&f.cold_single_samples_s);
     f.cold_single_ttfb_ms = median(&f.cold_single_ttfb_samples_ms);
@@ -722,9 +746,7 @@ fn measure_peer(
         }
         settle();
         let perf = PerfRecord::start(s.perf, &s.out_dir, &daemon, &format!("{}-hit", peer.name()));
-        let pids = daemon.pids();
-        let c0 = cpu_ticks(&pids);
-        let me0 = cpu_ticks(&[std::process::id()]);
+        let cpu = HitCpu::start(daemon.pids());
         let mut served = 0u64;
         for _ in 0..s.hit_repeats {
             match get_exact(addr, &hit_path, len, &PLAIN).await {
@@ -736,15 +758,8 @@ fn measure_peer(
                 Err(e) => f.errors.push(format!("hit: {e}")),
             }
         }
-        let c1 = cpu_ticks(&pids);
-        let me1 = cpu_ticks(&[std::process::id()]);
+        cpu.finish(&mut f, served, tck);
         drop(perf);
-        if served > 0 {
-            let gib = served as f64 / GIB;
-            f.hit_cpu_s_per_gib = Some((c1 - c0) as f64 / tck / gib);
-            f.hit_client_cpu_s_per_gib = Some((me1 - me0) as f64 / tck / gib);
-            f.hit_total_cpu_s_per_gib = Some((c1 - c0 + me1 - me0) as f64 / tck / gib);
-        }
     });
     f.hit_mib_s = median(&f.hit_samples_mib_s);
     say(format!(
